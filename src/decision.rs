@@ -1,0 +1,773 @@
+//! The decision pipeline (SPEC §2): base URL → token → operation → rules, and the one place
+//! where a denial becomes its status, headers, error body (§3) and audit message. Pure: the
+//! caller passes the policy set and the clock.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::Value;
+
+use crate::policy::{ApiService, PolicySet};
+use crate::route::OperationLookup;
+use crate::route::url::{UrlError, parse_request_url, redact_url};
+use crate::rule::{RuleContext, RuleFailure, evaluate};
+use crate::time::{format_millis, format_unix, unix_seconds};
+use crate::token::{self, TokenCache, TokenError, VerifiedToken};
+
+/// Longest URL kept in a decision; longer ones are cut with a marker.
+const MAX_SHOWN_URL: usize = 2048;
+
+/// One request to decide on, as the gateway saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRequest<'a> {
+    pub method: &'a str,
+    /// The full URL: `scheme://host[:port]/path[?query]`.
+    pub url: &'a str,
+    /// The request headers; names in any case, a name may repeat.
+    pub headers: &'a [(&'a str, &'a str)],
+    pub client: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allow,
+    Deny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+/// Which stage of the pipeline a trace entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    BaseUrl,
+    Token,
+    Operation,
+    Rule,
+}
+
+/// One evaluated check: what was compared, with what, and the result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEntry {
+    pub step: Step,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    pub attribute: Arc<str>,
+    pub operator: &'static str,
+    pub expected: Option<Arc<Value>>,
+    pub actual: Option<Value>,
+    pub result: bool,
+    pub decisive: bool,
+    /// Nesting under `any`/`all`/`not`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub depth: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// `file:line` of the rule or operation in the policy files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Arc<str>>,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+impl TraceEntry {
+    fn step(step: Step, attribute: &str, operator: &'static str, result: bool) -> Self {
+        Self {
+            step,
+            rule: None,
+            attribute: attribute.into(),
+            operator,
+            expected: None,
+            actual: None,
+            result,
+            decisive: !result,
+            depth: 0,
+            detail: None,
+            location: None,
+        }
+    }
+}
+
+/// Header names and values, serialised as a JSON object in insertion order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(Cow<'static, str>, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn push(&mut self, name: impl Into<Cow<'static, str>>, value: String) {
+        self.0.push((name.into(), value));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub target: String,
+    pub message: String,
+}
+
+/// The error body of SPEC §3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    pub id: String,
+    pub code: &'static str,
+    pub message: String,
+    pub target: String,
+    pub details: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestSummary {
+    pub method: String,
+    pub url: String,
+    pub client: Option<String>,
+}
+
+/// The token's non-secret summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    pub iss: Option<String>,
+    pub aud: Vec<String>,
+    pub exp: Option<String>,
+    pub kid: Option<String>,
+    pub alg: String,
+    pub delegated: bool,
+}
+
+impl TokenSummary {
+    fn of(token: &VerifiedToken) -> Self {
+        Self {
+            sub: token.sub.clone(),
+            client_id: token.client_id.clone(),
+            iss: token.iss.clone(),
+            aud: token.aud.clone(),
+            exp: token.exp.map(format_unix),
+            kid: token.kid.as_deref().map(str::to_owned),
+            alg: format!("{:?}", token.alg),
+            delegated: token.is_delegated(),
+        }
+    }
+}
+
+/// A decision: what the gateway does with the request, and why (SPEC §6b).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub id: String,
+    pub time: String,
+    pub duration_micros: u64,
+    pub service: Option<Arc<str>>,
+    pub operation: Option<Arc<str>>,
+    pub policy_revision: Arc<str>,
+    pub request: RequestSummary,
+    pub outcome: Outcome,
+    pub status: u16,
+    /// Returned to the client on deny (names lower-case).
+    pub headers: Headers,
+    /// Added to the forwarded request on allow, replacing headers of the same name.
+    pub upstream_headers: Headers,
+    pub body: Option<ErrorBody>,
+    pub token: Option<TokenSummary>,
+    pub trace: Vec<TraceEntry>,
+    pub audit: String,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// The first detail code of the error body, if denied.
+    pub fn detail_code(&self) -> Option<&'static str> {
+        self.body.as_ref()?.details.first().map(|d| d.code)
+    }
+
+    /// The rule or check that decided a denial.
+    pub fn decisive(&self) -> Option<&TraceEntry> {
+        self.trace.iter().find(|e| e.decisive)
+    }
+}
+
+/// Why a request is denied; mapped to status, headers and body in [`Denial::render`].
+#[derive(Debug)]
+enum Denial {
+    BadUrl(UrlError),
+    NoService,
+    Token(TokenError),
+    NoOperation {
+        path: String,
+        status: u16,
+    },
+    MethodNotAllowed {
+        path: String,
+        allowed: Vec<Box<str>>,
+    },
+    Rules {
+        operation: Arc<str>,
+        failures: Vec<RuleFailure>,
+    },
+    Internal,
+}
+
+/// The decision engine: the pipeline with its token cache. Shared by all requests.
+#[derive(Debug, Default)]
+pub struct Engine {
+    tokens: TokenCache,
+}
+
+/// What the pipeline learned before it allowed or denied.
+struct Progress<'p> {
+    service: Option<&'p ApiService>,
+    operation: Option<Arc<str>>,
+    token: Option<Arc<VerifiedToken>>,
+    trace: Vec<TraceEntry>,
+}
+
+impl Engine {
+    /// An engine whose token cache holds at most `token_cache_capacity` verified tokens.
+    pub fn new(token_cache_capacity: usize) -> Self {
+        Self {
+            tokens: TokenCache::new(token_cache_capacity),
+        }
+    }
+
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// Decides on `request` with `policies` at `now`. Never fails and never panics: any
+    /// internal fault is a 500 deny.
+    pub fn decide(
+        &self,
+        policies: &PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+    ) -> Decision {
+        let started = Instant::now();
+        let id = ulid::Ulid::from_datetime(now).to_string();
+        let shown_url = shown_url(request.url);
+        let mut progress = Progress {
+            service: None,
+            operation: None,
+            token: None,
+            trace: Vec::with_capacity(8),
+        };
+        let verdict = catch_unwind(AssertUnwindSafe(|| {
+            self.run(policies, request, now, &mut progress)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(decision_id = %id, "panic while deciding; the request is denied");
+            Err(Denial::Internal)
+        });
+        let mut decision = Decision {
+            time: format_millis(now),
+            duration_micros: 0,
+            service: progress.service.map(|s| s.name.clone()),
+            operation: progress.operation.clone(),
+            policy_revision: policies.revision().clone(),
+            request: RequestSummary {
+                method: shown_method(request.method),
+                url: shown_url,
+                client: request.client.map(|ip| ip.to_string()),
+            },
+            outcome: Outcome::Allow,
+            status: 200,
+            headers: Headers::default(),
+            upstream_headers: Headers::default(),
+            body: None,
+            token: progress.token.as_deref().map(TokenSummary::of),
+            trace: progress.trace,
+            audit: String::new(),
+            id,
+        };
+        match verdict {
+            Ok(upstream) => {
+                decision.headers.push("x-decision-id", decision.id.clone());
+                decision.upstream_headers = upstream;
+                decision.audit =
+                    format!("Request to the URL \"{}\" allowed.", decision.request.url);
+            }
+            Err(denial) => denial.render(&mut decision, progress.service),
+        }
+        decision.duration_micros = started.elapsed().as_micros() as u64;
+        decision
+    }
+
+    fn run<'p>(
+        &self,
+        policies: &'p PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+        progress: &mut Progress<'p>,
+    ) -> Result<Headers, Denial> {
+        // 1. Base URL.
+        let url = match parse_request_url(request.url) {
+            Ok(url) => url,
+            Err(e) => {
+                let mut entry = TraceEntry::step(Step::BaseUrl, "url", "parse", false);
+                entry.detail = Some(e.to_string());
+                progress.trace.push(entry);
+                return Err(Denial::BadUrl(e));
+            }
+        };
+        let Some(base) = policies.base_urls.lookup(&url) else {
+            let mut entry = TraceEntry::step(Step::BaseUrl, "url", "longestPrefix", false);
+            entry.actual = Some(Value::String(canonical_url(&url)));
+            entry.detail =
+                Some("no API service has a base URL that is a prefix of this URL".into());
+            progress.trace.push(entry);
+            return Err(Denial::NoService);
+        };
+        let service = &policies.services[base.service];
+        progress.service = Some(service);
+        let mut entry = TraceEntry::step(Step::BaseUrl, "url", "longestPrefix", true);
+        entry.expected = Some(Arc::new(Value::String(
+            service.base_urls[base.base_url].clone(),
+        )));
+        entry.actual = Some(Value::String(canonical_url(&url)));
+        entry.location = Some(service.source.clone());
+        progress.trace.push(entry);
+
+        // 2. Token.
+        let token = match authenticate(service, request, &self.tokens, unix_seconds(now), progress)
+        {
+            Ok(token) => token,
+            Err(e) => return Err(Denial::Token(e)),
+        };
+
+        // 3. Operation.
+        let found = match service
+            .operation_index
+            .lookup(request.method, &url.path, base.consumed)
+        {
+            OperationLookup::Found(found) => found,
+            other => {
+                let path = remainder(&url.path, base.consumed);
+                let mut entry = TraceEntry::step(Step::Operation, "request", "match", false);
+                entry.actual = Some(Value::String(format!(
+                    "{} {path}",
+                    shown_method(request.method)
+                )));
+                return Err(match other {
+                    OperationLookup::MethodNotAllowed(allowed) => {
+                        entry.expected = Some(Arc::new(Value::from(
+                            allowed.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                        )));
+                        entry.detail =
+                            Some("a path template matches, but not for this method".into());
+                        progress.trace.push(entry);
+                        Denial::MethodNotAllowed { path, allowed }
+                    }
+                    _ => {
+                        entry.detail = Some("no operation's path template matches".into());
+                        progress.trace.push(entry);
+                        Denial::NoOperation {
+                            path,
+                            status: service.unmatched_status,
+                        }
+                    }
+                });
+            }
+        };
+        let operation = &service.operations[found.operation];
+        progress.operation = Some(operation.name.clone());
+        let mut entry = TraceEntry::step(Step::Operation, "request", "match", true);
+        entry.rule = Some(operation.name.clone());
+        entry.expected = Some(Arc::new(Value::String(format!(
+            "{} {}",
+            shown_method(request.method),
+            operation.paths[found.path]
+        ))));
+        entry.actual = Some(Value::String(format!(
+            "{} {}",
+            shown_method(request.method),
+            remainder(&url.path, base.consumed)
+        )));
+        entry.location = Some(operation.location.clone());
+        progress.trace.push(entry);
+
+        // 4. Rules.
+        let ctx = RuleContext {
+            token: &token,
+            params: &found.params,
+            client: request.client,
+            claims: &service.claim_names,
+        };
+        let failures = evaluate(&operation.rules, &ctx, &mut progress.trace);
+        if !failures.is_empty() {
+            return Err(Denial::Rules {
+                operation: operation.name.clone(),
+                failures,
+            });
+        }
+
+        // 5. Allow.
+        let mut upstream = Headers::default();
+        for (name, template) in &service.upstream_headers {
+            upstream.push(
+                name.to_string(),
+                header_safe(template.render_header(&token)),
+            );
+        }
+        Ok(upstream)
+    }
+}
+
+fn authenticate(
+    service: &ApiService,
+    request: &DecisionRequest<'_>,
+    cache: &TokenCache,
+    now: i64,
+    progress: &mut Progress<'_>,
+) -> Result<Arc<VerifiedToken>, TokenError> {
+    let result = token::extract_bearer(request.headers).and_then(|raw| {
+        let (verified, cached) = token::verify_signature_cached(raw, &service.token, cache, now)?;
+        progress.token = Some(verified.clone());
+        token::check_claims(&verified, &service.token, now)?;
+        Ok((verified, cached))
+    });
+    match result {
+        Ok((verified, cached)) => {
+            let mut entry =
+                TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
+            entry.detail = Some(format!(
+                "{:?} signature{} verified{}; issuer, audience and validity period accepted",
+                verified.alg,
+                verified
+                    .kid
+                    .as_deref()
+                    .map(|k| format!(" by key `{k}`"))
+                    .unwrap_or_default(),
+                if cached { " (cached)" } else { "" }
+            ));
+            progress.trace.push(entry);
+            Ok(verified)
+        }
+        Err(e) => {
+            let mut entry = TraceEntry::step(
+                Step::Token,
+                &format!("token.{}", e.target()),
+                token_check(&e),
+                false,
+            );
+            match &e {
+                TokenError::InvalidIssuer { expected, actual } => {
+                    entry.expected = Some(Arc::new(Value::from(expected.as_str())));
+                    entry.actual = Some(actual.as_deref().map_or(Value::Null, Value::from));
+                }
+                TokenError::InvalidAudience { expected, actual } => {
+                    entry.expected = Some(Arc::new(Value::from(expected.clone())));
+                    entry.actual = Some(Value::from(actual.clone()));
+                }
+                TokenError::AlgorithmNotAllowed { alg, allowed } => {
+                    entry.expected = Some(Arc::new(Value::from(allowed.clone())));
+                    entry.actual = Some(Value::from(alg.as_str()));
+                }
+                TokenError::Expired { exp } => entry.actual = Some(Value::from(format_unix(*exp))),
+                TokenError::NotYetValid { nbf } => {
+                    entry.actual = Some(Value::from(format_unix(*nbf)))
+                }
+                TokenError::IssuedInFuture { iat } => {
+                    entry.actual = Some(Value::from(format_unix(*iat)))
+                }
+                _ => {}
+            }
+            entry.detail = Some(e.to_string());
+            progress.trace.push(entry);
+            Err(e)
+        }
+    }
+}
+
+fn token_check(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::Missing { .. } | TokenError::MultipleTokens => "present",
+        TokenError::TooLarge { .. } | TokenError::Malformed { .. } => "wellFormed",
+        TokenError::AlgorithmNotAllowed { .. } | TokenError::KeyDoesNotFitAlgorithm { .. } => {
+            "algorithmAllowed"
+        }
+        TokenError::UnknownKey { .. }
+        | TokenError::KeyIdRequired { .. }
+        | TokenError::KeysUnavailable => "keyKnown",
+        TokenError::InvalidSignature => "signatureValid",
+        TokenError::MissingExpiry | TokenError::Expired { .. } => "notExpired",
+        TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => "alreadyValid",
+        TokenError::InvalidIssuer { .. } => "equals",
+        TokenError::InvalidAudience { .. } => "anyOf",
+    }
+}
+
+impl Denial {
+    /// The one mapping from a denial to what the gateway returns.
+    fn render(self, decision: &mut Decision, service: Option<&ApiService>) {
+        let realm = service.map_or("portcullis", |s| &s.name);
+        let url = decision.request.url.clone();
+        let (status, code, message, target, details, audit): (u16, &'static str, String, String, Vec<ErrorDetail>, String) = match self {
+            Denial::BadUrl(e) => (
+                400,
+                "INVALID_REQUEST",
+                "The request URL cannot be decided on safely.".into(),
+                "url".into(),
+                vec![ErrorDetail {
+                    code: e.code(),
+                    target: "url".into(),
+                    message: format!("{}; send the URL in plain, normalised form.", capitalise(&e.to_string())),
+                }],
+                format!("Request to the URL \"{url}\" denied: the URL is invalid."),
+            ),
+            Denial::NoService => (
+                404,
+                "NOT_FOUND",
+                "No API service is defined for this URL.".into(),
+                "url".into(),
+                vec![ErrorDetail {
+                    code: "NO_MATCHING_SERVICE",
+                    target: "url".into(),
+                    message: "No API service's base URL is a prefix of the request URL; check the URL, or the base URLs of the API services.".into(),
+                }],
+                format!("No API server defines policy for the URL \"{url}\"."),
+            ),
+            Denial::Token(e) => {
+                let mut challenge = format!("Bearer realm=\"{realm}\"");
+                if let Some(error) = e.oauth_error() {
+                    challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", e.description()));
+                }
+                decision.headers.push("www-authenticate", challenge);
+                (
+                    e.status(),
+                    if e.status() == 400 { "INVALID_REQUEST" } else { "UNAUTHORIZED" },
+                    e.summary().into(),
+                    "Authorization".into(),
+                    vec![ErrorDetail {
+                        code: e.code(),
+                        target: e.target().into(),
+                        message: e.to_string(),
+                    }],
+                    format!("Request to the URL \"{url}\" denied due to an invalid OAuth access token."),
+                )
+            }
+            Denial::NoOperation { path, status } => (
+                status,
+                if status == 404 { "NOT_FOUND" } else { "FORBIDDEN" },
+                "No operation of this API matches the request.".into(),
+                "path".into(),
+                vec![ErrorDetail {
+                    code: "OPERATION_NOT_FOUND",
+                    target: "path".into(),
+                    message: format!(
+                        "No operation of API service `{realm}` matches {} {path}; check the path, or add an operation for it.",
+                        decision.request.method
+                    ),
+                }],
+                format!("Request to the URL \"{url}\" denied by policy evaluation."),
+            ),
+            Denial::MethodNotAllowed { path, allowed } => {
+                let allowed = allowed.join(", ");
+                decision.headers.push("allow", allowed.clone());
+                (
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    "The method is not allowed for this path.".into(),
+                    "method".into(),
+                    vec![ErrorDetail {
+                        code: "METHOD_NOT_ALLOWED",
+                        target: "method".into(),
+                        message: format!("{} is not allowed on {path}; allowed: {allowed}.", decision.request.method),
+                    }],
+                    format!("Request to the URL \"{url}\" denied by policy evaluation."),
+                )
+            }
+            Denial::Rules { operation, failures } => {
+                let scopes: Vec<String> = failures.iter().filter_map(|f| f.scopes.clone()).flatten().collect();
+                if !scopes.is_empty() {
+                    decision.headers.push(
+                        "www-authenticate",
+                        format!(
+                            "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"Insufficient scope\", scope=\"{}\"",
+                            scopes.join(" ").replace(['"', '\\'], "")
+                        ),
+                    );
+                }
+                (
+                    403,
+                    "FORBIDDEN",
+                    format!("The request does not satisfy the access rules of operation `{operation}`."),
+                    "rules".into(),
+                    failures
+                        .into_iter()
+                        .map(|f| ErrorDetail {
+                            code: f.code,
+                            target: f.target,
+                            message: f.message,
+                        })
+                        .collect(),
+                    format!("Request to the URL \"{url}\" denied by policy evaluation."),
+                )
+            }
+            Denial::Internal => (
+                500,
+                "UNEXPECTED_ERROR",
+                "Portcullis failed to decide; the request is denied.".into(),
+                "request".into(),
+                vec![ErrorDetail {
+                    code: "INTERNAL_ERROR",
+                    target: "request".into(),
+                    message: format!("Report decision id {} to the operator.", decision.id),
+                }],
+                format!("Request to the URL \"{url}\" denied: internal error in decision {}.", decision.id),
+            ),
+        };
+        decision.outcome = Outcome::Deny;
+        decision.status = status;
+        decision
+            .headers
+            .push("content-type", "application/json".to_owned());
+        decision.headers.push("x-decision-id", decision.id.clone());
+        decision.upstream_headers = Headers::default();
+        decision.body = Some(ErrorBody {
+            id: decision.id.clone(),
+            code,
+            message,
+            target,
+            details,
+        });
+        decision.audit = audit;
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The URL as decisions show it: credentials in the query redacted, length capped.
+fn shown_url(url: &str) -> String {
+    let redacted = redact_url(url);
+    if redacted.len() <= MAX_SHOWN_URL {
+        return redacted.into_owned();
+    }
+    let mut cut = MAX_SHOWN_URL;
+    while !redacted.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[truncated]", &redacted[..cut])
+}
+
+/// Methods are tokens; anything else is shown escaped and short.
+fn shown_method(method: &str) -> String {
+    if !method.is_empty() && method.len() <= 32 && method.bytes().all(|b| b.is_ascii_graphic()) {
+        method.to_owned()
+    } else {
+        method
+            .chars()
+            .take(32)
+            .flat_map(char::escape_default)
+            .collect()
+    }
+}
+
+fn canonical_url(url: &crate::route::url::RequestUrl<'_>) -> String {
+    let port = if url.port == url.scheme.default_port() {
+        String::new()
+    } else {
+        format!(":{}", url.port)
+    };
+    format!(
+        "{}://{}{}{}",
+        url.scheme.as_str(),
+        url.host,
+        port,
+        url.path.to_path_string()
+    )
+}
+
+fn remainder(path: &crate::route::url::NormalizedPath, skip: usize) -> String {
+    let rest: String = path
+        .segments()
+        .skip(skip)
+        .map(|s| format!("/{s}"))
+        .collect();
+    if rest.is_empty() {
+        "/".to_owned()
+    } else {
+        rest
+    }
+}
+
+/// Header values must not carry control characters (no header injection through claims).
+fn header_safe(value: String) -> String {
+    if !value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return value;
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if (c as u32) < 0x20 || c as u32 == 0x7f {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_header_values_cannot_inject_lines() {
+        assert_eq!(header_safe("a\r\nx-admin: 1".into()), "a%0D%0Ax-admin: 1");
+        assert_eq!(header_safe("plain é".into()), "plain é");
+    }
+
+    #[test]
+    fn long_urls_are_cut_and_methods_escaped() {
+        let long = format!("https://h/{}", "a".repeat(5000));
+        let shown = shown_url(&long);
+        assert!(shown.len() < 2100 && shown.ends_with("[truncated]"));
+        assert_eq!(shown_method("GET"), "GET");
+        assert_eq!(shown_method("G\nT"), "G\\nT");
+    }
+}

@@ -1,0 +1,39 @@
+//! Portcullis: a policy decision point for API access management.
+//!
+//! Policy files are compiled into an immutable [`PolicySet`]; an [`Engine`] decides on each
+//! request against a policy set and a clock, and returns a [`Decision`] with the status,
+//! headers and error body for the gateway and a trace of every check. The engine does no
+//! I/O; loading files and serving requests wrap it.
+//!
+//! ```no_run
+//! use portcullis::{DecisionRequest, Engine, PolicyOptions, load_dir};
+//!
+//! let policies = load_dir("policies".as_ref(), &PolicyOptions::default()).unwrap();
+//! let engine = Engine::default();
+//! let decision = engine.decide(
+//!     &policies,
+//!     &DecisionRequest {
+//!         method: "GET",
+//!         url: "https://localhost:8443/meme-game/api/v1/users/user.0/answers",
+//!         headers: &[("authorization", "Bearer eyJ…")],
+//!         client: None,
+//!     },
+//!     std::time::SystemTime::now(),
+//! );
+//! println!("{} {}", decision.status, decision.audit);
+//! ```
+
+pub mod decision;
+pub mod policy;
+pub mod route;
+pub mod rule;
+pub mod time;
+pub mod token;
+
+pub mod proto {
+    //! Portcullis' own gRPC API (`proto/portcullis/v1`).
+    tonic::include_proto!("portcullis.v1");
+}
+
+pub use decision::{Decision, DecisionRequest, Engine, ErrorBody, Outcome, TraceEntry};
+pub use policy::{PolicyError, PolicyErrors, PolicyOptions, PolicySet, compile, load_dir};

@@ -1,0 +1,309 @@
+//! Policy files (SPEC §6, §6a): read, validated and compiled into an immutable [`PolicySet`].
+//!
+//! [`compile`] takes file contents and a key-file reader and does no other I/O;
+//! [`load_dir`] is the thin wrapper that reads a directory.
+
+mod decode;
+pub mod err;
+mod service;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use self::err::Errors;
+pub use self::err::{ErrorKind, PolicyError, PolicyErrors};
+use self::service::{DocumentContext, decode_service};
+use crate::route::{BaseUrlIndex, OperationIndex};
+use crate::rule::{AccessRule, ClaimNames, Template};
+use crate::token::TokenRequirements;
+
+/// Largest policy file read.
+pub const MAX_POLICY_FILE: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOptions {
+    /// Lets `jwks.url` use plain `http` to a loopback address.
+    pub allow_insecure_loopback_jwks: bool,
+}
+
+/// One API operation: methods and path templates with the rules that guard them.
+#[derive(Debug)]
+pub struct Operation {
+    pub name: Arc<str>,
+    pub description: Option<String>,
+    pub methods: Vec<Box<str>>,
+    pub paths: Vec<String>,
+    pub rules: Vec<AccessRule>,
+    /// `file:line` where the operation is written.
+    pub location: Arc<str>,
+}
+
+/// One API service, compiled.
+#[derive(Debug)]
+pub struct ApiService {
+    pub name: Arc<str>,
+    pub description: Option<String>,
+    /// Base URLs in canonical form.
+    pub base_urls: Vec<String>,
+    /// `file:line` of the service document.
+    pub source: Arc<str>,
+    pub token: TokenRequirements,
+    pub claim_names: ClaimNames,
+    pub upstream_headers: Vec<(Box<str>, Template)>,
+    pub operations: Vec<Operation>,
+    pub(crate) operation_index: OperationIndex,
+    /// Status when a path is under the base URL but no operation matches (403 or 404).
+    pub unmatched_status: u16,
+}
+
+/// A validated, compiled, immutable set of services. Swapped whole on reload.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub services: Vec<ApiService>,
+    pub(crate) base_urls: BaseUrlIndex,
+    revision: Arc<str>,
+}
+
+impl PolicySet {
+    /// A content hash of the policy files and key files it was compiled from.
+    pub fn revision(&self) -> &Arc<str> {
+        &self.revision
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ApiService> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+}
+
+/// A policy file's name (as shown in errors) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Compiles policy files into a [`PolicySet`]; key files are read through `read_file`, with
+/// paths relative to the directory of the policy file that names them.
+///
+/// Fails with every problem found in every file; nothing is half-loaded.
+pub fn compile(
+    sources: &[SourceFile],
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    options: &PolicyOptions,
+) -> Result<PolicySet, PolicyErrors> {
+    let mut problems = Vec::new();
+    let mut decoded = Vec::new();
+    let mut key_material = Vec::new();
+    for source in sources {
+        let file = source.path.display().to_string();
+        let mut errs = Errors {
+            file: &file,
+            list: &mut problems,
+        };
+        let documents = match yaml::parse_documents(&source.text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                errs.push(e.pos, ErrorKind::Syntax, e.message, e.help);
+                continue;
+            }
+        };
+        let dir = source.path.parent().unwrap_or(Path::new("."));
+        for doc in &documents {
+            let mut ctx = DocumentContext {
+                dir,
+                read_file,
+                options,
+                key_material: &mut key_material,
+            };
+            if let Some(service) = decode_service(doc, &mut errs, &mut ctx) {
+                decoded.push((file.clone(), service));
+            }
+        }
+    }
+
+    let mut services: Vec<ApiService> = Vec::with_capacity(decoded.len());
+    let mut base_urls = BaseUrlIndex::default();
+    let mut places: Vec<(String, u32)> = Vec::new();
+    for (file, d) in decoded {
+        let mut errs = Errors {
+            file: &file,
+            list: &mut problems,
+        };
+        if let Some(first) = services.iter().position(|s| s.name == d.service.name) {
+            errs.push(
+                d.name_pos,
+                ErrorKind::Conflict,
+                format!(
+                    "service `{}` is defined twice (first at {})",
+                    d.service.name, services[first].source
+                ),
+                "service names are unique across all policy files; rename one",
+            );
+            continue;
+        }
+        let index = services.len();
+        for (i, (origin, path, pos)) in d.base_urls.iter().enumerate() {
+            if let Some(owner) = base_urls.insert(origin, path, index, i) {
+                let owner_name = if owner == index {
+                    &d.service.name
+                } else {
+                    &services[owner].name
+                };
+                errs.push(
+                    *pos,
+                    ErrorKind::Conflict,
+                    format!(
+                        "base URL `{}` is already served by service `{owner_name}`{}",
+                        service::display_base_url(origin, path),
+                        if owner == index { String::new() } else { format!(" ({}:{})", places[owner].0, places[owner].1) }
+                    ),
+                    "a base URL belongs to one service; nested prefixes (`/v2` and `/v2/admin`) are fine",
+                );
+            }
+        }
+        places.push((file.clone(), d.name_pos.line));
+        services.push(d.service);
+    }
+    if services.is_empty() && problems.is_empty() {
+        problems.push(PolicyError {
+            file: sources
+                .first()
+                .and_then(|s| s.path.parent())
+                .map_or_else(|| "policies".to_owned(), |p| p.display().to_string()),
+            pos: None,
+            kind: ErrorKind::InvalidValue,
+            message: "no API service is defined".into(),
+            help: Some(
+                "add a policy file (`*.yaml`, `*.yml` or `*.json`) with a `service:` document"
+                    .into(),
+            ),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(PolicyErrors(problems));
+    }
+    let revision = revision(sources, &key_material);
+    Ok(PolicySet {
+        services,
+        base_urls,
+        revision,
+    })
+}
+
+fn revision(sources: &[SourceFile], keys: &[(String, Vec<u8>)]) -> Arc<str> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for s in sources {
+        let name = s.path.display().to_string();
+        ctx.update(&(name.len() as u64).to_le_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(&(s.text.len() as u64).to_le_bytes());
+        ctx.update(s.text.as_bytes());
+    }
+    for (name, bytes) in keys {
+        ctx.update(&(name.len() as u64).to_le_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(bytes);
+    }
+    let digest = ctx.finish();
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+/// Whether `path` is a policy file of a directory: `*.yaml`, `*.yml` or `*.json`, but not a
+/// test suite (`*.test.yaml`, `*.test.yml`, `*.test.json`).
+pub fn is_policy_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let is_policy = [".yaml", ".yml", ".json"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    let is_test = [".test.yaml", ".test.yml", ".test.json"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    is_policy && !is_test && !name.starts_with('.')
+}
+
+/// Reads the policy files directly in `dir` (subdirectories hold keys and data) and compiles
+/// them.
+///
+/// Fails when the directory or a file cannot be read, and with every policy problem.
+pub fn load_dir(dir: &Path, options: &PolicyOptions) -> Result<PolicySet, PolicyErrors> {
+    let io_error = |path: &Path, message: String| PolicyError {
+        file: path.display().to_string(),
+        pos: None,
+        kind: ErrorKind::Io,
+        message,
+        help: None,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        PolicyErrors(vec![io_error(
+            dir,
+            format!("cannot read the policy directory: {e}"),
+        )])
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| is_policy_file(p) && p.is_file())
+        .collect();
+    paths.sort();
+    let mut sources = Vec::with_capacity(paths.len());
+    let mut problems = Vec::new();
+    for path in paths {
+        match read_policy_file(&path) {
+            Ok(text) => sources.push(SourceFile { path, text }),
+            Err(message) => problems.push(io_error(&path, message)),
+        }
+    }
+    if sources.is_empty() && problems.is_empty() {
+        return Err(PolicyErrors(vec![PolicyError {
+            file: dir.display().to_string(),
+            pos: None,
+            kind: ErrorKind::Io,
+            message: "no policy files (`*.yaml`, `*.yml`, `*.json`) in this directory".into(),
+            help: Some("point to the directory that holds the policy files".into()),
+        }]));
+    }
+    let compiled = compile(&sources, &read_key_file, options);
+    match (compiled, problems.is_empty()) {
+        (Ok(set), true) => Ok(set),
+        (Ok(_), false) => Err(PolicyErrors(problems)),
+        (Err(PolicyErrors(mut more)), _) => {
+            problems.append(&mut more);
+            Err(PolicyErrors(problems))
+        }
+    }
+}
+
+fn read_policy_file(path: &Path) -> Result<String, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if len > MAX_POLICY_FILE {
+        return Err(format!(
+            "the file is {len} bytes; policy files are at most {MAX_POLICY_FILE} bytes"
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_owned())
+}
+
+/// Largest key file read.
+const MAX_KEY_FILE: u64 = 1024 * 1024;
+
+fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_KEY_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is {len} bytes; key files are at most {MAX_KEY_FILE} bytes"),
+        ));
+    }
+    std::fs::read(path)
+}

@@ -1,0 +1,486 @@
+//! Bearer token verification (SPEC §2 step 2): extraction from `Authorization`, header
+//! checks, key selection, signature, and the time, issuer and audience claims. Pure: the
+//! caller passes the clock and the key set.
+
+pub mod cache;
+pub mod err;
+pub mod jwks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+pub use self::cache::TokenCache;
+pub use self::err::TokenError;
+use self::jwks::{KeySet, VerificationKey};
+
+/// Longest token accepted; real access tokens are a few KiB at most.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// A claim name, looked up as a top-level claim first (names like
+/// `https://example.com/groups` contain dots) and then as a dotted path into nested objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath {
+    name: Box<str>,
+    parts: Box<[Box<str>]>,
+}
+
+impl ClaimPath {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            parts: name.split('.').map(Into::into).collect(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        if let Some(v) = claims.get(&*self.name) {
+            return Some(v);
+        }
+        if self.parts.len() < 2 {
+            return None;
+        }
+        let mut current = claims.get(&*self.parts[0])?;
+        for part in &self.parts[1..] {
+            current = current.as_object()?.get(&**part)?;
+        }
+        Some(current)
+    }
+}
+
+/// Where a service's signing keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// A JWKS file, read when the policy set was compiled.
+    Static {
+        keys: KeySet,
+        file: std::path::PathBuf,
+    },
+    /// A JWKS URL; fetching it is not part of the decision engine, and until a key set is
+    /// supplied tokens are refused with `KEYS_UNAVAILABLE`.
+    Remote { url: String, refresh: Duration },
+}
+
+/// What a service demands of its callers' tokens.
+#[derive(Debug)]
+pub struct TokenRequirements {
+    pub issuer: Box<str>,
+    pub audiences: Box<[Box<str>]>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: i64,
+    pub groups_claim: ClaimPath,
+    pub scope_claim: ClaimPath,
+    pub keys: KeySource,
+}
+
+/// A token whose signature has been verified, with the claims decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub alg: Algorithm,
+    pub kid: Option<Box<str>>,
+    pub claims: Map<String, Value>,
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    pub iss: Option<String>,
+    pub aud: Vec<String>,
+    pub exp: Option<i64>,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+}
+
+impl VerifiedToken {
+    /// Issued to a user (SPEC §6a): has a `sub` that is not the client's own id.
+    pub fn is_delegated(&self) -> bool {
+        match &self.sub {
+            None => false,
+            Some(sub) => {
+                let is_client =
+                    |claim: &str| self.claims.get(claim).and_then(Value::as_str) == Some(sub);
+                !is_client("client_id") && !is_client("azp")
+            }
+        }
+    }
+}
+
+/// Takes the one bearer token out of the request headers (names compared case-insensitively).
+///
+/// Fails when there is none, when there are several, or when the credentials are not a
+/// single token.
+pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, TokenError> {
+    let mut found = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            if found.is_some() {
+                return Err(TokenError::MultipleTokens);
+            }
+            found = Some(*value);
+        }
+    }
+    let value = found.ok_or(TokenError::Missing { scheme: None })?.trim();
+    let (scheme, credentials) = value
+        .split_once([' ', '\t'])
+        .map_or((value, ""), |(s, c)| (s, c.trim()));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        let shown: String = scheme
+            .chars()
+            .take(20)
+            .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+            .collect();
+        return Err(TokenError::Missing {
+            scheme: Some(shown),
+        });
+    }
+    if credentials.is_empty() {
+        return Err(TokenError::Malformed {
+            reason: "the Bearer credentials are empty",
+        });
+    }
+    if credentials.contains([' ', '\t', ',']) {
+        return Err(TokenError::MultipleTokens);
+    }
+    if credentials.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLarge {
+            len: credentials.len(),
+        });
+    }
+    // RFC 6750 b64token characters.
+    if !credentials
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        return Err(TokenError::Malformed {
+            reason: "the token contains characters outside the base64url alphabet",
+        });
+    }
+    Ok(credentials)
+}
+
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed {
+            reason: "a part of the token is not base64url",
+        })
+}
+
+/// Verifies the signature of `token` with the service's keys, or finds it verified in
+/// `cache`; returns the token and whether it came from the cache. The claims are checked
+/// separately, by [`check_claims`], on every use.
+///
+/// Fails with the first problem found, in this order: structure, algorithm, key, signature.
+pub fn verify_signature_cached(
+    token: &str,
+    reqs: &TokenRequirements,
+    cache: &TokenCache,
+    now: i64,
+) -> Result<(Arc<VerifiedToken>, bool), TokenError> {
+    let keys = match &reqs.keys {
+        KeySource::Static { keys, .. } => keys,
+        KeySource::Remote { .. } => return Err(TokenError::KeysUnavailable),
+    };
+    let cache_key = TokenCache::key(&keys.fingerprint, token);
+    if let Some(verified) = cache.get(&cache_key, now) {
+        // The key set is the same, but the algorithm allow-list is the service's own.
+        if !reqs.algorithms.contains(&verified.alg) {
+            return Err(algorithm_not_allowed(&format!("{:?}", verified.alg), reqs));
+        }
+        return Ok((verified, true));
+    }
+    let verified = Arc::new(verify_signature(token, reqs, keys)?);
+    cache.insert(cache_key, verified.clone(), now);
+    Ok((verified, false))
+}
+
+fn algorithm_not_allowed(alg: &str, reqs: &TokenRequirements) -> TokenError {
+    TokenError::AlgorithmNotAllowed {
+        alg: alg.chars().take(32).collect(),
+        allowed: reqs.algorithms.iter().map(|a| format!("{a:?}")).collect(),
+    }
+}
+
+fn verify_signature(
+    token: &str,
+    reqs: &TokenRequirements,
+    keys: &KeySet,
+) -> Result<VerifiedToken, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed {
+            reason: if token.split('.').count() == 5 {
+                "encrypted tokens (JWE) are not accepted"
+            } else {
+                "a signed JWT has three dot-separated parts"
+            },
+        });
+    };
+    let header: JoseHeader =
+        serde_json::from_slice(&b64(header_b64)?).map_err(|_| TokenError::Malformed {
+            reason: "the header is not a JSON object",
+        })?;
+    if header.crit.is_some() {
+        return Err(TokenError::Malformed {
+            reason: "the header lists critical extensions (`crit`), none of which are supported",
+        });
+    }
+    let alg_name = header.alg.ok_or(TokenError::Malformed {
+        reason: "the header has no `alg`",
+    })?;
+    let alg = Algorithm::from_str(&alg_name)
+        .ok()
+        .filter(|a| reqs.algorithms.contains(a))
+        .ok_or_else(|| algorithm_not_allowed(&alg_name, reqs))?;
+    let key = select_key(keys, header.kid.as_deref(), alg)?;
+    let message_len = header_b64.len() + 1 + payload_b64.len();
+    let message = &token.as_bytes()[..message_len];
+    match jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, alg) {
+        Ok(true) => {}
+        Ok(false) => return Err(TokenError::InvalidSignature),
+        Err(e) => {
+            return Err(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::Base64(_) => TokenError::Malformed {
+                    reason: "the signature is not base64url",
+                },
+                _ => TokenError::InvalidSignature,
+            });
+        }
+    }
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&b64(payload_b64)?).map_err(|_| TokenError::Malformed {
+            reason: "the payload is not a JSON object",
+        })?;
+    decode_claims(claims, alg, header.kid)
+}
+
+fn select_key<'k>(
+    keys: &'k KeySet,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<&'k VerificationKey, TokenError> {
+    match kid {
+        Some(kid) => {
+            let key = keys.by_kid(kid).ok_or_else(|| TokenError::UnknownKey {
+                kid: kid.chars().take(128).collect(),
+            })?;
+            if !key.fits(alg) {
+                return Err(TokenError::KeyDoesNotFitAlgorithm {
+                    kid: kid.to_owned(),
+                    alg: format!("{alg:?}"),
+                });
+            }
+            Ok(key)
+        }
+        None => {
+            let mut fitting = keys.keys.iter().filter(|k| k.fits(alg));
+            match (fitting.next(), fitting.count()) {
+                (Some(key), 0) => Ok(key),
+                (None, _) => Err(TokenError::UnknownKey { kid: String::new() }),
+                (Some(_), more) => Err(TokenError::KeyIdRequired {
+                    candidates: more + 1,
+                }),
+            }
+        }
+    }
+}
+
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+    round_up: bool,
+) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let value = n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && f.abs() < 1e15)
+                        .map(|f| {
+                            // Round towards the stricter side: an earlier expiry, a later start.
+                            if round_up {
+                                f.ceil() as i64
+                            } else {
+                                f.floor() as i64
+                            }
+                        })
+                })
+                .ok_or(TokenError::Malformed {
+                    reason: "a time claim is out of range",
+                })?;
+            Ok(Some(value))
+        }
+        Some(_) => Err(TokenError::Malformed {
+            reason: "a time claim (`exp`, `nbf`, `iat`) is not a number",
+        }),
+    }
+}
+
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::Malformed {
+            reason: "a string claim (`sub`, `iss`, `client_id`, `azp`) is not a string",
+        }),
+    }
+}
+
+fn decode_claims(
+    claims: Map<String, Value>,
+    alg: Algorithm,
+    kid: Option<String>,
+) -> Result<VerifiedToken, TokenError> {
+    let aud = match claims.get("aud") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(TokenError::Malformed {
+                reason: "`aud` is neither a string nor an array of strings",
+            })?,
+        Some(_) => {
+            return Err(TokenError::Malformed {
+                reason: "`aud` is neither a string nor an array of strings",
+            });
+        }
+    };
+    let client_id = match string_claim(&claims, "client_id")? {
+        Some(id) => Some(id),
+        None => string_claim(&claims, "azp")?,
+    };
+    Ok(VerifiedToken {
+        alg,
+        kid: kid.map(Into::into),
+        sub: string_claim(&claims, "sub")?,
+        iss: string_claim(&claims, "iss")?,
+        client_id,
+        aud,
+        exp: numeric_date(&claims, "exp", false)?,
+        nbf: numeric_date(&claims, "nbf", true)?,
+        iat: numeric_date(&claims, "iat", true)?,
+        claims,
+    })
+}
+
+/// The checks that depend on the clock and on the service, done on every use, cached or not.
+///
+/// Fails with the first problem, in this order: expiry, not-before, issued-at, issuer,
+/// audience.
+pub fn check_claims(
+    token: &VerifiedToken,
+    reqs: &TokenRequirements,
+    now: i64,
+) -> Result<(), TokenError> {
+    let exp = token.exp.ok_or(TokenError::MissingExpiry)?;
+    if now >= exp.saturating_add(reqs.leeway) {
+        return Err(TokenError::Expired { exp });
+    }
+    if let Some(nbf) = token.nbf
+        && now.saturating_add(reqs.leeway) < nbf
+    {
+        return Err(TokenError::NotYetValid { nbf });
+    }
+    if let Some(iat) = token.iat
+        && now.saturating_add(reqs.leeway) < iat
+    {
+        return Err(TokenError::IssuedInFuture { iat });
+    }
+    if token.iss.as_deref() != Some(&*reqs.issuer) {
+        return Err(TokenError::InvalidIssuer {
+            expected: reqs.issuer.to_string(),
+            actual: token.iss.as_ref().map(|s| s.chars().take(256).collect()),
+        });
+    }
+    if !token
+        .aud
+        .iter()
+        .any(|a| reqs.audiences.iter().any(|want| **want == **a))
+    {
+        return Err(TokenError::InvalidAudience {
+            expected: reqs.audiences.iter().map(|a| a.to_string()).collect(),
+            actual: token
+                .aud
+                .iter()
+                .take(16)
+                .map(|a| a.chars().take(256).collect())
+                .collect(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_exactly_one_token() {
+        assert_eq!(
+            extract_bearer(&[("Authorization", "bearer abc.def.ghi")]),
+            Ok("abc.def.ghi")
+        );
+        assert_eq!(extract_bearer(&[("authorization", "BEARER  x ")]), Ok("x"));
+        assert_eq!(
+            extract_bearer(&[]),
+            Err(TokenError::Missing { scheme: None })
+        );
+        assert_eq!(
+            extract_bearer(&[("authorization", "Basic dXNlcjpwYXNz")]),
+            Err(TokenError::Missing {
+                scheme: Some("Basic".into())
+            })
+        );
+        assert_eq!(
+            extract_bearer(&[("authorization", "Bearer a"), ("Authorization", "Bearer b")]),
+            Err(TokenError::MultipleTokens)
+        );
+        assert_eq!(
+            extract_bearer(&[("authorization", "Bearer a, Bearer b")]),
+            Err(TokenError::MultipleTokens)
+        );
+        assert!(matches!(
+            extract_bearer(&[("authorization", "Bearer")]),
+            Err(TokenError::Malformed { .. })
+        ));
+        assert!(matches!(
+            extract_bearer(&[("authorization", "Bearer a\"b")]),
+            Err(TokenError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn claim_paths_prefer_whole_names_then_nested_objects() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"https://x.example/groups": ["a"], "realm_access": {"roles": ["r"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ClaimPath::new("https://x.example/groups").lookup(&claims),
+            Some(&serde_json::json!(["a"]))
+        );
+        assert_eq!(
+            ClaimPath::new("realm_access.roles").lookup(&claims),
+            Some(&serde_json::json!(["r"]))
+        );
+        assert_eq!(ClaimPath::new("realm_access.none").lookup(&claims), None);
+    }
+}
