@@ -19,6 +19,40 @@ use crate::rule::{RuleContext, RuleFailure, evaluate};
 use crate::time::{format_millis, format_unix, unix_seconds};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
 
+/// Every detail code a decision's error body can carry.
+pub const DETAIL_CODES: &[&str] = &[
+    "URL_TOO_LONG",
+    "INVALID_URL",
+    "AMBIGUOUS_PATH",
+    "NO_MATCHING_SERVICE",
+    "REQUIRED_VALUE",
+    "MULTIPLE_TOKENS",
+    "TOKEN_TOO_LARGE",
+    "MALFORMED_TOKEN",
+    "ALGORITHM_NOT_ALLOWED",
+    "UNKNOWN_KEY",
+    "KEY_ID_REQUIRED",
+    "KEY_ALGORITHM_MISMATCH",
+    "INVALID_SIGNATURE",
+    "REQUIRED_CLAIM",
+    "TOKEN_EXPIRED",
+    "TOKEN_NOT_YET_VALID",
+    "TOKEN_ISSUED_IN_FUTURE",
+    "INVALID_ISSUER",
+    "INVALID_AUDIENCE",
+    "KEYS_UNAVAILABLE",
+    "OPERATION_NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "USER_REQUIRED",
+    "CLIENT_REQUIRED",
+    "GROUP_REQUIRED",
+    "SCOPE_REQUIRED",
+    "CLAIM_MISMATCH",
+    "CLIENT_ADDRESS_NOT_ALLOWED",
+    "RULE_NOT_SATISFIED",
+    "INTERNAL_ERROR",
+];
+
 /// Longest URL kept in a decision; longer ones are cut with a marker.
 const MAX_SHOWN_URL: usize = 2048;
 
@@ -339,6 +373,10 @@ impl Engine {
         now: SystemTime,
         progress: &mut Progress<'p>,
     ) -> Result<Headers, Denial> {
+        #[cfg(test)]
+        if tests::FORCE_PANIC.with(|f| f.get()) {
+            panic!("forced by a test");
+        }
         // 1. Base URL.
         let url = match parse_request_url(request.url) {
             Ok(url) => url,
@@ -349,7 +387,7 @@ impl Engine {
                 return Err(Denial::BadUrl(e));
             }
         };
-        let Some(base) = policies.base_urls.lookup(&url) else {
+        let Some(base) = policies.match_service(&url) else {
             let mut entry = TraceEntry::step(Step::BaseUrl, "url", "longestPrefix", false);
             entry.actual = Some(Value::String(canonical_url(&url)));
             entry.detail =
@@ -755,6 +793,32 @@ fn header_safe(value: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        pub(super) static FORCE_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panic_while_deciding_is_a_500_deny_and_the_next_decision_works() {
+        let policies = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
+        let engine = Engine::default();
+        let request = DecisionRequest {
+            method: "GET",
+            url: "https://localhost:8443/meme-game/api/v1/leaderboard",
+            headers: &[],
+            client: None,
+        };
+        FORCE_PANIC.with(|f| f.set(true));
+        let decision = engine.decide(&policies, &request, SystemTime::now());
+        FORCE_PANIC.with(|f| f.set(false));
+        assert_eq!((decision.outcome, decision.status), (Outcome::Deny, 500));
+        let body = decision.body.as_ref().unwrap();
+        assert_eq!((body.code, decision.detail_code()), ("UNEXPECTED_ERROR", Some("INTERNAL_ERROR")));
+        assert_eq!(decision.headers.get("x-decision-id"), Some(decision.id.as_str()));
+        assert!(body.details[0].message.contains(&decision.id));
+        let next = engine.decide(&policies, &request, SystemTime::now());
+        assert_eq!(next.status, 401);
+    }
 
     #[test]
     fn upstream_header_values_cannot_inject_lines() {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use self::err::Errors;
 pub use self::err::{ErrorKind, PolicyError, PolicyErrors};
 use self::service::{DocumentContext, decode_service};
-use crate::route::{BaseUrlIndex, OperationIndex};
+use crate::route::url::RequestUrl;
+use crate::route::{BaseMatch, BaseUrlIndex, OperationIndex, OperationLookup};
 use crate::rule::{AccessRule, ClaimNames, Template};
 use crate::token::TokenRequirements;
 
@@ -73,6 +74,20 @@ impl PolicySet {
 
     pub fn service(&self, name: &str) -> Option<&ApiService> {
         self.services.iter().find(|s| &*s.name == name)
+    }
+
+    /// The service whose base URL is the longest segment-boundary prefix of `url`
+    /// (pipeline step 1).
+    pub fn match_service(&self, url: &RequestUrl<'_>) -> Option<BaseMatch> {
+        self.base_urls.lookup(url)
+    }
+
+    /// The operation of a matched service for `method` on the rest of `url`'s path
+    /// (pipeline step 3).
+    pub fn match_operation(&self, base: BaseMatch, method: &str, url: &RequestUrl<'_>) -> OperationLookup {
+        self.services[base.service]
+            .operation_index
+            .lookup(method, &url.path, base.consumed)
     }
 }
 

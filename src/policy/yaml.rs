@@ -83,6 +83,43 @@ impl Node {
     }
 }
 
+/// The tree as JSON, with plain scalars resolved as YAML 1.2's core schema does (null,
+/// booleans, integers, floats, else strings); quoted scalars are always strings.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.kind {
+        NodeKind::Scalar { text, quoted: true } => Value::String(text.clone()),
+        NodeKind::Scalar { text, quoted: false } => {
+            if is_null(text) {
+                Value::Null
+            } else if let Some(b) = match text.as_str() {
+                "true" | "True" | "TRUE" => Some(true),
+                "false" | "False" | "FALSE" => Some(false),
+                _ => None,
+            } {
+                Value::Bool(b)
+            } else if let Ok(i) = text.parse::<i64>() {
+                Value::from(i)
+            } else if let Some(f) = text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && text.bytes().any(|b| b.is_ascii_digit()))
+            {
+                Value::from(f)
+            } else {
+                Value::String(text.clone())
+            }
+        }
+        NodeKind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        NodeKind::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.text.clone(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
 pub fn is_null(text: &str) -> bool {
     matches!(text, "" | "~" | "null" | "Null" | "NULL")
 }
@@ -323,6 +360,15 @@ mod tests {
         };
         assert_eq!(entries[0].0.text, "a");
         assert!(entries[1].1.kind_name() == "a mapping");
+    }
+
+    #[test]
+    fn plain_scalars_resolve_and_quoted_stay_strings() {
+        let docs = parse_documents("a: [1, '1', true, 'true', ~, 1.5, x, +3, .inf]\n").unwrap();
+        assert_eq!(
+            to_json(&docs[0]),
+            serde_json::json!({"a": [1, "1", true, "true", null, 1.5, "x", 3, ".inf"]})
+        );
     }
 
     #[test]
