@@ -1,0 +1,371 @@
+//! Data-driven decision cases: every `tests/cases/*.yaml` file lists requests against the
+//! fixture policies with the decision expected for each. All failures of all files are
+//! reported together, and every detail code the engine knows must be exercised by a case.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use portcullis::policy::yaml::{parse_documents, to_json};
+use portcullis::{DecisionRequest, Engine};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    /// The decision clock, RFC 3339.
+    now: String,
+    #[serde(default)]
+    defaults: Defaults,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    token: Option<TokenSpec>,
+}
+
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TokenSpec {
+    /// Signing key: a test key name, or `none` for an unsigned token.
+    key: Option<String>,
+    /// Algorithm used to sign; defaults to the header's `alg`.
+    sign: Option<String>,
+    /// Header fields, merged over the defaults; `null` removes a field.
+    header: Option<Map<String, Value>>,
+    /// Claims, merged over the defaults; `null` removes a claim. Strings `now`, `now+N`,
+    /// `now-N` become Unix times.
+    claims: Option<Map<String, Value>>,
+    /// Replace the token with this text.
+    raw: Option<String>,
+    /// Change one character of the signature.
+    corrupt_signature: Option<bool>,
+    /// Add a claim `pad` of this many characters (for oversized tokens).
+    pad_claim: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default = "get")]
+    method: String,
+    url: String,
+    /// Append this many `a` to the URL.
+    #[serde(rename = "padUrl")]
+    pad_url: Option<usize>,
+    client: Option<IpAddr>,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    /// `false` for no token; a mapping merged over the default token.
+    token: Option<Value>,
+    /// The whole `Authorization` header value, instead of a bearer token.
+    authorization: Option<String>,
+    /// The scheme word sent before the token (default `Bearer`).
+    scheme: Option<String>,
+    expect: Expect,
+}
+
+fn get() -> String {
+    "GET".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Expect {
+    outcome: String,
+    status: u16,
+    code: Option<String>,
+    /// The first detail code.
+    detail: Option<String>,
+    /// All detail codes, in order.
+    details: Option<Vec<String>>,
+    /// Exact `www-authenticate`; `null` requires its absence.
+    #[serde(default, deserialize_with = "present")]
+    www_authenticate: Option<Option<String>>,
+    allow: Option<String>,
+    service: Option<String>,
+    operation: Option<String>,
+    /// The description of the decisive rule.
+    decisive: Option<String>,
+    upstream: Option<Map<String, Value>>,
+    /// Substrings the first detail message must contain.
+    message_contains: Option<Vec<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn merge(base: &mut Map<String, Value>, over: &Map<String, Value>) {
+    for (k, v) in over {
+        if v.is_null() {
+            base.remove(k);
+        } else {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn resolve_times(claims: &mut Map<String, Value>, now: i64) {
+    for value in claims.values_mut() {
+        if let Some(text) = value.as_str() {
+            let offset = if text == "now" {
+                Some(0)
+            } else if let Some(n) = text.strip_prefix("now+") {
+                n.parse::<i64>().ok()
+            } else if let Some(n) = text.strip_prefix("now-") {
+                n.parse::<i64>().ok().map(|n| -n)
+            } else {
+                None
+            };
+            if let Some(offset) = offset {
+                *value = Value::from(now + offset);
+            }
+        }
+    }
+}
+
+fn build_token(defaults: &TokenSpec, over: &TokenSpec, now: i64) -> String {
+    if let Some(raw) = over.raw.as_ref().or(defaults.raw.as_ref()) {
+        return raw.clone();
+    }
+    let mut header = defaults.header.clone().unwrap_or_default();
+    merge(&mut header, &over.header.clone().unwrap_or_default());
+    let mut claims = defaults.claims.clone().unwrap_or_default();
+    merge(&mut claims, &over.claims.clone().unwrap_or_default());
+    resolve_times(&mut claims, now);
+    if let Some(n) = over.pad_claim {
+        claims.insert("pad".into(), Value::from("x".repeat(n)));
+    }
+    let key = over
+        .key
+        .as_ref()
+        .or(defaults.key.as_ref())
+        .expect("a token needs `key`");
+    let alg_name = over
+        .sign
+        .as_ref()
+        .or(defaults.sign.as_ref())
+        .cloned()
+        .or_else(|| header.get("alg").and_then(Value::as_str).map(str::to_owned))
+        .expect("a token needs `sign` or a header `alg`");
+    let signer = (key != "none").then(|| {
+        (
+            key.as_str(),
+            alg_name.parse::<Algorithm>().expect("known algorithm"),
+        )
+    });
+    let mut token = support::jws(&Value::Object(header), &Value::Object(claims), signer);
+    if over.corrupt_signature.unwrap_or(false) {
+        // A character well inside the signature, so that the base64 stays canonical.
+        let at = token.len() - 10;
+        let flipped = if &token[at..=at] == "A" { "B" } else { "A" };
+        token.replace_range(at..=at, flipped);
+    }
+    token
+}
+
+fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
+    let e = &case.expect;
+    let mut problems = Vec::new();
+    let mut differ = |what: &str, want: &dyn std::fmt::Debug, got: &dyn std::fmt::Debug| {
+        problems.push(format!("{what}: expected {want:?}, got {got:?}"));
+    };
+    if decision.outcome.as_str() != e.outcome {
+        differ("outcome", &e.outcome, &decision.outcome.as_str());
+    }
+    if decision.status != e.status {
+        differ("status", &e.status, &decision.status);
+    }
+    let body = decision.body.as_ref();
+    if let Some(code) = &e.code
+        && body.map(|b| b.code) != Some(code.as_str())
+    {
+        differ("code", code, &body.map(|b| b.code));
+    }
+    if let Some(detail) = &e.detail
+        && decision.detail_code() != Some(detail.as_str())
+    {
+        differ("detail", detail, &decision.detail_code());
+    }
+    if let Some(details) = &e.details {
+        let got: Vec<&str> = body
+            .map(|b| b.details.iter().map(|d| d.code).collect())
+            .unwrap_or_default();
+        if got != *details {
+            differ("details", details, &got);
+        }
+    }
+    if let Some(want) = &e.www_authenticate {
+        let got = decision.headers.get("www-authenticate");
+        if got != want.as_deref() {
+            differ("www-authenticate", want, &got);
+        }
+    }
+    if let Some(allow) = &e.allow
+        && decision.headers.get("allow") != Some(allow.as_str())
+    {
+        differ("allow", allow, &decision.headers.get("allow"));
+    }
+    if let Some(service) = &e.service
+        && decision.service.as_deref() != Some(service.as_str())
+    {
+        differ("service", service, &decision.service);
+    }
+    if let Some(operation) = &e.operation
+        && decision.operation.as_deref() != Some(operation.as_str())
+    {
+        differ("operation", operation, &decision.operation);
+    }
+    if let Some(decisive) = &e.decisive {
+        let got = decision.decisive().and_then(|t| t.rule.as_deref());
+        if got != Some(decisive.as_str()) {
+            differ("decisive rule", decisive, &got);
+        }
+    }
+    if let Some(upstream) = &e.upstream {
+        for (name, value) in upstream {
+            let got = decision.upstream_headers.get(name);
+            if got != value.as_str() {
+                differ(&format!("upstream header {name}"), value, &got);
+            }
+        }
+    }
+    if let Some(parts) = &e.message_contains {
+        let message = body
+            .and_then(|b| b.details.first())
+            .map(|d| d.message.as_str())
+            .unwrap_or("");
+        for part in parts {
+            if !message.contains(part.as_str()) {
+                differ("detail message containing", part, &message);
+            }
+        }
+    }
+    // Invariants of every decision (SPEC §2a): a deny carries JSON, and the same id in
+    // header and body; an allow carries no body.
+    match body {
+        Some(b) => {
+            if decision.headers.get("x-decision-id") != Some(b.id.as_str()) || b.id != decision.id {
+                problems.push("x-decision-id differs from body.id".into());
+            }
+            if decision.headers.get("content-type") != Some("application/json") {
+                problems.push("deny without content-type: application/json".into());
+            }
+        }
+        None if decision.status != 200 => problems.push("deny without a body".into()),
+        None => {}
+    }
+    problems
+}
+
+#[test]
+fn decision_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no case files in {}", dir.display());
+    let policies = support::policies();
+    let mut failures = Vec::new();
+    let mut codes_seen = BTreeSet::new();
+    let mut count = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let docs = parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e:?}", file.display()));
+        let suite: CaseFile = serde_json::from_value(to_json(&docs[0]))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let now_time: SystemTime = humantime::parse_rfc3339(&suite.now).unwrap();
+        let now = now_time.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let defaults = suite.defaults.token.clone().unwrap_or_default();
+        // One engine per file: later cases may reuse tokens cached by earlier ones, as in a
+        // running server.
+        let engine = Engine::default();
+        for case in &suite.cases {
+            count += 1;
+            let mut headers: Vec<(String, String)> = case
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                    )
+                })
+                .collect();
+            match (&case.authorization, &case.token) {
+                (Some(authorization), _) => {
+                    headers.push(("Authorization".into(), authorization.clone()))
+                }
+                (None, Some(Value::Bool(false))) => {}
+                (None, token) => {
+                    let over: TokenSpec = match token {
+                        None => TokenSpec::default(),
+                        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+                            panic!("{}: case `{}`: token: {e}", file.display(), case.name)
+                        }),
+                    };
+                    let scheme = case.scheme.as_deref().unwrap_or("Bearer");
+                    headers.push((
+                        "Authorization".into(),
+                        format!("{scheme} {}", build_token(&defaults, &over, now)),
+                    ));
+                }
+            }
+            let url = format!("{}{}", case.url, "a".repeat(case.pad_url.unwrap_or(0)));
+            let header_refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let decision = engine.decide(
+                policies,
+                &DecisionRequest {
+                    method: &case.method,
+                    url: &url,
+                    headers: &header_refs,
+                    client: case.client,
+                },
+                now_time + Duration::from_millis(1),
+            );
+            for detail in decision.body.iter().flat_map(|b| &b.details) {
+                codes_seen.insert(detail.code);
+            }
+            let problems = check(case, &decision);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{} — {}\n    {}\n    decision: {}",
+                    file.file_name().unwrap().to_string_lossy(),
+                    case.name,
+                    problems.join("\n    "),
+                    serde_json::to_string(&decision).unwrap()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // The forced-panic unit test in src/decision.rs covers INTERNAL_ERROR.
+    let missing: Vec<&&str> = portcullis::decision::DETAIL_CODES
+        .iter()
+        .filter(|c| **c != "INTERNAL_ERROR" && !codes_seen.contains(**c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "detail codes without a case: {missing:?}"
+    );
+}

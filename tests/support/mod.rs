@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: the fixture policies and test keys, and
+//! tokens built piece by piece (so that hostile ones can be built too).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::{PolicyOptions, PolicySet};
+use serde_json::{Value, json};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The policies of `tests/fixtures/policies`, compiled once per test binary.
+pub fn policies() -> &'static PolicySet {
+    static SET: OnceLock<PolicySet> = OnceLock::new();
+    SET.get_or_init(|| {
+        portcullis::load_dir(&fixtures().join("policies"), &PolicyOptions::default())
+            .unwrap_or_else(|e| panic!("fixture policies are invalid:\n{e}"))
+    })
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The PEM of a test key (`rsa-a`, `ec-a`, …).
+pub fn key_pem(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("keys").join(format!("{name}.pem")))
+        .unwrap_or_else(|e| panic!("test key {name}: {e}"))
+}
+
+pub fn hs_secret() -> Vec<u8> {
+    let text = std::fs::read_to_string(fixtures().join("keys/hs-a.secret")).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .unwrap()
+}
+
+/// The signing key named `name` for `alg`: a PEM key, or `hs-a` for the shared secret.
+pub fn encoding_key(name: &str, alg: Algorithm) -> EncodingKey {
+    if name == "hs-a" {
+        return EncodingKey::from_secret(&hs_secret());
+    }
+    let pem = key_pem(name);
+    match alg {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
+    }
+    .unwrap_or_else(|e| panic!("test key {name} for {alg:?}: {e}"))
+}
+
+/// A JWS with exactly this header and these claims, signed with `key` using `alg`
+/// (`None`: no signature, as `alg: none` tokens have).
+pub fn jws(header: &Value, claims: &Value, key: Option<(&str, Algorithm)>) -> String {
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = match key {
+        Some((name, alg)) => {
+            jsonwebtoken::crypto::sign(message.as_bytes(), &encoding_key(name, alg), alg).unwrap()
+        }
+        None => String::new(),
+    };
+    format!("{message}.{signature}")
+}
+
+/// Claims of a valid token for the `app` fixture service at `now`.
+pub fn app_claims(now: i64) -> Value {
+    json!({
+        "iss": "https://issuer.test",
+        "aud": "app",
+        "sub": "user.1",
+        "client_id": "web",
+        "iat": now - 10,
+        "exp": now + 3600,
+    })
+}
+
+/// A valid RS256 token with `kid: rsa-a` for these claims.
+pub fn rs256(claims: &Value) -> String {
+    jws(
+        &json!({"alg": "RS256", "kid": "rsa-a", "typ": "JWT"}),
+        claims,
+        Some(("rsa-a", Algorithm::RS256)),
+    )
+}
