@@ -813,8 +813,14 @@ mod tests {
         FORCE_PANIC.with(|f| f.set(false));
         assert_eq!((decision.outcome, decision.status), (Outcome::Deny, 500));
         let body = decision.body.as_ref().unwrap();
-        assert_eq!((body.code, decision.detail_code()), ("UNEXPECTED_ERROR", Some("INTERNAL_ERROR")));
-        assert_eq!(decision.headers.get("x-decision-id"), Some(decision.id.as_str()));
+        assert_eq!(
+            (body.code, decision.detail_code()),
+            ("UNEXPECTED_ERROR", Some("INTERNAL_ERROR"))
+        );
+        assert_eq!(
+            decision.headers.get("x-decision-id"),
+            Some(decision.id.as_str())
+        );
         assert!(body.details[0].message.contains(&decision.id));
         let next = engine.decide(&policies, &request, SystemTime::now());
         assert_eq!(next.status, 401);

@@ -36,5 +36,7 @@ pub mod proto {
 }
 
 pub use decision::{Decision, DecisionRequest, Engine, ErrorBody, Outcome, TraceEntry};
-pub use policy::{PolicyError, PolicyErrors, PolicyOptions, PolicySet, SourceFile, compile, load_dir};
+pub use policy::{
+    PolicyError, PolicyErrors, PolicyOptions, PolicySet, SourceFile, compile, load_dir,
+};
 pub use route::url::parse_request_url;

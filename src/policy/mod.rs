@@ -84,7 +84,12 @@ impl PolicySet {
 
     /// The operation of a matched service for `method` on the rest of `url`'s path
     /// (pipeline step 3).
-    pub fn match_operation(&self, base: BaseMatch, method: &str, url: &RequestUrl<'_>) -> OperationLookup {
+    pub fn match_operation(
+        &self,
+        base: BaseMatch,
+        method: &str,
+        url: &RequestUrl<'_>,
+    ) -> OperationLookup {
         self.services[base.service]
             .operation_index
             .lookup(method, &url.path, base.consumed)

@@ -89,7 +89,10 @@ pub fn to_json(node: &Node) -> serde_json::Value {
     use serde_json::Value;
     match &node.kind {
         NodeKind::Scalar { text, quoted: true } => Value::String(text.clone()),
-        NodeKind::Scalar { text, quoted: false } => {
+        NodeKind::Scalar {
+            text,
+            quoted: false,
+        } => {
             if is_null(text) {
                 Value::Null
             } else if let Some(b) = match text.as_str() {
