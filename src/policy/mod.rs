@@ -144,46 +144,49 @@ pub fn compile(
 
     let mut services: Vec<ApiService> = Vec::with_capacity(decoded.len());
     let mut base_urls = BaseUrlIndex::default();
-    let mut places: Vec<(String, u32)> = Vec::new();
+    // Every service document with a name, broken or not: (name, file:line), by index in
+    // `base_urls`.
+    let mut seen: Vec<(String, String)> = Vec::with_capacity(decoded.len());
     for (file, d) in decoded {
         let mut errs = Errors {
             file: &file,
             list: &mut problems,
         };
-        if let Some(first) = services.iter().position(|s| s.name == d.service.name) {
+        let place = format!("{file}:{}", d.name_pos.line);
+        if let Some((_, first)) = seen.iter().find(|(name, _)| *name == d.name) {
             errs.push(
                 d.name_pos,
                 ErrorKind::Conflict,
-                format!(
-                    "service `{}` is defined twice (first at {})",
-                    d.service.name, services[first].source
-                ),
+                format!("service `{}` is defined twice (first at {first})", d.name),
                 "service names are unique across all policy files; rename one",
             );
             continue;
         }
-        let index = services.len();
+        let index = seen.len();
         for (i, (origin, path, pos)) in d.base_urls.iter().enumerate() {
             if let Some(owner) = base_urls.insert(origin, path, index, i) {
-                let owner_name = if owner == index {
-                    &d.service.name
-                } else {
-                    &services[owner].name
-                };
+                let (owner_name, owner_place) = seen
+                    .get(owner)
+                    .map_or((d.name.as_str(), None), |(n, p)| (n.as_str(), Some(p)));
                 errs.push(
                     *pos,
                     ErrorKind::Conflict,
                     format!(
                         "base URL `{}` is already served by service `{owner_name}`{}",
                         service::display_base_url(origin, path),
-                        if owner == index { String::new() } else { format!(" ({}:{})", places[owner].0, places[owner].1) }
+                        owner_place.map(|p| format!(" ({p})")).unwrap_or_default()
                     ),
                     "a base URL belongs to one service; nested prefixes (`/v2` and `/v2/admin`) are fine",
                 );
             }
         }
-        places.push((file.clone(), d.name_pos.line));
-        services.push(d.service);
+        seen.push((d.name, place));
+        match d.service {
+            Some(service) => services.push(service),
+            // Indexes in `base_urls` follow `seen`; the set is not built when a document is
+            // broken, so the mismatch never reaches a decision.
+            None => debug_assert!(!problems.is_empty()),
+        }
     }
     if services.is_empty() && problems.is_empty() {
         problems.push(PolicyError {

@@ -83,7 +83,10 @@ pub(crate) struct DocumentContext<'a> {
 
 /// A compiled service with the places of its parts, for cross-document checks.
 pub(crate) struct DecodedService {
-    pub service: ApiService,
+    pub name: String,
+    /// `None` when the document has errors; its name and base URLs are still checked for
+    /// conflicts with other services, so that one run reports every problem.
+    pub service: Option<ApiService>,
     pub name_pos: Pos,
     pub base_urls: Vec<(Origin, crate::route::url::NormalizedPath, Pos)>,
 }
@@ -165,15 +168,11 @@ pub(crate) fn decode_service(
         .map(|n| decode_operations(n, errs, &service_label, &claim_names))
         .unwrap_or_default();
 
-    if errs.list.len() > before {
-        return None;
-    }
     let name = name?;
-    let token = token?;
-    Some(DecodedService {
-        name_pos: name_node.map_or(map.pos, |n| n.pos),
-        service: ApiService {
-            name: name.into(),
+    let name_pos = name_node.map_or(map.pos, |n| n.pos);
+    let service = match token {
+        Some(token) if errs.list.len() == before => Some(ApiService {
+            name: name.as_str().into(),
             description,
             base_urls: base_urls
                 .iter()
@@ -186,7 +185,13 @@ pub(crate) fn decode_service(
             operations,
             operation_index,
             unmatched_status,
-        },
+        }),
+        _ => None,
+    };
+    Some(DecodedService {
+        name,
+        service,
+        name_pos,
         base_urls,
     })
 }

@@ -6,6 +6,8 @@ pub mod url;
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
+
 use self::url::{NormalizedPath, RequestUrl, Scheme};
 
 /// One segment of a compiled path template.
@@ -26,9 +28,13 @@ pub struct Origin {
     pub port: u16,
 }
 
+/// Path segments are short: keeping them inline in the table saves a cache miss per trie
+/// level, which is what matching costs once the policy set outgrows the CPU caches.
+type SegmentMap<V> = HashMap<CompactString, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct PrefixNode {
-    children: HashMap<Box<str>, PrefixNode>,
+    children: SegmentMap<PrefixNode>,
     /// (service, which of its base URLs)
     service: Option<(usize, usize)>,
 }
@@ -36,7 +42,7 @@ struct PrefixNode {
 /// Base URL → service index: a hash on the origin, then a trie of path segments.
 #[derive(Debug, Default)]
 pub struct BaseUrlIndex {
-    origins: HashMap<Box<str>, Vec<(Scheme, u16, PrefixNode)>>,
+    origins: SegmentMap<Vec<(Scheme, u16, PrefixNode)>>,
 }
 
 /// A base-URL match: the service and the number of path segments its base URL consumed.
@@ -57,7 +63,10 @@ impl BaseUrlIndex {
         service: usize,
         base_url: usize,
     ) -> Option<usize> {
-        let per_host = self.origins.entry(origin.host.clone()).or_default();
+        let per_host = self
+            .origins
+            .entry(CompactString::from(&*origin.host))
+            .or_default();
         let idx = match per_host
             .iter()
             .position(|(s, p, _)| *s == origin.scheme && *p == origin.port)
@@ -123,7 +132,7 @@ struct Route {
 
 #[derive(Debug, Default)]
 struct OpNode {
-    literals: HashMap<Box<str>, OpNode>,
+    literals: SegmentMap<OpNode>,
     param: Option<Box<OpNode>>,
     /// Routes of templates ending here.
     exact: Vec<Route>,
@@ -169,7 +178,9 @@ impl OperationIndex {
         let mut ends_in_rest = false;
         for segment in template {
             match segment {
-                TemplateSegment::Literal(s) => node = node.literals.entry(s.clone()).or_default(),
+                TemplateSegment::Literal(s) => {
+                    node = node.literals.entry(CompactString::from(&**s)).or_default()
+                }
                 TemplateSegment::Param(name) => {
                     params.push(name.clone());
                     node = node.param.get_or_insert_with(Default::default);

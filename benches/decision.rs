@@ -1,0 +1,374 @@
+//! Decision and matching benchmarks (see BENCHMARKS.md for targets and results).
+//!
+//! Run with `cargo bench --bench decision`.
+//!
+//! - `decide/cached_token`: a whole allow decision on the shipped example policies, with a
+//!   token already in the verified-token cache.
+//! - `decide/fresh_rs256_token`: the same, with a token whose RS256 signature is verified on
+//!   every iteration (the tokens cycle through far more distinct tokens than the cache holds).
+//! - `match/services_10`, `match/services_10000`: URL parsing, base-URL match and operation
+//!   match against generated policy sets of 10 and 10,000 services with 10 operations each,
+//!   requests going to 10 services of the set.
+//! - `match/services_10000_spread`: the same on 10,000 services with requests spread over
+//!   1,000 of them (cache-cold lookups).
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::decision::Step;
+use portcullis::route::OperationLookup;
+use portcullis::{
+    Decision, DecisionRequest, Engine, Outcome, PolicyOptions, PolicySet, SourceFile,
+};
+
+const POLICY_DIR: &str = "policies";
+const PRIVATE_KEY: &str = "policies/keys/meme-game.dev-key.pem";
+const JWKS: &str = "policies/keys/meme-game.jwks.json";
+const KID: &str = "meme-game-dev-rsa-1";
+const URL: &str = "https://localhost:8443/meme-game/api/v1/users/user.0/answers";
+
+/// Distinct tokens cycled through by `decide/fresh_rs256_token`.
+const FRESH_TOKENS: usize = 4096;
+/// Token cache capacity for `decide/fresh_rs256_token`; far below `FRESH_TOKENS`, so a token
+/// has always been evicted by the time it comes round again.
+const FRESH_CACHE_CAPACITY: usize = 64;
+/// Request URLs cycled through by the matching benchmarks.
+const MATCH_URLS: usize = 1000;
+/// Operations per generated service.
+const OPERATIONS: usize = 10;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// An RS256 token for `user.0` that `submit-answer` allows; `jti` makes it distinct.
+fn sign_token(key: &EncodingKey, jti: usize) -> String {
+    let now = unix_now();
+    let claims = serde_json::json!({
+        "iss": "https://auth.example.com",
+        "aud": "meme-game",
+        "sub": "user.0",
+        "client_id": "meme-game-web",
+        "groups": ["players"],
+        "scope": "answers:write",
+        "iat": now,
+        "exp": now + 3600,
+        "jti": format!("bench-{jti}"),
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).expect("the token is signed")
+}
+
+fn encoding_key() -> EncodingKey {
+    let pem = std::fs::read(PRIVATE_KEY).expect("the development key is readable");
+    EncodingKey::from_rsa_pem(&pem).expect("the development key is an RSA key")
+}
+
+fn decide(engine: &Engine, policies: &PolicySet, authorization: &str) -> Decision {
+    let headers = [("authorization", authorization)];
+    engine.decide(
+        policies,
+        &DecisionRequest {
+            method: "POST",
+            url: URL,
+            headers: &headers,
+            client: None,
+        },
+        SystemTime::now(),
+    )
+}
+
+/// Whether the decision took the token from the verified-token cache.
+fn token_was_cached(decision: &Decision) -> bool {
+    decision
+        .trace
+        .iter()
+        .find(|e| e.step == Step::Token)
+        .and_then(|e| e.detail.as_deref())
+        .expect("the decision has a token trace entry")
+        .contains("(cached)")
+}
+
+fn assert_allowed(decision: &Decision) {
+    assert!(
+        decision.outcome == Outcome::Allow && decision.status == 200,
+        "the benchmark request must be allowed, got {} {:?}: {}",
+        decision.status,
+        decision.detail_code(),
+        decision.audit
+    );
+    assert_eq!(decision.operation.as_deref(), Some("submit-answer"));
+    // base URL + token + 4 rules of `submit-answer`
+    assert!(
+        decision.trace.len() >= 6,
+        "the trace has {} entries",
+        decision.trace.len()
+    );
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let policies = portcullis::load_dir(POLICY_DIR.as_ref(), &PolicyOptions::default())
+        .expect("the example policies compile");
+    let key = encoding_key();
+    let mut group = c.benchmark_group("decide");
+
+    // 1. Cached token.
+    let engine = Engine::default();
+    let authorization = format!("Bearer {}", sign_token(&key, 0));
+    let first = decide(&engine, &policies, &authorization);
+    assert_allowed(&first);
+    assert!(!token_was_cached(&first));
+    let second = decide(&engine, &policies, &authorization);
+    assert_allowed(&second);
+    assert!(
+        token_was_cached(&second),
+        "the warmed token must hit the cache"
+    );
+    group.bench_function("cached_token", |b| {
+        b.iter(|| decide(&engine, &policies, black_box(&authorization)))
+    });
+
+    // 2. A token never seen before (as far as the cache knows): the signature is verified on
+    // every iteration. Signing 4096 RSA tokens takes a few seconds; use both cores.
+    let started = Instant::now();
+    let authorizations: Vec<String> = std::thread::scope(|s| {
+        let halves: Vec<_> = [0..FRESH_TOKENS / 2, FRESH_TOKENS / 2..FRESH_TOKENS]
+            .into_iter()
+            .map(|range| {
+                let key = &key;
+                s.spawn(move || {
+                    range
+                        .map(|i| format!("Bearer {}", sign_token(key, i + 1)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves
+            .into_iter()
+            .flat_map(|h| h.join().expect("signing does not panic"))
+            .collect()
+    });
+    eprintln!(
+        "signed {} RS256 tokens in {:.2?}",
+        authorizations.len(),
+        started.elapsed()
+    );
+    // The token cache is scan-resistant: the tokens that first fill an empty cache stay in
+    // its "hot" part until a re-used token displaces them, while tokens seen once pass through
+    // its small "cold" part. Fill it with tokens the benchmark never sends, so that no
+    // benchmark token becomes hot.
+    let engine = Engine::new(FRESH_CACHE_CAPACITY);
+    for i in 0..2 * FRESH_CACHE_CAPACITY {
+        let filler = format!("Bearer {}", sign_token(&key, FRESH_TOKENS + 1 + i));
+        assert_allowed(&decide(&engine, &policies, &filler));
+    }
+    // Two passes: the second proves that a token is evicted before it comes round again.
+    for pass in 0..2 {
+        for authorization in &authorizations {
+            let decision = decide(&engine, &policies, authorization);
+            assert_allowed(&decision);
+            assert!(
+                !token_was_cached(&decision),
+                "pass {pass}: a token came from the cache"
+            );
+        }
+    }
+    let next = Cell::new(0usize);
+    let cache_hits = Cell::new(0usize);
+    group.bench_function("fresh_rs256_token", |b| {
+        b.iter(|| {
+            let i = next.get();
+            next.set((i + 1) % authorizations.len());
+            let decision = decide(&engine, &policies, black_box(&authorizations[i]));
+            // A substring search of ~100 bytes: noise next to an RSA verification.
+            cache_hits.set(cache_hits.get() + usize::from(token_was_cached(&decision)));
+            decision
+        })
+    });
+    assert_eq!(
+        cache_hits.get(),
+        0,
+        "every iteration of decide/fresh_rs256_token must verify a signature"
+    );
+    group.finish();
+}
+
+/// The base URL of generated service `i`: even services each have their own host, odd
+/// services share one host and differ by path prefix (two levels: team, then service).
+fn base_url(i: usize) -> String {
+    if i.is_multiple_of(2) {
+        format!("https://api{i}.example.com/svc{i}/v1")
+    } else {
+        format!("https://gateway.example.com/team{}/svc{i}/v1", i % 97)
+    }
+}
+
+/// (methods, path template, a concrete request path, the request method) per operation.
+const GENERATED_OPERATIONS: [(&str, &str, &str, &str); OPERATIONS] = [
+    ("[GET]", "/users", "/users", "GET"),
+    ("[GET, PUT]", "/users/{userId}", "/users/u-17", "PUT"),
+    (
+        "[POST]",
+        "/users/{userId}/answers",
+        "/users/u-17/answers",
+        "POST",
+    ),
+    (
+        "[GET]",
+        "/users/{userId}/answers/{answerId}",
+        "/users/u-17/answers/a-9",
+        "GET",
+    ),
+    ("[GET, HEAD]", "/memes", "/memes", "GET"),
+    ("[GET]", "/memes/{memeId}", "/memes/m-3", "GET"),
+    (
+        "[POST, PUT, DELETE]",
+        "/memes/**",
+        "/memes/m-3/tags/x",
+        "DELETE",
+    ),
+    ("[GET]", "/leaderboard", "/leaderboard", "GET"),
+    ("[GET]", "/internal/**", "/internal/metrics/cpu", "GET"),
+    (
+        "[GET]",
+        "/games/{gameId}/rounds/{round}",
+        "/games/g-1/rounds/3",
+        "GET",
+    ),
+];
+
+fn service_yaml(i: usize) -> String {
+    let mut yaml = format!(
+        "service: svc-{i}\n\
+         baseUrls:\n  - {}\n\
+         token:\n  issuer: https://auth.example.com\n  audiences: [svc-{i}]\n  \
+         algorithms: [RS256, ES256]\n  jwks:\n    file: keys/meme-game.jwks.json\n\
+         operations:\n",
+        base_url(i)
+    );
+    for (j, (methods, path, _, _)) in GENERATED_OPERATIONS.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: op-{j}\n    methods: {methods}\n    paths: [\"{path}\"]\n"
+        ));
+        if j % 3 == 0 {
+            yaml.push_str("    rules:\n      - scopes: { anyOf: [\"read\"] }\n");
+        }
+    }
+    yaml
+}
+
+/// `services` services, 100 per file.
+fn generated_sources(services: usize) -> Vec<SourceFile> {
+    (0..services)
+        .step_by(100)
+        .map(|first| SourceFile {
+            path: PathBuf::from(format!("generated/services-{first:05}.yaml")),
+            text: (first..(first + 100).min(services))
+                .map(service_yaml)
+                .collect::<Vec<_>>()
+                .join("---\n"),
+        })
+        .collect()
+}
+
+/// Request URLs spread over `targets` of the services (far apart in the set) and over the
+/// operations, with the service and operation each must match.
+fn request_urls(services: usize, targets: usize) -> Vec<(String, &'static str, usize, usize)> {
+    (0..MATCH_URLS)
+        .map(|k| {
+            // 7919 is prime, so consecutive URLs land on services far apart.
+            let service = ((k * 7919) % targets) * (services / targets);
+            let operation = k % OPERATIONS;
+            let (_, _, path, method) = GENERATED_OPERATIONS[operation];
+            let url = format!("{}{path}?page={k}", base_url(service));
+            (url, method, service, operation)
+        })
+        .collect()
+}
+
+fn compile_generated(services: usize) -> PolicySet {
+    let sources = generated_sources(services);
+    let jwks = std::fs::read(JWKS).expect("the example JWKS is readable");
+    let read_file = |path: &Path| -> std::io::Result<Vec<u8>> {
+        assert!(
+            path.ends_with("keys/meme-game.jwks.json"),
+            "{}",
+            path.display()
+        );
+        Ok(jwks.clone())
+    };
+    let started = Instant::now();
+    let set = portcullis::compile(&sources, &read_file, &PolicyOptions::default())
+        .unwrap_or_else(|e| panic!("the generated policies compile:\n{e}"));
+    let elapsed = started.elapsed();
+    let bytes: usize = sources.iter().map(|s| s.text.len()).sum();
+    eprintln!(
+        "compiled {services} services x {OPERATIONS} operations ({} files, {:.1} MiB of YAML) in {elapsed:.2?}",
+        sources.len(),
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+    assert_eq!(set.services.len(), services);
+    set
+}
+
+fn match_one(set: &PolicySet, url: &str, method: &str) -> OperationLookup {
+    let url = portcullis::parse_request_url(url).expect("the URL parses");
+    let base = set.match_service(&url).expect("a service matches");
+    set.match_operation(base, method, &url)
+}
+
+fn bench_match(c: &mut Criterion) {
+    let mut group = c.benchmark_group("match");
+    // (services in the set, services the requests go to): the first two compare the same
+    // work on a small and a large set; the third spreads requests over a thousand services,
+    // so that most lookups miss the CPU caches.
+    let mut sets = std::collections::HashMap::new();
+    for (services, targets, id) in [
+        (10, 10, "services_10"),
+        (10_000, 10, "services_10000"),
+        (10_000, 1000, "services_10000_spread"),
+    ] {
+        let set = sets
+            .entry(services)
+            .or_insert_with(|| compile_generated(services));
+        let set = &*set;
+        let urls = request_urls(services, targets);
+        for (url, method, service, operation) in &urls {
+            let parsed = portcullis::parse_request_url(url).expect("the URL parses");
+            let base = set.match_service(&parsed).expect("a service matches");
+            assert_eq!(&*set.services[base.service].name, format!("svc-{service}"));
+            match set.match_operation(base, method, &parsed) {
+                OperationLookup::Found(found) => assert_eq!(found.operation, *operation, "{url}"),
+                other => panic!("{method} {url}: {other:?}"),
+            }
+        }
+        let next = Cell::new(0usize);
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let i = next.get();
+                next.set((i + 1) % urls.len());
+                let (url, method, _, _) = &urls[i];
+                match_one(set, black_box(url), black_box(method))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(60)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
+    targets = bench_decide, bench_match
+}
+criterion_main!(benches);
