@@ -29,6 +29,7 @@ pub mod route;
 pub mod rule;
 pub mod time;
 pub mod token;
+pub mod trace;
 
 pub mod proto {
     //! Portcullis' own gRPC API (`proto/portcullis/v1`).
