@@ -9,6 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("portcullis_descriptor.bin"))
-        .compile_protos(&["proto/portcullis/v1/portcullis.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/portcullis/v1/portcullis.proto",
+                "proto/envoy/service/auth/v3/external_auth.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -27,13 +27,49 @@ pub mod decision;
 pub mod policy;
 pub mod route;
 pub mod rule;
+pub mod server;
 pub mod time;
 pub mod token;
 pub mod trace;
 
 pub mod proto {
-    //! Portcullis' own gRPC API (`proto/portcullis/v1`).
+    //! Generated gRPC code: Portcullis' own API (`proto/portcullis/v1`) and the subset of
+    //! Envoy's ext_authz v3 API it serves (`proto/envoy`), with the descriptor set that server
+    //! reflection publishes.
+
     tonic::include_proto!("portcullis.v1");
+
+    /// Descriptors of every file under `proto/`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("portcullis_descriptor");
+
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
 }
 
 pub use decision::{Decision, DecisionRequest, Engine, ErrorBody, Outcome, TraceEntry};

@@ -2,6 +2,7 @@
 
 mod check;
 mod decide;
+mod serve;
 mod token;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
         #[command(flatten)]
         flags: PolicyFlags,
     },
+    /// Serve decisions over gRPC (Envoy ext_authz, own API) and HTTP (nginx, decisions API).
+    Serve(serve::ServeArgs),
     /// Decide on one request and print the decision as JSON; exit 0 allow, 1 deny.
     Decide(decide::DecideArgs),
     /// Sign a development token that the example policies accept (local trial only).
@@ -53,13 +56,24 @@ enum Command {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    let filter = |default: &str| {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into())
+    };
+    if matches!(cli.command, Command::Serve(_)) {
+        // The server logs JSON lines (the audit events among them) for log pipelines.
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter("info"))
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter("warn"))
+            .init();
+    }
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&args),
         Command::Check { dir, flags } => check::run(&dir, &flags),
         Command::Decide(args) => decide::run(&args),
         Command::Token(args) => token::run(&args),

@@ -505,3 +505,166 @@ fn failure(rule: &AccessRule, entry: &TraceEntry) -> RuleFailure {
         scopes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token(claims: Value) -> VerifiedToken {
+        let claims = claims.as_object().unwrap().clone();
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        VerifiedToken {
+            alg: jsonwebtoken::Algorithm::RS256,
+            kid: None,
+            sub: text("sub"),
+            client_id: text("client_id"),
+            iss: None,
+            aud: Vec::new(),
+            exp: Some(i64::MAX),
+            nbf: None,
+            iat: None,
+            claims,
+        }
+    }
+
+    fn names() -> ClaimNames {
+        ClaimNames {
+            groups: ClaimPath::new("groups"),
+            scopes: ClaimPath::new("scope"),
+        }
+    }
+
+    fn rule(kind: RuleKind) -> AccessRule {
+        AccessRule::new(None, kind, "test.yaml:1".into(), &names())
+    }
+
+    fn run(
+        rules: &[AccessRule],
+        claims: Value,
+        params: &[(Box<str>, String)],
+    ) -> (Vec<RuleFailure>, Vec<TraceEntry>) {
+        let token = token(claims);
+        let names = names();
+        let ctx = RuleContext {
+            token: &token,
+            params,
+            client: None,
+            claims: &names,
+        };
+        let mut trace = Vec::new();
+        let failures = evaluate(rules, &ctx, &mut trace);
+        (failures, trace)
+    }
+
+    fn groups(mode: SetMode, values: &[&str]) -> RuleKind {
+        RuleKind::Groups {
+            mode,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_rule_is_evaluated_and_the_first_failure_decides() {
+        let rules = [
+            rule(groups(SetMode::AnyOf, &["admins"])),
+            rule(RuleKind::Scopes {
+                mode: SetMode::AllOf,
+                values: vec!["a".to_owned(), "b".to_owned()].into(),
+            }),
+        ];
+        let (failures, trace) = run(
+            &rules,
+            json!({"sub": "u", "groups": ["users"], "scope": "a"}),
+            &[],
+        );
+        assert_eq!(
+            failures.iter().map(|f| f.code).collect::<Vec<_>>(),
+            ["GROUP_REQUIRED", "SCOPE_REQUIRED"]
+        );
+        assert_eq!(
+            failures[1].scopes.as_deref(),
+            Some(&["a".to_owned(), "b".to_owned()][..])
+        );
+        assert_eq!(trace.len(), 2);
+        assert!(trace[0].decisive && !trace[1].decisive);
+        assert_eq!(trace[0].actual, Some(json!(["users"])));
+        assert_eq!(
+            trace[1].actual,
+            Some(json!(["a"])),
+            "a space-separated scope string is a list"
+        );
+    }
+
+    #[test]
+    fn any_of_and_all_of_differ() {
+        let claims = json!({"groups": ["a"]});
+        assert!(
+            run(
+                &[rule(groups(SetMode::AnyOf, &["a", "b"]))],
+                claims.clone(),
+                &[]
+            )
+            .0
+            .is_empty()
+        );
+        assert_eq!(
+            run(&[rule(groups(SetMode::AllOf, &["a", "b"]))], claims, &[])
+                .0
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn claims_compare_as_text_with_path_parameters() {
+        let equals = rule(RuleKind::Claim {
+            claim: ClaimPath::new("account"),
+            test: ClaimTest::Equals(template::Template::parse("{path.id}").unwrap()),
+        });
+        let params = [("id".into(), "42".to_owned())];
+        assert!(
+            run(
+                std::slice::from_ref(&equals),
+                json!({"account": 42}),
+                &params
+            )
+            .0
+            .is_empty()
+        );
+        let (failures, trace) = run(&[equals], json!({"account": 7}), &params);
+        assert_eq!(failures[0].code, "CLAIM_MISMATCH");
+        assert_eq!(
+            trace[0].expected.as_deref(),
+            Some(&json!("42")),
+            "the rendered expectation is traced"
+        );
+        assert_eq!(scalar_text(&json!(true)).as_deref(), Some("true"));
+        assert_eq!(scalar_text(&json!([1])), None);
+    }
+
+    #[test]
+    fn nested_rules_trace_their_children_at_depth() {
+        let any = rule(RuleKind::Any(vec![
+            rule(RuleKind::Delegated(false)),
+            rule(RuleKind::Claim {
+                claim: ClaimPath::new("amr"),
+                test: ClaimTest::Contains(template::Template::parse("mfa").unwrap()),
+            }),
+        ]));
+        let (failures, trace) = run(
+            std::slice::from_ref(&any),
+            json!({"sub": "u", "amr": ["pwd"]}),
+            &[],
+        );
+        assert_eq!(failures[0].code, "RULE_NOT_SATISFIED");
+        assert_eq!(trace.iter().map(|t| t.depth).collect::<Vec<_>>(), [0, 1, 1]);
+        assert!(trace[0].decisive && !trace[1].decisive && !trace[2].decisive);
+        let not = rule(RuleKind::Not(Box::new(any)));
+        assert!(
+            run(&[not], json!({"sub": "u", "amr": ["pwd"]}), &[])
+                .0
+                .is_empty()
+        );
+    }
+}

@@ -10,6 +10,9 @@ use super::VerifiedToken;
 
 pub type CacheKey = [u8; 32];
 
+/// Verified tokens kept by default: each entry is the claims of one token, a few hundred bytes.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
 pub struct TokenCache {
     entries: quick_cache::sync::Cache<CacheKey, Arc<VerifiedToken>>,
 }
@@ -73,7 +76,7 @@ impl TokenCache {
 
 impl Default for TokenCache {
     fn default() -> Self {
-        Self::new(10_000)
+        Self::new(DEFAULT_CACHE_CAPACITY)
     }
 }
 

@@ -355,3 +355,115 @@ fn significant_bits(bytes: &[u8]) -> usize {
         None => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/policies/keys")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    fn messages(errors: &[JwksError]) -> String {
+        errors
+            .iter()
+            .map(|e| format!("{:?}: {}", e.key, e.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn keys_fitting_the_allowed_algorithms_are_kept() {
+        let set = parse_jwks(
+            &fixture("app.jwks.json"),
+            &[
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+            ],
+        )
+        .unwrap();
+        assert_eq!(set.keys.len(), 5);
+        let rsa = set.by_kid("rsa-a").unwrap();
+        assert!(rsa.fits(Algorithm::RS256));
+        assert!(!rsa.fits(Algorithm::PS256), "PS256 is a fitting algorithm, but not allowed");
+        assert!(!rsa.fits(Algorithm::ES256) && !rsa.fits(Algorithm::HS256));
+        assert!(set.by_kid("ec-a").unwrap().fits(Algorithm::ES256));
+        assert!(!set.by_kid("ec-a").unwrap().fits(Algorithm::ES384));
+        assert!(set.by_kid("nope").is_none());
+    }
+
+    #[test]
+    fn a_key_that_fits_no_allowed_algorithm_is_an_error() {
+        let errors = parse_jwks(&fixture("app.jwks.json"), &[Algorithm::RS256]).unwrap_err();
+        let text = messages(&errors);
+        for kid in ["ec-a", "ec-384", "ed-a"] {
+            assert!(text.contains(kid), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_shared_secret_needs_an_hs_algorithm() {
+        assert!(parse_jwks(&fixture("hs.jwks.json"), &[Algorithm::HS256]).is_ok());
+        let errors = parse_jwks(&fixture("hs.jwks.json"), &[Algorithm::RS256]).unwrap_err();
+        assert!(messages(&errors).contains("HS"), "{}", messages(&errors));
+    }
+
+    #[test]
+    fn short_secrets_and_weak_rsa_keys_are_refused() {
+        let short = br#"{"keys":[{"kty":"oct","kid":"s","k":"c2hvcnQ"}]}"#;
+        assert!(parse_jwks(short, &[Algorithm::HS256]).is_err());
+        let errors = parse_jwks(&fixture("weak.jwks.json"), &[Algorithm::RS256]).unwrap_err();
+        assert!(messages(&errors).contains("2048"), "{}", messages(&errors));
+    }
+
+    #[test]
+    fn encryption_keys_are_skipped_and_duplicate_ids_refused() {
+        let app: serde_json::Value = serde_json::from_slice(&fixture("app.jwks.json")).unwrap();
+        let rsa = app["keys"][0].clone();
+        let mut enc = app["keys"][1].clone();
+        enc["use"] = "enc".into();
+        let doc = serde_json::json!({"keys": [rsa, enc]});
+        let set = parse_jwks(doc.to_string().as_bytes(), &[Algorithm::RS256]).unwrap();
+        assert_eq!(set.keys.len(), 1);
+
+        let doc = serde_json::json!({"keys": [rsa, rsa]});
+        let errors = parse_jwks(doc.to_string().as_bytes(), &[Algorithm::RS256]).unwrap_err();
+        assert!(
+            messages(&errors).contains("earlier key"),
+            "{}",
+            messages(&errors)
+        );
+    }
+
+    #[test]
+    fn malformed_documents_say_what_a_jwks_is() {
+        for doc in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"keys": []}"#,
+            br#"{"keys": [{"kty": "RSA"}]}"#,
+        ] {
+            let errors = parse_jwks(doc, &[Algorithm::RS256]).unwrap_err();
+            assert!(!errors.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_content() {
+        let a = parse_jwks(&fixture("single.jwks.json"), &[Algorithm::RS256]).unwrap();
+        let b = parse_jwks(&fixture("single.jwks.json"), &[Algorithm::RS256]).unwrap();
+        let c = parse_jwks(&fixture("weak.jwks.json"), &[Algorithm::RS256]);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert!(c.is_err());
+        let mut other: serde_json::Value =
+            serde_json::from_slice(&fixture("single.jwks.json")).unwrap();
+        other["keys"][0]["kid"] = "x".into();
+        let d = parse_jwks(other.to_string().as_bytes(), &[Algorithm::RS256]).unwrap();
+        assert_ne!(a.fingerprint, d.fingerprint);
+    }
+}

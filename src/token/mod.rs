@@ -14,7 +14,7 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-pub use self::cache::TokenCache;
+pub use self::cache::{DEFAULT_CACHE_CAPACITY, TokenCache};
 pub use self::err::TokenError;
 use self::jwks::{KeySet, VerificationKey};
 

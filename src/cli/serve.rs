@@ -1,0 +1,109 @@
+//! `portcullis serve`: the decision point on the network (gRPC and HTTP).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use portcullis::server::{self, BindError, ServerConfig};
+
+use super::PolicyFlags;
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The policy directory.
+    #[arg(long, env = "PORTCULLIS_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Address of the gRPC listener (Envoy ext_authz, decision API, health, reflection).
+    #[arg(
+        long,
+        env = "PORTCULLIS_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    grpc_listen: SocketAddr,
+    /// Address of the HTTP listener (/v1/authorize, decisions API, health, metrics).
+    #[arg(long, env = "PORTCULLIS_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Decisions kept in the recent-decisions store; the oldest are evicted first.
+    #[arg(long, env = "PORTCULLIS_TRACE_CAPACITY", default_value_t = portcullis::trace::DEFAULT_CAPACITY)]
+    trace_capacity: usize,
+    /// Verified tokens kept in the token cache.
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE", default_value_t = portcullis::token::DEFAULT_CACHE_CAPACITY)]
+    token_cache: usize,
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    #[command(flatten)]
+    flags: PolicyFlags,
+}
+
+pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = ServerConfig::new(args.policies.clone());
+    config.grpc_listen = args.grpc_listen;
+    config.http_listen = args.http_listen;
+    config.trace_capacity = args.trace_capacity;
+    config.token_cache_capacity = args.token_cache;
+    config.shutdown_grace = args.shutdown_grace;
+    config.policy_options = args.flags.options();
+    let bound = match server::bind(config).await {
+        Ok(bound) => bound,
+        Err(BindError::Policies(errors)) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "portcullis: not serving: the policies in {} do not compile",
+                args.policies.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let state = bound.state();
+    let policies = state.policies();
+    tracing::info!(
+        grpc = %bound.grpc_addr,
+        http = %bound.http_addr,
+        revision = %policies.revision(),
+        services = policies.services.len(),
+        "serving"
+    );
+    // The one line on stdout: scripts and tests wait for it to learn the bound ports.
+    println!(
+        "listening grpc={} http={}",
+        bound.grpc_addr, bound.http_addr
+    );
+    drop(policies);
+    bound.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

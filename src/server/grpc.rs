@@ -1,0 +1,177 @@
+//! The gRPC listener: Envoy ext_authz, Portcullis' own decision and decisions API, health
+//! (`grpc.health.v1`) and server reflection (v1 and v1alpha, for grpcurl).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use super::AppState;
+use super::convert::decision_to_pb;
+use super::ext_authz::ExtAuthz;
+use crate::decision::{DecisionRequest, Outcome};
+use crate::proto;
+use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
+use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::trace::{DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT};
+
+struct Decisions {
+    state: Arc<AppState>,
+}
+
+fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, Status> {
+    let outcome = match request.outcome.as_str() {
+        "" => None,
+        "allow" => Some(Outcome::Allow),
+        "deny" => Some(Outcome::Deny),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "outcome `{other}` is neither `allow` nor `deny`"
+            )));
+        }
+    };
+    let status = match request.status {
+        0 => None,
+        s => Some(
+            u16::try_from(s)
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("status {s} is not an HTTP status"))
+                })?,
+        ),
+    };
+    let since_millis = request
+        .since
+        .as_ref()
+        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+    Ok(DecisionFilter {
+        service: Some(request.service.clone()).filter(|s| !s.is_empty()),
+        outcome,
+        status,
+        subject: Some(request.subject.clone()).filter(|s| !s.is_empty()),
+        since_millis,
+        text: None,
+    })
+}
+
+#[tonic::async_trait]
+impl DecisionService for Decisions {
+    async fn decide(
+        &self,
+        request: Request<proto::DecideRequest>,
+    ) -> Result<Response<proto::Decision>, Status> {
+        let r = request.into_inner();
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        let decision = self.state.decide(
+            &DecisionRequest {
+                method: &r.method,
+                url: &r.url,
+                headers: &headers,
+                client: super::parse_client(&r.client_address),
+            },
+            "grpc",
+        );
+        Ok(Response::new(decision_to_pb(&decision)))
+    }
+
+    async fn list_decisions(
+        &self,
+        request: Request<proto::ListDecisionsRequest>,
+    ) -> Result<Response<proto::ListDecisionsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = filter_of(&r)?;
+        let limit = match r.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => (n as usize).min(MAX_LIST_LIMIT),
+        };
+        let decisions = self
+            .state
+            .store
+            .list(&filter, limit)
+            .iter()
+            .map(|d| decision_to_pb(&d.decision))
+            .collect();
+        Ok(Response::new(proto::ListDecisionsResponse { decisions }))
+    }
+
+    async fn get_decision(
+        &self,
+        request: Request<proto::GetDecisionRequest>,
+    ) -> Result<Response<proto::Decision>, Status> {
+        let id = request.into_inner().id;
+        match self.state.store.get(&id) {
+            Some(d) => Ok(Response::new(decision_to_pb(&d.decision))),
+            None => Err(Status::not_found(format!(
+                "no decision `{id}` in the recent-decisions store (unknown, or evicted)"
+            ))),
+        }
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<proto::ListServicesRequest>,
+    ) -> Result<Response<proto::ListServicesResponse>, Status> {
+        let policies = self.state.policies();
+        let services = policies
+            .services
+            .iter()
+            .map(|s| proto::ServiceInfo {
+                name: s.name.to_string(),
+                description: s.description.clone().unwrap_or_default(),
+                base_urls: s.base_urls.clone(),
+                operations: s.operations.iter().map(|o| o.name.to_string()).collect(),
+                source: s.source.to_string(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListServicesResponse {
+            policy_revision: policies.revision().to_string(),
+            services,
+            last_error: String::new(),
+        }))
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Policies are loaded before the listeners are bound, so everything serves from the start.
+    health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
+    health
+        .set_serving::<DecisionServiceServer<Decisions>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max = super::MAX_GRPC_MESSAGE;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            AuthorizationServer::new(ExtAuthz {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(DecisionServiceServer::new(Decisions { state }).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

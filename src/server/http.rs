@@ -1,0 +1,285 @@
+//! The HTTP listener (SPEC §5): `/v1/authorize` for nginx `auth_request` and other HTTP
+//! gateway kits, the decisions API, health and Prometheus metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::AppState;
+use crate::decision::{Decision, DecisionRequest, Outcome};
+use crate::trace::{DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/authorize", any(authorize))
+        .route("/v1/authorize/{*rest}", any(authorize))
+        .route("/v1/decisions", get(list_decisions))
+        .route("/v1/decisions/{id}", get(get_decision))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// An API error in the shape of the SPEC §3 body (without a decision id: no decision was made).
+fn api_error(status: StatusCode, code: &str, target: &str, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "code": code, "message": message, "target": target, "details": [] }).to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The URL of the original request: `X-Original-URL`, or the `X-Forwarded-Proto`, `-Host`
+/// and `-Uri` triple. Empty when neither is there, which the engine refuses with 400.
+fn original_url(headers: &HeaderMap) -> String {
+    if let Some(url) = header_text(headers, "x-original-url") {
+        return url.to_owned();
+    }
+    match (
+        header_text(headers, "x-forwarded-proto"),
+        header_text(headers, "x-forwarded-host"),
+        header_text(headers, "x-forwarded-uri"),
+    ) {
+        (Some(proto), Some(host), Some(uri)) => format!("{proto}://{host}{uri}"),
+        _ => String::new(),
+    }
+}
+
+/// nginx `auth_request` and other HTTP gateway kits: the decision as the answer itself.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let original_method = header_text(&headers, "x-original-method")
+        .or_else(|| header_text(&headers, "x-forwarded-method"))
+        .unwrap_or(method.as_str())
+        .to_owned();
+    let url = original_url(&headers);
+    // The gateway names the client; the TCP peer here is the gateway itself.
+    let client = header_text(&headers, "x-real-ip").and_then(super::parse_client);
+    let owned: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let decision = state.decide(
+        &DecisionRequest {
+            method: &original_method,
+            url: &url,
+            headers: &pairs,
+            client,
+        },
+        "http",
+    );
+    decision_response(&decision)
+}
+
+fn decision_response(decision: &Decision) -> Response {
+    let status = StatusCode::from_u16(decision.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match (&decision.body, decision.outcome) {
+        (Some(body), Outcome::Deny) => {
+            json_response(status, serde_json::to_string(body).unwrap_or_default())
+        }
+        _ => status.into_response(),
+    };
+    let headers = response.headers_mut();
+    let pairs = match decision.outcome {
+        Outcome::Allow => &decision.upstream_headers,
+        Outcome::Deny => &decision.headers,
+    };
+    for (name, value) in pairs.iter() {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+            headers.insert(n, v);
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(&decision.id) {
+        headers.insert("x-decision-id", id);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    service: Option<String>,
+    outcome: Option<String>,
+    status: Option<String>,
+    subject: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    /// Free text: a case-insensitive part of the URL, service, operation, subject or id.
+    q: Option<String>,
+}
+
+/// A query parameter of the decisions API that cannot be used: (parameter, message).
+type BadParameter = (&'static str, String);
+
+fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParameter> {
+    let bad = |target: &'static str, message: String| (target, message);
+    let outcome = match q.outcome.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some("allow") => Some(Outcome::Allow),
+        Some("deny") => Some(Outcome::Deny),
+        Some(other) => {
+            return Err(bad(
+                "outcome",
+                format!("`outcome` must be `allow` or `deny`, not `{other}`"),
+            ));
+        }
+    };
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match s.parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Some(n),
+            _ => {
+                return Err(bad(
+                    "status",
+                    format!("`status` must be an HTTP status such as 403, not `{s}`"),
+                ));
+            }
+        },
+    };
+    let since_millis = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match humantime::parse_rfc3339_weak(s) {
+            Ok(t) => Some(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
+            Err(_) => {
+                return Err(bad(
+                    "since",
+                    format!(
+                        "`since` must be an RFC 3339 time such as 2026-11-21T10:00:00Z, not `{s}`"
+                    ),
+                ));
+            }
+        },
+    };
+    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
+        None => DEFAULT_LIST_LIMIT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(MAX_LIST_LIMIT),
+            _ => {
+                return Err(bad(
+                    "limit",
+                    format!("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, not `{s}`"),
+                ));
+            }
+        },
+    };
+    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Ok((
+        DecisionFilter {
+            service: non_empty(q.service),
+            outcome,
+            status,
+            subject: non_empty(q.subject),
+            since_millis,
+            text: non_empty(q.q),
+        },
+        limit,
+    ))
+}
+
+async fn list_decisions(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let (filter, limit) = match parse_list_query(q) {
+        Ok(parsed) => parsed,
+        Err((target, message)) => {
+            return api_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", target, message);
+        }
+    };
+    let found = state.store.list(&filter, limit);
+    let decisions: Vec<&Decision> = found.iter().map(|d| &d.decision).collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_string(&json!({ "decisions": decisions })).unwrap_or_default(),
+    )
+}
+
+async fn get_decision(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.store.get(&id) {
+        Some(d) => json_response(
+            StatusCode::OK,
+            serde_json::to_string(&d.decision).unwrap_or_default(),
+        ),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "id",
+            format!(
+                "No decision `{id}` in the recent-decisions store: the id is unknown, or the decision was evicted."
+            ),
+        ),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let policies = state.policies();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "ready": true,
+            "policyRevision": policies.revision(),
+            "services": policies.services.len(),
+        })
+        .to_string(),
+    )
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
