@@ -28,6 +28,7 @@ pub mod policy;
 pub mod route;
 pub mod rule;
 pub mod server;
+pub mod suite;
 pub mod time;
 pub mod token;
 pub mod trace;
