@@ -9,6 +9,8 @@
 //! - `match/services_10`, `match/services_10000`: URL parsing, base-URL match and operation
 //!   match against generated policy sets of 10 and 10,000 services with 10 operations each,
 //!   requests going to 10 services of the set.
+//! - `compile/services_10000`: compiling 10,000 services × 10 operations (100 files of YAML
+//!   already in memory, key files served from memory), as a reload does.
 //! - `match/services_10000_spread`: the same on 10,000 services with requests spread over
 //!   1,000 of them (cache-cold lookups).
 
@@ -363,6 +365,28 @@ fn bench_match(c: &mut Criterion) {
     group.finish();
 }
 
+/// Compiling a large policy set: what a reload costs (issue 4: ≤ 1 s for 10,000 × 10).
+fn bench_compile(c: &mut Criterion) {
+    let sources = generated_sources(10_000);
+    let jwks = std::fs::read(JWKS).expect("the example JWKS is readable");
+    let read_file = |_: &Path| -> std::io::Result<Vec<u8>> { Ok(jwks.clone()) };
+    let mut group = c.benchmark_group("compile");
+    group.sample_size(10);
+    group.bench_function("services_10000", |b| {
+        b.iter(|| {
+            portcullis::compile(black_box(&sources), &read_file, &PolicyOptions::default())
+                .expect("the generated policies compile")
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = compile;
+    config = Criterion::default().measurement_time(Duration::from_secs(15));
+    targets = bench_compile
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -371,4 +395,4 @@ criterion_group! {
         .measurement_time(Duration::from_secs(6));
     targets = bench_decide, bench_match
 }
-criterion_main!(benches);
+criterion_main!(benches, compile);

@@ -9,7 +9,7 @@ pub(crate) fn run(dir: &Path, flags: &PolicyFlags) -> anyhow::Result<ExitCode> {
     match portcullis::load_dir(dir, &flags.options()) {
         Ok(set) => {
             let operations: usize = set.services.iter().map(|s| s.operations.len()).sum();
-            println!(
+            outln!(
                 "{}: valid, {} services, {} operations (revision {})",
                 dir.display(),
                 set.services.len(),
@@ -17,7 +17,7 @@ pub(crate) fn run(dir: &Path, flags: &PolicyFlags) -> anyhow::Result<ExitCode> {
                 set.revision()
             );
             for service in &set.services {
-                println!(
+                outln!(
                     "  {} ({}): {}",
                     service.name,
                     service.source,
@@ -28,10 +28,10 @@ pub(crate) fn run(dir: &Path, flags: &PolicyFlags) -> anyhow::Result<ExitCode> {
         }
         Err(errors) => {
             for error in &errors.0 {
-                println!("{error}");
+                outln!("{error}");
             }
             let n = errors.0.len();
-            println!(
+            outln!(
                 "{}: {n} {}",
                 dir.display(),
                 if n == 1 { "error" } else { "errors" }

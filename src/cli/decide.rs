@@ -60,7 +60,7 @@ pub(crate) fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
         now,
     );
     let json = serde_json::to_string_pretty(&decision).context("serialising the decision")?;
-    println!("{json}");
+    outln!("{json}");
     Ok(if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {

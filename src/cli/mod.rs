@@ -1,8 +1,18 @@
 //! Subcommands of the `portcullis` command line (SPEC §6b).
 
+/// `println!` for command output: when stdout is closed early (`portcullis check | head`),
+/// the process ends quietly with the shell's broken-pipe status instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod check;
 mod decide;
+mod schema;
 mod serve;
+mod test;
 mod token;
 
 use std::path::PathBuf;
@@ -33,6 +43,7 @@ impl PolicyFlags {
     pub(crate) fn options(&self) -> portcullis::PolicyOptions {
         portcullis::PolicyOptions {
             allow_insecure_loopback_jwks: self.allow_insecure_loopback_jwks,
+            remote_keys: None,
         }
     }
 }
@@ -52,6 +63,10 @@ enum Command {
     Decide(decide::DecideArgs),
     /// Sign a development token that the example policies accept (local trial only).
     Token(token::TokenArgs),
+    /// Run the test suites (`*.test.yaml`) beside the policies; exit 0 all pass, 1 any fail.
+    Test(test::TestArgs),
+    /// Print the JSON Schema of a policy document, for editors that check policy files as typed.
+    Schema,
 }
 
 pub fn run() -> ExitCode {
@@ -77,6 +92,8 @@ pub fn run() -> ExitCode {
         Command::Check { dir, flags } => check::run(&dir, &flags),
         Command::Decide(args) => decide::run(&args),
         Command::Token(args) => token::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Schema => schema::run(),
     };
     match result {
         Ok(code) => code,
@@ -84,5 +101,14 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+pub(crate) fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{args}").and_then(|()| out.flush()).is_err() {
+        // 128 + SIGPIPE, as a shell reports a process ended by a closed pipe.
+        std::process::exit(141);
     }
 }

@@ -34,6 +34,20 @@ pub(crate) struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Do not watch the policy files; reload only on SIGHUP.
+    #[arg(long, env = "PORTCULLIS_NO_WATCH")]
+    no_watch: bool,
+    /// How often the policy files' metadata is compared, to catch changes that file events
+    /// miss (such as a swapped directory symlink); `0s` turns it off.
+    #[arg(long, env = "PORTCULLIS_RELOAD_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
+    reload_poll: Duration,
+    /// How long to wait at start for remote key sets before reporting ready anyway; tokens
+    /// of a key set still missing are refused (KEYS_UNAVAILABLE) until it loads.
+    #[arg(long, env = "PORTCULLIS_JWKS_START_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    jwks_start_timeout: Duration,
+    /// At most one fetch of a key set per this interval when tokens name unknown key ids.
+    #[arg(long, env = "PORTCULLIS_JWKS_REFETCH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    jwks_refetch_interval: Duration,
     #[command(flatten)]
     flags: PolicyFlags,
 }
@@ -54,6 +68,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.token_cache_capacity = args.token_cache;
     config.shutdown_grace = args.shutdown_grace;
     config.policy_options = args.flags.options();
+    config.watch_events = !args.no_watch;
+    config.jwks_start_timeout = args.jwks_start_timeout;
+    config.jwks_refetch_interval = args.jwks_refetch_interval;
+    config.reload_poll =
+        (!args.no_watch && !args.reload_poll.is_zero()).then_some(args.reload_poll);
     let bound = match server::bind(config).await {
         Ok(bound) => bound,
         Err(BindError::Policies(errors)) => {
@@ -76,9 +95,10 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         "serving"
     );
     // The one line on stdout: scripts and tests wait for it to learn the bound ports.
-    println!(
+    outln!(
         "listening grpc={} http={}",
-        bound.grpc_addr, bound.http_addr
+        bound.grpc_addr,
+        bound.http_addr
     );
     drop(policies);
     bound.run(shutdown_signal()).await?;

@@ -124,7 +124,7 @@ pub(crate) fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
         header.kid.as_deref().unwrap_or("-"),
         portcullis::time::format_unix(exp)
     );
-    println!("{token}");
+    outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 

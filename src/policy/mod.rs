@@ -5,6 +5,7 @@
 
 mod decode;
 pub mod err;
+pub mod schema;
 mod service;
 pub mod yaml;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use self::err::Errors;
 pub use self::err::{ErrorKind, PolicyError, PolicyErrors};
+pub(crate) use self::service::check_key_url;
 use self::service::{DocumentContext, decode_service};
 use crate::route::url::RequestUrl;
 use crate::route::{BaseMatch, BaseUrlIndex, OperationIndex, OperationLookup};
@@ -26,6 +28,9 @@ pub const MAX_POLICY_FILE: u64 = 4 * 1024 * 1024;
 pub struct PolicyOptions {
     /// Lets `jwks.url` use plain `http` to a loopback address.
     pub allow_insecure_loopback_jwks: bool,
+    /// Where remote key sets are kept across reloads; without one, each compile starts with
+    /// empty remote key sets (tokens of those services get `KEYS_UNAVAILABLE`).
+    pub remote_keys: Option<Arc<crate::token::remote::RemoteKeyRegistry>>,
 }
 
 /// One API operation: methods and path templates with the rules that guard them.
@@ -64,12 +69,19 @@ pub struct PolicySet {
     pub services: Vec<ApiService>,
     pub(crate) base_urls: BaseUrlIndex,
     revision: Arc<str>,
+    /// The policy files and key files it was compiled from, for watching.
+    inputs: Vec<PathBuf>,
 }
 
 impl PolicySet {
     /// A content hash of the policy files and key files it was compiled from.
     pub fn revision(&self) -> &Arc<str> {
         &self.revision
+    }
+
+    /// The policy files and key files this set was compiled from.
+    pub fn inputs(&self) -> &[PathBuf] {
+        &self.inputs
     }
 
     pub fn service(&self, name: &str) -> Option<&ApiService> {
@@ -207,10 +219,16 @@ pub fn compile(
         return Err(PolicyErrors(problems));
     }
     let revision = revision(sources, &key_material);
+    let inputs = sources
+        .iter()
+        .map(|s| s.path.clone())
+        .chain(key_material.iter().map(|(name, _)| PathBuf::from(name)))
+        .collect();
     Ok(PolicySet {
         services,
         base_urls,
         revision,
+        inputs,
     })
 }
 
@@ -257,6 +275,39 @@ pub fn is_policy_file(path: &Path) -> bool {
 ///
 /// Fails when the directory or a file cannot be read, and with every policy problem.
 pub fn load_dir(dir: &Path, options: &PolicyOptions) -> Result<PolicySet, PolicyErrors> {
+    let (sources, problems) = read_sources(dir);
+    compile_read(dir, &sources, problems, options)
+}
+
+/// Compiles sources read by [`read_sources`], adding the problems met while reading them.
+pub fn compile_read(
+    dir: &Path,
+    sources: &[SourceFile],
+    mut problems: Vec<PolicyError>,
+    options: &PolicyOptions,
+) -> Result<PolicySet, PolicyErrors> {
+    if sources.is_empty() && problems.is_empty() {
+        return Err(PolicyErrors(vec![PolicyError {
+            file: dir.display().to_string(),
+            pos: None,
+            kind: ErrorKind::Io,
+            message: "no policy files (`*.yaml`, `*.yml`, `*.json`) in this directory".into(),
+            help: Some("point to the directory that holds the policy files".into()),
+        }]));
+    }
+    let compiled = compile(sources, &read_key_file, options);
+    match (compiled, problems.is_empty()) {
+        (Ok(set), true) => Ok(set),
+        (Ok(_), false) => Err(PolicyErrors(problems)),
+        (Err(PolicyErrors(mut more)), _) => {
+            problems.append(&mut more);
+            Err(PolicyErrors(problems))
+        }
+    }
+}
+
+/// The policy files of `dir` (sorted by name) and the problems met reading them.
+pub fn read_sources(dir: &Path) -> (Vec<SourceFile>, Vec<PolicyError>) {
     let io_error = |path: &Path, message: String| PolicyError {
         file: path.display().to_string(),
         pos: None,
@@ -264,12 +315,18 @@ pub fn load_dir(dir: &Path, options: &PolicyOptions) -> Result<PolicySet, Policy
         message,
         help: None,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        PolicyErrors(vec![io_error(
-            dir,
-            format!("cannot read the policy directory: {e}"),
-        )])
-    })?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![io_error(
+                    dir,
+                    format!("cannot read the policy directory: {e}"),
+                )],
+            );
+        }
+    };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -284,24 +341,13 @@ pub fn load_dir(dir: &Path, options: &PolicyOptions) -> Result<PolicySet, Policy
             Err(message) => problems.push(io_error(&path, message)),
         }
     }
-    if sources.is_empty() && problems.is_empty() {
-        return Err(PolicyErrors(vec![PolicyError {
-            file: dir.display().to_string(),
-            pos: None,
-            kind: ErrorKind::Io,
-            message: "no policy files (`*.yaml`, `*.yml`, `*.json`) in this directory".into(),
-            help: Some("point to the directory that holds the policy files".into()),
-        }]));
-    }
-    let compiled = compile(&sources, &read_key_file, options);
-    match (compiled, problems.is_empty()) {
-        (Ok(set), true) => Ok(set),
-        (Ok(_), false) => Err(PolicyErrors(problems)),
-        (Err(PolicyErrors(mut more)), _) => {
-            problems.append(&mut more);
-            Err(PolicyErrors(problems))
-        }
-    }
+    (sources, problems)
+}
+
+/// The revision of policy files alone, for a set that did not compile (key files are read
+/// only while compiling).
+pub fn sources_revision(sources: &[SourceFile]) -> Arc<str> {
+    revision(sources, &[])
 }
 
 fn read_policy_file(path: &Path) -> Result<String, String> {

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -16,9 +17,10 @@ use crate::route::url::{Scheme, parse_authority};
 use crate::route::{OperationIndex, Origin, TemplateSegment};
 use crate::rule::{AccessRule, ClaimNames, ClaimTest, RuleKind, SetMode, Template};
 use crate::token::jwks::parse_jwks;
+use crate::token::remote::{KeySetLocation, RemoteKeySet};
 use crate::token::{ClaimPath, KeySource, TokenRequirements};
 
-const SERVICE_KEYS: &[&str] = &[
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "service",
     "description",
     "baseUrls",
@@ -345,7 +347,7 @@ fn decode_token(
         ),
         &algorithms,
     ) {
-        (Some(n), Some(algs)) => decode_jwks(n, algs, errs, ctx),
+        (Some(n), Some(algs)) => decode_jwks(n, algs, issuer, errs, ctx),
         _ => None,
     };
     Some(TokenRequirements {
@@ -414,6 +416,7 @@ fn decode_algorithms(node: &Node, errs: &mut Errors<'_>) -> Option<Vec<Algorithm
 fn decode_jwks(
     node: &Node,
     algorithms: &[Algorithm],
+    issuer: Option<&str>,
     errs: &mut Errors<'_>,
     ctx: &mut DocumentContext<'_>,
 ) -> Option<KeySource> {
@@ -490,10 +493,11 @@ fn decode_jwks(
                 errs.push(node.pos, ErrorKind::InvalidValue, format!("key set URL `{url}` {message}"), "use an `https://` URL (plain `http` only to a loopback address, with `--allow-insecure-loopback-jwks`)");
                 return None;
             }
-            Some(KeySource::Remote {
-                url: url.to_owned(),
-                refresh: refresh?,
-            })
+            Some(remote_source(
+                KeySetLocation::Jwks(url.to_owned()),
+                refresh?,
+                ctx,
+            ))
         }
         _ => {
             let node = map.get("discovery")?;
@@ -506,15 +510,41 @@ fn decode_jwks(
                 );
                 return None;
             }
-            Some(KeySource::Remote {
-                url: String::new(),
-                refresh: refresh?,
-            })
+            let issuer = issuer?;
+            if let Err(message) = check_key_url(issuer, ctx.options.allow_insecure_loopback_jwks) {
+                errs.push(
+                    node.pos,
+                    ErrorKind::InvalidValue,
+                    format!("discovery needs an `https://` issuer, but `{issuer}` {message}"),
+                    "keys are found at `<issuer>/.well-known/openid-configuration`; use `url:` for other issuers",
+                );
+                return None;
+            }
+            Some(remote_source(
+                KeySetLocation::Discovery {
+                    issuer: issuer.to_owned(),
+                },
+                refresh?,
+                ctx,
+            ))
         }
     }
 }
 
-fn check_key_url(url: &str, allow_loopback_http: bool) -> Result<(), String> {
+/// A remote key source, shared through the registry when there is one.
+fn remote_source(
+    location: KeySetLocation,
+    refresh: Duration,
+    ctx: &DocumentContext<'_>,
+) -> KeySource {
+    let set = match &ctx.options.remote_keys {
+        Some(registry) => registry.register(location, refresh),
+        None => Arc::new(RemoteKeySet::new(location, refresh)),
+    };
+    KeySource::Remote(set)
+}
+
+pub(crate) fn check_key_url(url: &str, allow_loopback_http: bool) -> Result<(), String> {
     let (scheme, rest) = url.split_once("://").ok_or("is not an absolute URL")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     match scheme.to_ascii_lowercase().as_str() {

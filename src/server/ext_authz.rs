@@ -161,15 +161,18 @@ impl Authorization for ExtAuthz {
             .unwrap_or(&empty);
         let url = url_of(http);
         let headers = headers_of(http);
-        let decision = self.state.decide(
-            &DecisionRequest {
-                method: &http.method,
-                url: &url,
-                headers: &headers,
-                client,
-            },
-            "ext_authz",
-        );
+        let decision = self
+            .state
+            .decide(
+                &DecisionRequest {
+                    method: &http.method,
+                    url: &url,
+                    headers: &headers,
+                    client,
+                },
+                "ext_authz",
+            )
+            .await;
         Ok(Response::new(check_response(&decision)))
     }
 }

@@ -68,15 +68,18 @@ impl DecisionService for Decisions {
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_str()))
             .collect();
-        let decision = self.state.decide(
-            &DecisionRequest {
-                method: &r.method,
-                url: &r.url,
-                headers: &headers,
-                client: super::parse_client(&r.client_address),
-            },
-            "grpc",
-        );
+        let decision = self
+            .state
+            .decide(
+                &DecisionRequest {
+                    method: &r.method,
+                    url: &r.url,
+                    headers: &headers,
+                    client: super::parse_client(&r.client_address),
+                },
+                "grpc",
+            )
+            .await;
         Ok(Response::new(decision_to_pb(&decision)))
     }
 
@@ -132,7 +135,18 @@ impl DecisionService for Decisions {
         Ok(Response::new(proto::ListServicesResponse {
             policy_revision: policies.revision().to_string(),
             services,
-            last_error: String::new(),
+            last_error: self
+                .state
+                .reload_status()
+                .failure
+                .map(|f| {
+                    format!(
+                        "revision {} does not compile:\n{}",
+                        f.revision,
+                        f.errors.join("\n")
+                    )
+                })
+                .unwrap_or_default(),
         }))
     }
 }
@@ -143,11 +157,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    // Policies are loaded before the listeners are bound, so everything serves from the start.
-    health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
+    // NOT_SERVING until policies and remote key sets are loaded (or the key wait timed out).
     health
-        .set_serving::<DecisionServiceServer<Decisions>>()
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    health
+        .set_not_serving::<AuthorizationServer<ExtAuthz>>()
+        .await;
+    health
+        .set_not_serving::<DecisionServiceServer<Decisions>>()
+        .await;
+    let ready = state.clone();
+    let readiness = tokio::spawn(async move {
+        ready.wait_ready().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
+        health
+            .set_serving::<DecisionServiceServer<Decisions>>()
+            .await;
+    });
+    let _abort_readiness = super::AbortOnDrop(readiness);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -1,5 +1,5 @@
 //! The HTTP listener (SPEC §5): `/v1/authorize` for nginx `auth_request` and other HTTP
-//! gateway kits, the decisions API, health and Prometheus metrics.
+//! gateway kits, the decisions API, the recent-decisions page, health and Prometheus metrics.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::ui::routes())
         .with_state(state)
 }
 
@@ -101,15 +102,17 @@ async fn authorize(
         })
         .collect();
     let pairs: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let decision = state.decide(
-        &DecisionRequest {
-            method: &original_method,
-            url: &url,
-            headers: &pairs,
-            client,
-        },
-        "http",
-    );
+    let decision = state
+        .decide(
+            &DecisionRequest {
+                method: &original_method,
+                url: &url,
+                headers: &pairs,
+                client,
+            },
+            "http",
+        )
+        .await;
     decision_response(&decision)
 }
 
@@ -259,14 +262,38 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready once policies are loaded (they are before the listeners open). A failed reload
+/// does not make the server unready — the last good set serves — but is reported here.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if !state.is_ready() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "waitingForKeySets": state.keys.missing() }).to_string(),
+        );
+    }
     let policies = state.policies();
+    let status = state.reload_status();
+    let millis_text = |ms: i64| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+        )
+        .to_string()
+    };
+    let failure = status.failure.as_ref().map(|f| {
+        json!({
+            "revision": &*f.revision,
+            "at": millis_text(f.at_millis),
+            "errors": f.errors,
+        })
+    });
     json_response(
         StatusCode::OK,
         json!({
             "ready": true,
             "policyRevision": policies.revision(),
             "services": policies.services.len(),
+            "lastReloadSuccess": millis_text(status.last_success_millis),
+            "failedReload": failure,
         })
         .to_string(),
     )

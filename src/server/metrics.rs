@@ -37,6 +37,27 @@ pub struct Metrics {
     store_bytes: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
     policy_services: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload_success: Gauge,
+    key_fetches: Family<KeyFetchLabels, Counter>,
+    keys_loaded: Family<KeySetLabels, Gauge>,
+    key_set_age: Family<KeySetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyFetchLabels {
+    key_set: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeySetLabels {
+    key_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,8 +115,44 @@ impl Metrics {
             "API services in the active policy set",
             policy_services.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy loads by result: success (a new revision), unchanged, failure (the last good set keeps serving)",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        registry.register(
+            "policy_last_reload_success_timestamp_seconds",
+            "Unix time of the last load that compiled",
+            last_reload_success.clone(),
+        );
+        let key_fetches = Family::<KeyFetchLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of remote key sets by result: ok, invalid (a garbage answer), error (unreachable, timeout, bad status, too large)",
+            key_fetches.clone(),
+        );
+        let keys_loaded = Family::<KeySetLabels, Gauge>::default();
+        registry.register(
+            "jwks_keys",
+            "Usable keys in each remote key set",
+            keys_loaded.clone(),
+        );
+        let key_set_age =
+            Family::<KeySetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "jwks_age_seconds",
+            "Time since each remote key set was last fetched successfully",
+            key_set_age.clone(),
+        );
         Self {
             registry,
+            key_fetches,
+            keys_loaded,
+            key_set_age,
+            reloads,
+            last_reload_success,
             decisions,
             latency,
             store_records,
@@ -132,6 +189,31 @@ impl Metrics {
             })
             .set(1);
         self.policy_services.set(services as i64);
+    }
+
+    pub fn count_reload(&self, result: &'static str, last_success_millis: i64) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.last_reload_success.set(last_success_millis / 1000);
+    }
+
+    pub fn count_key_fetch(&self, key_set: &str, result: &'static str) {
+        self.key_fetches
+            .get_or_create(&KeyFetchLabels {
+                key_set: key_set.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Keys and age (`None` before the first load) of a remote key set.
+    pub fn set_key_set(&self, key_set: &str, keys: usize, age_seconds: Option<f64>) {
+        let labels = KeySetLabels {
+            key_set: key_set.to_owned(),
+        };
+        self.keys_loaded.get_or_create(&labels).set(keys as i64);
+        if let Some(age) = age_seconds {
+            self.key_set_age.get_or_create(&labels).set(age);
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -6,7 +6,10 @@ mod convert;
 mod ext_authz;
 mod grpc;
 mod http;
+pub mod keys;
 pub mod metrics;
+pub mod reload;
+mod ui;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +44,15 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub policy_options: PolicyOptions,
+    /// Reload on file events in the policy directory.
+    pub watch_events: bool,
+    /// Compare the policy files' metadata this often, to catch what events miss.
+    pub reload_poll: Option<Duration>,
+    /// How long the server waits for remote key sets before it reports ready anyway (tokens
+    /// of a key set still missing are refused with `KEYS_UNAVAILABLE`).
+    pub jwks_start_timeout: Duration,
+    /// At most one fetch triggered by unknown key ids per key set per this interval.
+    pub jwks_refetch_interval: Duration,
 }
 
 impl ServerConfig {
@@ -53,6 +65,10 @@ impl ServerConfig {
             token_cache_capacity: crate::token::DEFAULT_CACHE_CAPACITY,
             shutdown_grace: Duration::from_secs(10),
             policy_options: PolicyOptions::default(),
+            watch_events: true,
+            reload_poll: Some(Duration::from_secs(2)),
+            jwks_start_timeout: Duration::from_secs(10),
+            jwks_refetch_interval: Duration::from_secs(30),
         }
     }
 }
@@ -63,19 +79,47 @@ pub struct AppState {
     policies: ArcSwap<PolicySet>,
     engine: Engine,
     pub store: TraceStore,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    reload_status: std::sync::Mutex<reload::ReloadStatus>,
+    pub keys: Arc<keys::KeyFetchers>,
+    /// False until policies and remote key sets are loaded (or the key wait timed out).
+    ready: watch::Sender<bool>,
 }
 
 impl AppState {
-    pub fn new(policies: PolicySet, config: &ServerConfig) -> Self {
-        let metrics = Metrics::new();
+    pub fn new(policies: PolicySet, config: &ServerConfig, keys: Arc<keys::KeyFetchers>) -> Self {
+        let metrics = Arc::new(Metrics::new());
         metrics.set_policy(policies.revision(), policies.services.len());
+        let loaded = reload::unix_millis();
+        metrics.count_reload("success", loaded);
         Self {
             policies: ArcSwap::from_pointee(policies),
             engine: Engine::new(config.token_cache_capacity),
             store: TraceStore::new(config.trace_capacity),
             metrics,
+            reload_status: std::sync::Mutex::new(reload::ReloadStatus {
+                last_success_millis: loaded,
+                failure: None,
+            }),
+            // With no remote key set to wait for, ready from the first request on.
+            ready: watch::channel(keys.registry.all().is_empty()).0,
+            keys,
         }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Completes once the server is ready.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Makes `policies` the active set; decisions already running keep the set they loaded.
+    fn swap_policies(&self, policies: PolicySet) {
+        self.policies.store(Arc::new(policies));
     }
 
     pub fn policies(&self) -> arc_swap::Guard<Arc<PolicySet>> {
@@ -84,10 +128,22 @@ impl AppState {
 
     /// Decides, records the decision in the store, counts it and writes the audit event.
     /// `transport` names the interface the request came through, for metrics and the audit.
-    pub fn decide(&self, request: &DecisionRequest<'_>, transport: &'static str) -> Decision {
+    ///
+    /// A token whose key id the service's remote key set lacks makes the key set be fetched
+    /// again (rate-limited); if that brings new keys, the request is decided again.
+    pub async fn decide(&self, request: &DecisionRequest<'_>, transport: &'static str) -> Decision {
         let started = Instant::now();
-        let policies = self.policies.load();
-        let decision = self.engine.decide(&policies, request, SystemTime::now());
+        let mut decision = self
+            .engine
+            .decide(&self.policies.load(), request, SystemTime::now());
+        if decision.detail_code() == Some("UNKNOWN_KEY")
+            && let Some(location) = self.remote_location(decision.service.as_deref())
+            && self.keys.refetch_for_unknown_key(&location).await
+        {
+            decision = self
+                .engine
+                .decide(&self.policies.load(), request, SystemTime::now());
+        }
         self.store.record(&decision);
         self.metrics
             .observe(&decision, transport, started.elapsed().as_secs_f64());
@@ -95,10 +151,28 @@ impl AppState {
         decision
     }
 
+    /// Where the remote key set of service `name` is published, if it has one.
+    fn remote_location(&self, name: Option<&str>) -> Option<crate::token::remote::KeySetLocation> {
+        let policies = self.policies.load();
+        match &policies.service(name?)?.token.keys {
+            crate::token::KeySource::Remote(set) => Some(set.location.clone()),
+            crate::token::KeySource::Static { .. } => None,
+        }
+    }
+
     /// Refreshes the gauges that are read rather than counted.
     pub fn refresh_gauges(&self) {
         self.metrics
             .set_store(self.store.len(), self.store.approx_bytes());
+        let now = reload::unix_millis();
+        for set in self.keys.registry.all() {
+            let loaded = set.loaded_at_millis();
+            self.metrics.set_key_set(
+                &set.location.to_string(),
+                set.current().map_or(0, |s| s.keys.len()),
+                (loaded > 0).then(|| (now - loaded) as f64 / 1000.0),
+            );
+        }
     }
 }
 
@@ -125,16 +199,26 @@ fn audit(decision: &Decision, transport: &'static str) {
 /// until [`BoundServer::run`].
 ///
 /// Fails when the policies do not compile (with every error) or a listener cannot be bound.
-pub async fn bind(config: ServerConfig) -> Result<BoundServer, BindError> {
+pub async fn bind(mut config: ServerConfig) -> Result<BoundServer, BindError> {
+    let registry = Arc::new(crate::token::remote::RemoteKeyRegistry::default());
+    config.policy_options.remote_keys = Some(registry.clone());
     let policies =
         load_dir(&config.policies, &config.policy_options).map_err(BindError::Policies)?;
+    let fetchers = keys::KeyFetchers::new(
+        registry,
+        keys::FetchConfig {
+            allow_insecure_loopback: config.policy_options.allow_insecure_loopback_jwks,
+            on_demand_interval: config.jwks_refetch_interval,
+        },
+    )
+    .map_err(BindError::Client)?;
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| BindError::Listen(config.grpc_listen, e))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| BindError::Listen(config.http_listen, e))?;
-    let state = Arc::new(AppState::new(policies, &config));
+    let state = Arc::new(AppState::new(policies, &config, Arc::new(fetchers)));
     Ok(BoundServer {
         grpc_addr: grpc
             .local_addr()
@@ -155,6 +239,8 @@ pub enum BindError {
     Policies(PolicyErrors),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot set up the key set client: {0}")]
+    Client(anyhow::Error),
 }
 
 /// A server with its listeners bound and policies loaded.
@@ -185,6 +271,34 @@ impl BoundServer {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        self.state.keys.start_new(&self.state.metrics);
+        let readiness = {
+            let state = self.state.clone();
+            let wait = self.config.jwks_start_timeout;
+            tokio::spawn(async move {
+                if tokio::time::timeout(wait, state.keys.loaded())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        missing = ?state.keys.missing(),
+                        "key sets not loaded within {wait:?}; serving anyway, tokens they sign are refused until they load"
+                    );
+                }
+                state.ready.send_replace(true);
+            })
+        };
+        let _abort_readiness = AbortOnDrop(readiness);
+        let watcher = tokio::spawn(reload::watch(
+            self.state.clone(),
+            reload::WatchConfig {
+                dir: self.config.policies.clone(),
+                options: self.config.policy_options.clone(),
+                events: self.config.watch_events,
+                poll: self.config.reload_poll,
+            },
+        ));
+        let _abort_watcher = AbortOnDrop(watcher);
         let grpc = tokio::spawn(grpc::serve(
             self.grpc,
             self.state.clone(),
@@ -204,7 +318,7 @@ impl BoundServer {
             }
             () = shutdown => {
                 tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down; finishing in-flight requests");
-                let _ = stop_tx.send(true);
+                stop_tx.send_replace(true);
             }
         }
         match tokio::time::timeout(grace, servers).await {
@@ -218,6 +332,14 @@ impl BoundServer {
             }
         }
         Ok(())
+    }
+}
+
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

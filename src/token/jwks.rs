@@ -190,6 +190,43 @@ pub fn parse_jwks(json: &[u8], allowed: &[Algorithm]) -> Result<KeySet, Vec<Jwks
     Ok(KeySet { keys, fingerprint })
 }
 
+/// Parses a JWKS document fetched from a URL: keys that cannot be used with `allowed` (other
+/// types, weak keys, encryption keys, repeated ids) are skipped, as identity providers
+/// publish keys for other uses too.
+///
+/// Fails when the document is not a key set or has no usable key.
+pub fn parse_jwks_lenient(json: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
+    let document: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let raw_keys = document
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("not a key set: no `keys` array")?;
+    let mut keys: Vec<VerificationKey> = Vec::new();
+    let mut skipped = Vec::new();
+    for (index, raw) in raw_keys.iter().enumerate() {
+        let label = key_label(index, raw.get("kid").and_then(|k| k.as_str()));
+        match parse_key(raw, allowed) {
+            Ok(Some(key)) if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) => {
+                skipped.push(format!("{label}: the key id is used by an earlier key too"));
+            }
+            Ok(Some(key)) => keys.push(key),
+            Ok(None) => {}
+            Err((message, _)) => skipped.push(format!("{label}: {message}")),
+        }
+    }
+    if keys.is_empty() {
+        return Err(match skipped.first() {
+            Some(first) => format!("no usable signing key ({} skipped; {first})", skipped.len()),
+            None => "no signing key".to_owned(),
+        });
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, json);
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&digest.as_ref()[..16]);
+    Ok(KeySet { keys, fingerprint })
+}
+
 fn algorithm_names(algs: &[Algorithm]) -> String {
     algs.iter()
         .map(|a| format!("{a:?}"))
@@ -390,7 +427,10 @@ mod tests {
         assert_eq!(set.keys.len(), 5);
         let rsa = set.by_kid("rsa-a").unwrap();
         assert!(rsa.fits(Algorithm::RS256));
-        assert!(!rsa.fits(Algorithm::PS256), "PS256 is a fitting algorithm, but not allowed");
+        assert!(
+            !rsa.fits(Algorithm::PS256),
+            "PS256 is a fitting algorithm, but not allowed"
+        );
         assert!(!rsa.fits(Algorithm::ES256) && !rsa.fits(Algorithm::HS256));
         assert!(set.by_kid("ec-a").unwrap().fits(Algorithm::ES256));
         assert!(!set.by_kid("ec-a").unwrap().fits(Algorithm::ES384));

@@ -5,10 +5,10 @@
 pub mod cache;
 pub mod err;
 pub mod jwks;
+pub mod remote;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -64,9 +64,9 @@ pub enum KeySource {
         keys: KeySet,
         file: std::path::PathBuf,
     },
-    /// A JWKS URL; fetching it is not part of the decision engine, and until a key set is
-    /// supplied tokens are refused with `KEYS_UNAVAILABLE`.
-    Remote { url: String, refresh: Duration },
+    /// A key set published at a URL; fetching it is not part of the decision engine, and
+    /// until a key set was loaded tokens are refused with `KEYS_UNAVAILABLE`.
+    Remote(Arc<remote::RemoteKeySet>),
 }
 
 /// What a service demands of its callers' tokens.
@@ -189,9 +189,13 @@ pub fn verify_signature_cached(
     cache: &TokenCache,
     now: i64,
 ) -> Result<(Arc<VerifiedToken>, bool), TokenError> {
+    let remote;
     let keys = match &reqs.keys {
         KeySource::Static { keys, .. } => keys,
-        KeySource::Remote { .. } => return Err(TokenError::KeysUnavailable),
+        KeySource::Remote(set) => {
+            remote = set.current().ok_or(TokenError::KeysUnavailable)?;
+            &*remote
+        }
     };
     let cache_key = TokenCache::key(&keys.fingerprint, token);
     if let Some(verified) = cache.get(&cache_key, now) {

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::mem::size_of;
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use serde_json::Value;
 
 use super::store::StoredDecision;
@@ -50,6 +51,11 @@ const MAX_VALUE_DEPTH: usize = 4;
 /// Approximate heap bytes of one trace value, all its strings and items together: room for
 /// a list of 32 group names.
 const MAX_VALUE_BYTES: usize = 2 * 1024;
+/// Strings an [`Interner`] holds before it starts again (so that the names of replaced policy
+/// sets do not stay forever): far more than the names of any policy set.
+const MAX_INTERNED: usize = 4096;
+/// Longest string interned: trace attribute names, base URLs and operation templates.
+const MAX_INTERNED_BYTES: usize = 256;
 /// What the URL and the audit message are cut to in the last resort of [`shed`].
 const LAST_RESORT_BYTES: usize = 512;
 
@@ -82,8 +88,54 @@ pub(crate) struct Capped {
     pub truncated: bool,
 }
 
+/// Shares between records the small strings and values that the engine allocates afresh for
+/// each decision although they repeat: trace attribute names (`url`, `authorization`, …) and
+/// the expected strings of the base URL, token and operation steps (the matched base URL,
+/// `POST /users/{userId}/answers`), which come from the policy. Rule entries' expected
+/// strings are left alone: they may be rendered from the request (`{path.userId}`), and
+/// interning those would fill the table with values seen once. Saves about 250 bytes per
+/// record.
+#[derive(Default)]
+pub(crate) struct Interner {
+    names: DashMap<Arc<str>, (), foldhash::fast::RandomState>,
+    strings: DashMap<Arc<str>, Arc<Value>, foldhash::fast::RandomState>,
+}
+
+impl Interner {
+    fn name(&self, name: &mut Arc<str>) {
+        if is_shared(name) || name.len() > MAX_INTERNED_BYTES {
+            return;
+        }
+        if let Some(shared) = self.names.get(&**name) {
+            *name = shared.key().clone();
+            return;
+        }
+        if self.names.len() >= MAX_INTERNED {
+            self.names.clear();
+        }
+        self.names.insert(name.clone(), ());
+    }
+
+    fn value(&self, value: &mut Arc<Value>) {
+        let Value::String(text) = &**value else {
+            return;
+        };
+        if is_shared(value) || text.len() > MAX_INTERNED_BYTES {
+            return;
+        }
+        if let Some(shared) = self.strings.get(text.as_str()) {
+            *value = shared.value().clone();
+            return;
+        }
+        if self.strings.len() >= MAX_INTERNED {
+            self.strings.clear();
+        }
+        self.strings.insert(Arc::from(text.as_str()), value.clone());
+    }
+}
+
 /// Copies `decision`, cut and scrubbed so that its footprint is at most [`MAX_RECORD_BYTES`].
-pub(crate) fn cap_decision(decision: &Decision) -> Capped {
+pub(crate) fn cap_decision(decision: &Decision, interner: &Interner) -> Capped {
     let mut d = decision.clone();
     let mut cut = false;
 
@@ -106,7 +158,7 @@ pub(crate) fn cap_decision(decision: &Decision) -> Capped {
     if let Some(token) = &mut d.token {
         cut |= cap_token(token);
     }
-    cut |= cap_trace(&mut d.trace);
+    cut |= cap_trace(&mut d.trace, interner);
     cut |= redact_jwts(&mut d.audit);
     cut |= cut_middle(&mut d.audit, MAX_AUDIT_BYTES);
 
@@ -153,6 +205,7 @@ fn cap_headers(headers: &mut Headers) -> bool {
 
 fn cap_body(body: &mut ErrorBody) -> bool {
     let mut cut = cut_text(&mut body.id, MAX_SHORT_BYTES);
+    cut |= redact_jwts(&mut body.message);
     cut |= cut_text(&mut body.message, MAX_TEXT_BYTES);
     cut |= cut_text(&mut body.target, MAX_SHORT_BYTES);
     if body.details.len() > MAX_DETAILS {
@@ -201,7 +254,7 @@ fn cap_token(token: &mut TokenSummary) -> bool {
     cut
 }
 
-fn cap_trace(trace: &mut Vec<TraceEntry>) -> bool {
+fn cap_trace(trace: &mut Vec<TraceEntry>, interner: &Interner) -> bool {
     let mut cut = false;
     if trace.len() > MAX_TRACE_ENTRIES {
         let total = trace.len();
@@ -220,6 +273,12 @@ fn cap_trace(trace: &mut Vec<TraceEntry>) -> bool {
     }
     for entry in trace.iter_mut() {
         cut |= cap_entry(entry);
+        interner.name(&mut entry.attribute);
+        if entry.step != Step::Rule
+            && let Some(expected) = &mut entry.expected
+        {
+            interner.value(expected);
+        }
     }
     trace.shrink_to_fit();
     cut
@@ -392,15 +451,16 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
     // 1. Values and details of entries that did not decide, last first.
     for entry in d.trace.iter_mut().rev().filter(|e| !e.decisive) {
         if !over(bytes) {
-            return bytes;
+            break;
         }
         let before = entry_bytes(entry);
-        if entry.expected.is_some() || entry.actual.is_some() || entry.detail.is_some() {
+        let payload = before.saturating_sub(entry_names_bytes(entry));
+        if payload > SHED.len() {
             entry.expected = None;
             entry.actual = None;
             entry.detail = Some(SHED.to_owned());
+            bytes = replaced(bytes, before, entry_bytes(entry));
         }
-        bytes = bytes - before + entry_bytes(entry);
     }
     // 2. Upstream header values: least needed to explain a decision.
     bytes = shed_header_values(&mut d.upstream_headers, bytes, |_| true);
@@ -418,7 +478,7 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
             kept.push(marker);
         }
         d.trace = kept;
-        bytes = bytes - before + trace_bytes(&d.trace);
+        bytes = replaced(bytes, before, trace_bytes(&d.trace));
     }
     // 4. Error details after the first.
     if over(bytes)
@@ -433,7 +493,7 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
             &mut body.details[0].message,
             &format!(" …(removed {more} more details: record size limit)"),
         );
-        bytes = bytes - before + body_bytes(body);
+        bytes = replaced(bytes, before, body_bytes(body));
     }
     // 5. Audiences after the first.
     if over(bytes)
@@ -447,12 +507,12 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
             "…(removed {more} more audiences: record size limit)"
         ));
         token.aud.shrink_to_fit();
-        bytes = bytes - before + token_bytes(token);
+        bytes = replaced(bytes, before, token_bytes(token));
     }
     // 6. Decision header values, except a short decision id.
     bytes = shed_header_values(&mut d.headers, bytes, |name| name != "x-decision-id");
     // 7. Values of the deciding entry; its detail stays, shortened.
-    for entry in &mut d.trace {
+    for entry in d.trace.iter_mut().filter(|e| e.decisive) {
         if !over(bytes) {
             break;
         }
@@ -462,17 +522,23 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
         if let Some(detail) = &mut entry.detail {
             cut_text(detail, MAX_VALUE_STRING_BYTES);
         }
-        bytes = bytes - before + entry_bytes(entry);
+        bytes = replaced(bytes, before, entry_bytes(entry));
     }
     // 8. The last resort: the URL and the audit message.
     if over(bytes) {
-        let before = d.request.url.capacity() + d.audit.capacity();
         cut_text(&mut d.request.url, LAST_RESORT_BYTES);
         cut_middle(&mut d.audit, LAST_RESORT_BYTES);
-        bytes = bytes - before + d.request.url.capacity() + d.audit.capacity();
     }
+    // The steps above kept a running estimate; measure once more for the record.
+    let bytes = record_bytes(d);
     debug_assert!(!over(bytes), "a record of {bytes} bytes after shedding");
     bytes
+}
+
+/// `total` after a part of it measuring `before` came to measure `after`.
+fn replaced(total: usize, before: usize, after: usize) -> usize {
+    // Saturating: an `Arc` shared by another thread meanwhile may have changed a measure.
+    total.saturating_sub(before) + after
 }
 
 /// Replaces header values longer than the marker by [`SHED`], last first, while the record
@@ -487,7 +553,7 @@ fn shed_header_values(
             break;
         }
         if (sheddable(name) || value.len() > MAX_SHORT_BYTES) && value.len() > SHED.len() {
-            bytes = bytes - value.capacity() + SHED.len();
+            bytes = replaced(bytes, value.capacity(), SHED.len());
             *value = SHED.to_owned();
         }
     }
@@ -686,15 +752,18 @@ fn trace_bytes(trace: &Vec<TraceEntry>) -> usize {
 
 /// Heap bytes of one entry, beyond its place in the trace's list.
 fn entry_bytes(e: &TraceEntry) -> usize {
-    opt_arc_bytes(&e.rule)
-        + arc_bytes(&e.attribute)
-        + opt_arc_bytes(&e.location)
+    entry_names_bytes(e)
         + e.expected
             .as_ref()
             .filter(|v| !is_shared(v))
             .map_or(0, |v| ARC_HEADER + size_of::<Value>() + value_bytes(v))
         + e.actual.as_ref().map_or(0, value_bytes)
         + e.detail.as_ref().map_or(0, String::capacity)
+}
+
+/// Heap bytes of an entry's names: rule, attribute and location.
+fn entry_names_bytes(e: &TraceEntry) -> usize {
+    opt_arc_bytes(&e.rule) + arc_bytes(&e.attribute) + opt_arc_bytes(&e.location)
 }
 
 /// Heap bytes owned by a JSON value (not counting the value itself).
@@ -730,6 +799,21 @@ mod tests {
         );
         let mut short = "short".to_owned();
         assert!(!cut_text(&mut short, 5) && !cut_middle(&mut short, 5));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cuts_stay_within_the_cap_for_any_text(s in "\\PC{0,600}", max in 48usize..700) {
+            let mut cut = s.clone();
+            let was_cut = cut_text(&mut cut, max);
+            proptest::prop_assert!(cut.len() <= max);
+            proptest::prop_assert_eq!(was_cut, s.len() > max);
+            let mut middle = s.clone();
+            cut_middle(&mut middle, max);
+            proptest::prop_assert!(middle.len() <= max);
+            let mut redacted = s;
+            redact_jwts(&mut redacted);
+        }
     }
 
     #[test]
