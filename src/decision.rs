@@ -286,6 +286,8 @@ enum Denial {
 #[derive(Debug, Default)]
 pub struct Engine {
     tokens: TokenCache,
+    /// Test hook: a request URL containing this text panics inside the pipeline.
+    panic_marker: Option<Box<str>>,
 }
 
 /// What the pipeline learned before it allowed or denied.
@@ -301,7 +303,16 @@ impl Engine {
     pub fn new(token_cache_capacity: usize) -> Self {
         Self {
             tokens: TokenCache::new(token_cache_capacity),
+            panic_marker: None,
         }
+    }
+
+    /// Makes every request whose URL contains `marker` panic inside the pipeline, to prove
+    /// that a fault denies with 500 and the server goes on. For tests; never set it in
+    /// production.
+    pub fn with_panic_marker(mut self, marker: &str) -> Self {
+        self.panic_marker = (!marker.is_empty()).then(|| marker.into());
+        self
     }
 
     pub fn token_cache(&self) -> &TokenCache {
@@ -376,6 +387,11 @@ impl Engine {
         #[cfg(test)]
         if tests::FORCE_PANIC.with(|f| f.get()) {
             panic!("forced by a test");
+        }
+        if let Some(marker) = &self.panic_marker
+            && request.url.contains(&**marker)
+        {
+            panic!("fault injection: the request URL contains the panic marker");
         }
         // 1. Base URL.
         let url = match parse_request_url(request.url) {

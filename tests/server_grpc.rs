@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use portcullis::proto;
 use portcullis::proto::decision_service_client::DecisionServiceClient;
@@ -18,13 +18,6 @@ use portcullis::proto::envoy::service::auth::v3::{AttributeContext, CheckRequest
 use serde_json::{Value, json};
 use support::server::Server;
 use tonic::transport::Channel;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn server() -> Server {
     // The fixture service `remote` names a key URL nobody serves: do not wait for it.
@@ -42,14 +35,6 @@ async fn channel(server: &Server) -> Channel {
         .connect()
         .await
         .expect("the gRPC listener accepts connections")
-}
-
-fn token(changes: Value) -> String {
-    let mut claims = support::app_claims(unix_now());
-    for (k, v) in changes.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    support::rs256(&claims)
 }
 
 /// A Check as Envoy sends it: lower-case header names, the authority as host, the path
@@ -121,7 +106,7 @@ fn denied(response: &CheckResponse) -> (i32, HashMap<String, String>, Value) {
 async fn ext_authz_allows_with_upstream_headers_that_replace_the_clients() {
     let server = server();
     let mut client = AuthorizationClient::new(channel(&server).await);
-    let bearer = format!("Bearer {}", token(json!({"tenant": "acme"})));
+    let bearer = format!("Bearer {}", support::app_token(json!({"tenant": "acme"})));
     let response = check(
         &mut client,
         check_request(
@@ -191,7 +176,7 @@ async fn ext_authz_denials_carry_status_headers_and_body() {
     // Missing group: 403, PERMISSION_DENIED, the §3 body.
     let bearer = format!(
         "Bearer {}",
-        token(json!({"groups": ["viewers"], "scope": "items:write"}))
+        support::app_token(json!({"groups": ["viewers"], "scope": "items:write"}))
     );
     let response = check(
         &mut client,
@@ -220,7 +205,7 @@ async fn ext_authz_denials_carry_status_headers_and_body() {
     assert_eq!(denied(&response).0, 404);
 
     // Wrong method with a valid token: 405 with allow.
-    let bearer = format!("Bearer {}", token(json!({})));
+    let bearer = format!("Bearer {}", support::app_token(json!({})));
     let response = check(
         &mut client,
         check_request(
@@ -257,7 +242,7 @@ async fn ext_authz_denials_carry_status_headers_and_body() {
 async fn ext_authz_uses_the_source_address_for_client_ip_rules() {
     let server = server();
     let mut client = AuthorizationClient::new(channel(&server).await);
-    let bearer = format!("Bearer {}", token(json!({"amr": ["mfa"]})));
+    let bearer = format!("Bearer {}", support::app_token(json!({"amr": ["mfa"]})));
     let headers = [("authorization", bearer.as_str())];
     let inside = check(
         &mut client,
@@ -355,7 +340,7 @@ async fn decision_api_decides_lists_filters_and_gets() {
     let allowed = api
         .decide(decide(
             "https://api.test/app/v1/items/1",
-            Some(token(json!({"sub": "alice"}))),
+            Some(support::app_token(json!({"sub": "alice"}))),
         ))
         .await
         .unwrap()

@@ -4,25 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use support::server::Server;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn token(changes: Value) -> String {
-    let mut claims = support::app_claims(unix_now());
-    for (k, v) in changes.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    support::rs256(&claims)
-}
 
 fn server(extra: &[&str]) -> Server {
     // The fixture service `remote` names a key URL nobody serves: do not wait for it.
@@ -42,7 +27,7 @@ fn client() -> reqwest::Client {
 async fn authorize_answers_nginx_style_subrequests() {
     let server = server(&[]);
     let http = client();
-    let good = token(json!({"tenant": "acme"}));
+    let good = support::app_token(json!({"tenant": "acme"}));
 
     // nginx sends GET subrequests describing the original request.
     let allow = http
@@ -109,7 +94,7 @@ async fn authorize_answers_nginx_style_subrequests() {
     assert_eq!(deny.headers()["allow"], "DELETE, GET, PUT");
 
     // A missing group: 403 naming the rule.
-    let viewer = token(json!({"groups": ["viewers"], "scope": "items:write"}));
+    let viewer = support::app_token(json!({"groups": ["viewers"], "scope": "items:write"}));
     let deny = http
         .get(server.http_url("/v1/authorize"))
         .header("X-Original-Method", "PUT")
@@ -156,7 +141,7 @@ async fn decisions_api_lists_with_filters_and_matches_the_grpc_content() {
         humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(5)).to_string();
     let first = authorize(
         "https://api.test/app/v1/items/1",
-        Some(token(json!({"sub": "bob"}))),
+        Some(support::app_token(json!({"sub": "bob"}))),
     )
     .await;
     let second = authorize("https://api.test/app/v1/items/2", None).await;
@@ -343,7 +328,7 @@ async fn health_readiness_and_metrics() {
 async fn the_audit_log_has_a_line_per_decision_and_no_secrets() {
     let mut server = server(&[]);
     let http = client();
-    let secret = token(json!({"sub": "carol"}));
+    let secret = support::app_token(json!({"sub": "carol"}));
     let cookie = "session=cookie-secret-5f1e";
     let mut ids = Vec::new();
     for (url, auth) in [
@@ -422,7 +407,7 @@ async fn the_audit_log_has_a_line_per_decision_and_no_secrets() {
 #[tokio::test]
 async fn sixty_four_connections_for_ten_seconds_without_errors() {
     let server = server(&["--trace-capacity", "500"]);
-    let good = token(json!({}));
+    let good = support::app_token(json!({}));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut workers = Vec::new();
     for worker in 0..64 {

@@ -12,27 +12,12 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::server::Server;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn token(changes: Value) -> String {
-    let mut claims = support::app_claims(unix_now());
-    for (k, v) in changes.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    support::rs256(&claims)
-}
 
 fn server() -> Server {
     Server::start(&support::fixtures().join("policies"), &[])
@@ -531,10 +516,10 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
         &server,
         "GET",
         "https://api.test/app/v1/items/7",
-        Some(&token(json!({}))),
+        Some(&support::app_token(json!({}))),
     )
     .await;
-    let viewer = token(json!({"groups": ["viewers"], "scope": "items:write"}));
+    let viewer = support::app_token(json!({"groups": ["viewers"], "scope": "items:write"}));
     let denied = decide(
         &server,
         "PUT",
@@ -546,7 +531,7 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
         &server,
         "GET",
         HOSTILE_URL,
-        Some(&token(json!({ "sub": HOSTILE_SUB }))),
+        Some(&support::app_token(json!({ "sub": HOSTILE_SUB }))),
     )
     .await;
 
@@ -713,7 +698,7 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
         &server,
         "DELETE",
         "https://api.test/app/v1/items/8",
-        Some(&token(
+        Some(&support::app_token(
             json!({"groups": ["admins"], "scope": "items:write"}),
         )),
     )

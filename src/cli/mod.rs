@@ -14,6 +14,7 @@ mod schema;
 mod serve;
 mod test;
 mod token;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -48,8 +48,16 @@ pub(crate) struct ServeArgs {
     /// At most one fetch of a key set per this interval when tokens name unknown key ids.
     #[arg(long, env = "PORTCULLIS_JWKS_REFETCH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     jwks_refetch_interval: Duration,
+    /// A file holding the admin bearer token, required to read recent decisions and metrics
+    /// (HTTP `/v1/decisions`, `/metrics`; gRPC `ListDecisions`, `GetDecision`,
+    /// `ListServices`). Without a token these are served only on loopback listeners. The
+    /// token may also come from the PORTCULLIS_ADMIN_TOKEN environment variable.
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     flags: PolicyFlags,
+    #[command(flatten)]
+    transport: super::transport::TransportArgs,
 }
 
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -71,6 +79,14 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.watch_events = !args.no_watch;
     config.jwks_start_timeout = args.jwks_start_timeout;
     config.jwks_refetch_interval = args.jwks_refetch_interval;
+    config.transport = args.transport.config();
+    config.admin_token = portcullis::server::admin::load_token(args.admin_token_file.as_deref())?;
+    if let Ok(marker) = std::env::var("PORTCULLIS_TEST_PANIC_MARKER") {
+        tracing::warn!(
+            "PORTCULLIS_TEST_PANIC_MARKER is set: requests whose URL contains it panic (a test hook; never set it in production)"
+        );
+        config.panic_marker = Some(marker);
+    }
     config.reload_poll =
         (!args.no_watch && !args.reload_poll.is_zero()).then_some(args.reload_poll);
     let bound = match server::bind(config).await {

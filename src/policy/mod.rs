@@ -367,11 +367,16 @@ fn read_policy_file(path: &Path) -> Result<String, String> {
 const MAX_KEY_FILE: u64 = 1024 * 1024;
 
 fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_limited(path, MAX_KEY_FILE)
+}
+
+/// Reads a file of at most `max` bytes; a larger one is refused without reading it.
+pub(crate) fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let len = std::fs::metadata(path)?.len();
-    if len > MAX_KEY_FILE {
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("the file is {len} bytes; key files are at most {MAX_KEY_FILE} bytes"),
+            format!("the file is {len} bytes; at most {max} bytes are read"),
         ));
     }
     std::fs::read(path)

@@ -20,6 +20,25 @@ struct Decisions {
     state: Arc<AppState>,
 }
 
+impl Decisions {
+    /// Recent decisions and the loaded services are for operators (see `super::admin`).
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.state
+            .admin_grpc
+            .check(authorization)
+            .map_err(|denial| match denial {
+                super::admin::AdminDenial::BadToken => Status::unauthenticated(denial.message()),
+                super::admin::AdminDenial::NotConfigured => {
+                    Status::permission_denied(denial.message())
+                }
+            })
+    }
+}
+
 fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, Status> {
     let outcome = match request.outcome.as_str() {
         "" => None,
@@ -87,6 +106,7 @@ impl DecisionService for Decisions {
         &self,
         request: Request<proto::ListDecisionsRequest>,
     ) -> Result<Response<proto::ListDecisionsResponse>, Status> {
+        self.admin(&request)?;
         let r = request.into_inner();
         let filter = filter_of(&r)?;
         let limit = match r.limit {
@@ -107,6 +127,7 @@ impl DecisionService for Decisions {
         &self,
         request: Request<proto::GetDecisionRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
+        self.admin(&request)?;
         let id = request.into_inner().id;
         match self.state.store.get(&id) {
             Some(d) => Ok(Response::new(decision_to_pb(&d.decision))),
@@ -118,8 +139,9 @@ impl DecisionService for Decisions {
 
     async fn list_services(
         &self,
-        _request: Request<proto::ListServicesRequest>,
+        request: Request<proto::ListServicesRequest>,
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
+        self.admin(&request)?;
         let policies = self.state.policies();
         let services = policies
             .services
@@ -154,6 +176,7 @@ impl DecisionService for Decisions {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    transport: Arc<super::transport::Transport>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -187,9 +210,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let max = super::MAX_GRPC_MESSAGE;
-    tonic::transport::Server::builder()
-        .add_service(health_service)
+    let max = transport.config.max_grpc_message;
+    let metrics = state.metrics.clone();
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -198,11 +221,8 @@ pub async fn serve(
             })
             .max_decoding_message_size(max),
         )
-        .add_service(DecisionServiceServer::new(Decisions { state }).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+        .add_service(
+            DecisionServiceServer::new(Decisions { state }).max_decoding_message_size(max),
+        );
+    super::transport::serve_grpc(listener, routes, transport, metrics, shutdown).await
 }

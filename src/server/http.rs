@@ -18,27 +18,62 @@ use crate::decision::{Decision, DecisionRequest, Outcome};
 use crate::trace::{DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT};
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // What can hold personal data: recent decisions and metrics (see `super::admin`).
+    let admin = Router::new()
+        .route("/v1/decisions", get(list_decisions))
+        .route("/v1/decisions/{id}", get(get_decision))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_guard,
+        ));
     Router::new()
         .route("/v1/authorize", any(authorize))
         .route("/v1/authorize/{*rest}", any(authorize))
-        .route("/v1/decisions", get(list_decisions))
-        .route("/v1/decisions/{id}", get(get_decision))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(admin)
         .merge(super::ui::routes())
         .with_state(state)
+}
+
+async fn admin_guard(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match state.admin_http.check(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(denial) => {
+            let (status, code) = match denial {
+                super::admin::AdminDenial::BadToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                super::admin::AdminDenial::NotConfigured => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            };
+            let mut response =
+                api_error(status, code, "Authorization", denial.message().to_owned());
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+                );
+            }
+            response
+        }
+    }
 }
 
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    transport: Arc<super::transport::Transport>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    let metrics = state.metrics.clone();
+    super::transport::serve_http(listener, router(state), transport, metrics, shutdown).await
 }
 
 /// An API error in the shape of the SPEC §3 body (without a decision id: no decision was made).

@@ -28,6 +28,12 @@ struct TransportLabels {
     transport: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    transport: &'static str,
+    reason: &'static str,
+}
+
 /// The metrics registry and the handles the server updates.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +46,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
     key_fetches: Family<KeyFetchLabels, Counter>,
+    panics: Counter,
+    refused: Family<RefusalLabels, Counter>,
     keys_loaded: Family<KeySetLabels, Gauge>,
     key_set_age: Family<KeySetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -146,8 +154,22 @@ impl Metrics {
             "Time since each remote key set was last fetched successfully",
             key_set_age.clone(),
         );
+        let panics = Counter::default();
+        registry.register(
+            "decision_panics",
+            "Decisions whose evaluation panicked; each was denied with 500 UNEXPECTED_ERROR",
+            panics.clone(),
+        );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Requests answered without a decision: overload (OVERLOADED), deadline (REQUEST_TIMEOUT) or a size cap",
+            refused.clone(),
+        );
         Self {
             registry,
+            panics,
+            refused,
             key_fetches,
             keys_loaded,
             key_set_age,
@@ -194,6 +216,17 @@ impl Metrics {
     pub fn count_reload(&self, result: &'static str, last_success_millis: i64) {
         self.reloads.get_or_create(&ResultLabels { result }).inc();
         self.last_reload_success.set(last_success_millis / 1000);
+    }
+
+    pub fn count_panic(&self) {
+        self.panics.inc();
+    }
+
+    /// Counts a request the transport refused; `reason` is the refusal's detail code.
+    pub fn count_refusal(&self, transport: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusalLabels { transport, reason })
+            .inc();
     }
 
     pub fn count_key_fetch(&self, key_set: &str, result: &'static str) {

@@ -2,6 +2,7 @@
 //! API, health, reflection) and HTTP (nginx `auth_request`, decisions API, health, metrics),
 //! every decision recorded in the recent-decisions store and written to the audit log.
 
+pub mod admin;
 mod convert;
 mod ext_authz;
 mod grpc;
@@ -9,6 +10,7 @@ mod http;
 pub mod keys;
 pub mod metrics;
 pub mod reload;
+pub mod transport;
 mod ui;
 
 use std::future::Future;
@@ -53,6 +55,13 @@ pub struct ServerConfig {
     pub jwks_start_timeout: Duration,
     /// At most one fetch triggered by unknown key ids per key set per this interval.
     pub jwks_refetch_interval: Duration,
+    /// Limits and TLS of both listeners.
+    pub transport: transport::TransportConfig,
+    /// The bearer token that opens recent decisions and metrics on a listener that is not
+    /// on loopback (and then on loopback listeners too).
+    pub admin_token: Option<String>,
+    /// A URL containing this text makes the engine panic: a test hook, off by default.
+    pub panic_marker: Option<String>,
 }
 
 impl ServerConfig {
@@ -69,6 +78,9 @@ impl ServerConfig {
             reload_poll: Some(Duration::from_secs(2)),
             jwks_start_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
+            transport: transport::TransportConfig::default(),
+            admin_token: None,
+            panic_marker: None,
         }
     }
 }
@@ -84,6 +96,9 @@ pub struct AppState {
     pub keys: Arc<keys::KeyFetchers>,
     /// False until policies and remote key sets are loaded (or the key wait timed out).
     ready: watch::Sender<bool>,
+    /// Who may read decisions and metrics on each listener.
+    pub admin_http: admin::AdminAccess,
+    pub admin_grpc: admin::AdminAccess,
 }
 
 impl AppState {
@@ -94,16 +109,25 @@ impl AppState {
         metrics.count_reload("success", loaded);
         Self {
             policies: ArcSwap::from_pointee(policies),
-            engine: Engine::new(config.token_cache_capacity),
+            engine: match &config.panic_marker {
+                Some(marker) => Engine::new(config.token_cache_capacity).with_panic_marker(marker),
+                None => Engine::new(config.token_cache_capacity),
+            },
             store: TraceStore::new(config.trace_capacity),
             metrics,
             reload_status: std::sync::Mutex::new(reload::ReloadStatus {
                 last_success_millis: loaded,
                 failure: None,
             }),
-            // With no remote key set to wait for, ready from the first request on.
-            ready: watch::channel(keys.registry.all().is_empty()).0,
+            // Ready from the first request on when there is no remote key set to wait for, or
+            // no wait at all.
+            ready: watch::channel(
+                keys.registry.all().is_empty() || config.jwks_start_timeout.is_zero(),
+            )
+            .0,
             keys,
+            admin_http: admin::AdminAccess::Loopback,
+            admin_grpc: admin::AdminAccess::Loopback,
         }
     }
 
@@ -143,6 +167,9 @@ impl AppState {
             decision = self
                 .engine
                 .decide(&self.policies.load(), request, SystemTime::now());
+        }
+        if decision.detail_code() == Some("INTERNAL_ERROR") {
+            self.metrics.count_panic();
         }
         self.store.record(&decision);
         self.metrics
@@ -212,23 +239,31 @@ pub async fn bind(mut config: ServerConfig) -> Result<BoundServer, BindError> {
         },
     )
     .map_err(BindError::Client)?;
+    let transport =
+        Arc::new(transport::Transport::new(config.transport.clone()).map_err(BindError::Tls)?);
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| BindError::Listen(config.grpc_listen, e))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| BindError::Listen(config.http_listen, e))?;
-    let state = Arc::new(AppState::new(policies, &config, Arc::new(fetchers)));
+    let mut state = AppState::new(policies, &config, Arc::new(fetchers));
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| BindError::Listen(config.grpc_listen, e))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| BindError::Listen(config.http_listen, e))?;
+    state.admin_http = admin::AdminAccess::for_listener(http_addr, config.admin_token.as_deref());
+    state.admin_grpc = admin::AdminAccess::for_listener(grpc_addr, config.admin_token.as_deref());
+    let state = Arc::new(state);
     Ok(BoundServer {
-        grpc_addr: grpc
-            .local_addr()
-            .map_err(|e| BindError::Listen(config.grpc_listen, e))?,
-        http_addr: http
-            .local_addr()
-            .map_err(|e| BindError::Listen(config.http_listen, e))?,
+        grpc_addr,
+        http_addr,
         grpc,
         http,
         state,
+        transport,
         config,
     })
 }
@@ -241,6 +276,8 @@ pub enum BindError {
     Listen(SocketAddr, std::io::Error),
     #[error("cannot set up the key set client: {0}")]
     Client(anyhow::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(transport::TlsError),
 }
 
 /// A server with its listeners bound and policies loaded.
@@ -251,6 +288,7 @@ pub struct BoundServer {
     grpc: TcpListener,
     http: TcpListener,
     state: Arc<AppState>,
+    transport: Arc<transport::Transport>,
     config: ServerConfig,
 }
 
@@ -302,9 +340,15 @@ impl BoundServer {
         let grpc = tokio::spawn(grpc::serve(
             self.grpc,
             self.state.clone(),
+            self.transport.clone(),
             stopped(stop_rx.clone()),
         ));
-        let http = tokio::spawn(http::serve(self.http, self.state.clone(), stopped(stop_rx)));
+        let http = tokio::spawn(http::serve(
+            self.http,
+            self.state.clone(),
+            self.transport.clone(),
+            stopped(stop_rx),
+        ));
         let grace = self.config.shutdown_grace;
         let servers = async { tokio::try_join!(grpc, http) };
         tokio::pin!(servers);

@@ -180,16 +180,7 @@ pub fn load_suites(path: &Path) -> Result<Vec<Suite>, PolicyErrors> {
 /// Largest key file read.
 const MAX_KEY_FILE: u64 = 1024 * 1024;
 
-fn read_bytes(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let len = std::fs::metadata(path)?.len();
-    if len > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the file is {len} bytes; at most {max} bytes are read"),
-        ));
-    }
-    std::fs::read(path)
-}
+use crate::policy::read_limited as read_bytes;
 
 fn read_text(path: &Path, max: u64) -> Result<String, String> {
     let bytes = read_bytes(path, max).map_err(|e| format!("cannot read: {e}"))?;

@@ -86,6 +86,22 @@ pub fn app_claims(now: i64) -> Value {
     })
 }
 
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
+}
+
+/// A valid RS256 token for the `app` fixture service now, with `changes` to its claims.
+pub fn app_token(changes: Value) -> String {
+    let mut claims = app_claims(unix_now());
+    for (k, v) in changes.as_object().expect("changes are an object") {
+        claims[k] = v.clone();
+    }
+    rs256(&claims)
+}
+
 /// A valid RS256 token with `kid: rsa-a` for these claims.
 pub fn rs256(claims: &Value) -> String {
     jws(

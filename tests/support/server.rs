@@ -18,6 +18,11 @@ pub struct Server {
 impl Server {
     /// Starts the server on `policies` with extra flags; waits (bounded) for its `listening` line.
     pub fn start(policies: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(policies, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(policies: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("serve")
             .arg("--policies")
@@ -30,6 +35,7 @@ impl Server {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

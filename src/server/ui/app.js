@@ -19,6 +19,22 @@
     { step: 'rule', title: 'Access rules', check: 'rule' },
   ];
 
+  // When Portcullis is reachable from elsewhere, the decisions API needs the admin token;
+  // it is asked for once and kept for this browser tab only.
+  const TOKEN_KEY = 'portcullis-admin-token';
+  function apiHeaders() {
+    const headers = { Accept: 'application/json' };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = 'Bearer ' + token;
+    return headers;
+  }
+  function askForToken() {
+    const token = window.prompt('This Portcullis needs the admin token to show decisions:');
+    if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+    else sessionStorage.removeItem(TOKEN_KEY);
+    return Boolean(token);
+  }
+
   const $ = (id) => document.getElementById(id);
   const listView = $('list-view');
   const detailView = $('detail-view');
@@ -241,8 +257,15 @@
       response = await fetch(API + '?' + params, {
         signal: request.signal,
         cache: 'no-store',
-        headers: { Accept: 'application/json' },
+        headers: apiHeaders(),
       });
+      if (response.status === 401 && askForToken()) {
+        response = await fetch(API + '?' + params, {
+          signal: request.signal,
+          cache: 'no-store',
+          headers: apiHeaders(),
+        });
+      }
       data = await response.json().catch(() => null);
     } catch (error) {
       if (request.signal.aborted) return;
@@ -456,8 +479,14 @@
     try {
       response = await fetch(API + '/' + encodeURIComponent(id), {
         cache: 'no-store',
-        headers: { Accept: 'application/json' },
+        headers: apiHeaders(),
       });
+      if (response.status === 401 && askForToken()) {
+        response = await fetch(API + '/' + encodeURIComponent(id), {
+          cache: 'no-store',
+          headers: apiHeaders(),
+        });
+      }
       data = await response.json().catch(() => null);
     } catch (error) {
       if (state.detailId === id) {
