@@ -179,18 +179,46 @@ pub struct WatchConfig {
 }
 
 async fn run_reload(state: &Arc<AppState>, config: &WatchConfig) -> ReloadResult {
-    let state = state.clone();
-    let dir = config.dir.clone();
-    let options = config.options.clone();
-    tokio::task::spawn_blocking(move || state.reload(&dir, &options))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!("policy reload panicked: {e}");
+    state.reload_in_background(&config.dir, &config.options).await
+}
+
+impl AppState {
+    /// [`AppState::reload`] on a thread of its own at the lowest CPU priority: compiling a
+    /// large policy set takes a core for a second, and decisions must not wait for it.
+    pub async fn reload_in_background(self: &Arc<Self>, dir: &Path, options: &PolicyOptions) -> ReloadResult {
+        let (state, dir, options) = (self.clone(), dir.to_path_buf(), options.clone());
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("policy-reload".into())
+            .spawn(move || {
+                lower_priority();
+                // Fetch tasks for new remote key sets are started on the server's runtime.
+                let _entered = runtime.as_ref().map(|r| r.enter());
+                let _ = tx.send(state.reload(&dir, &options));
+            });
+        let failed = |why: String| {
+            tracing::error!("policy reload failed to run: {why}");
             ReloadResult::Failed {
                 revision: "".into(),
                 errors: 1,
             }
-        })
+        };
+        match spawned {
+            Ok(_) => rx.await.unwrap_or_else(|_| failed("the reload thread panicked".into())),
+            Err(e) => failed(e.to_string()),
+        }
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (Linux: per-thread nice 19).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread; failure only leaves the priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
 }
 
 /// Reloads on file events, on metadata changes seen by polling and on SIGHUP, until the
