@@ -27,6 +27,10 @@ use portcullis::{
     Decision, DecisionRequest, Engine, Outcome, PolicyOptions, PolicySet, SourceFile,
 };
 
+/// The allocator `portcullis serve` uses, so that figures match the server binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const POLICY_DIR: &str = "policies";
 const PRIVATE_KEY: &str = "policies/keys/meme-game.dev-key.pem";
 const JWKS: &str = "policies/keys/meme-game.jwks.json";

@@ -1,7 +1,7 @@
 //! Load benchmark of Portcullis serving Envoy's ext_authz `Check` over gRPC (issue 3); the
 //! results and how to read them are in BENCHMARKS.md, "Serving ext_authz (issue 3)".
 //!
-//! Run with `cargo bench --bench ext_authz_load`. It prints one table:
+//! Run with `cargo bench --bench ext_authz_load`. It measures, and prints a table of:
 //!
 //! 1. **gRPC load**: `LOAD_STREAMS` concurrent tasks, round-robin over `LOAD_CONNECTIONS`
 //!    HTTP/2 connections, each looping `Check` calls for `LOAD_SECONDS` after
@@ -60,6 +60,10 @@ use portcullis::server::{AppState, MAX_GRPC_MESSAGE, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
+
+/// The allocator `portcullis serve` uses, so that figures match the server binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POLICY_DIR: &str = "policies";
 const PRIVATE_KEY: &str = "policies/keys/meme-game.dev-key.pem";
@@ -359,8 +363,8 @@ impl Authorization for AlwaysOk {
     }
 }
 
-/// Serves the ceiling as `src/server/grpc.rs` serves Portcullis: default `Server::builder()`,
-/// the same decoding limit, `serve_with_incoming_shutdown` on a bound listener; `TCP_NODELAY`
+/// Serves the ceiling with tonic's default `Server::builder()` (hyper's HTTP/2 server and
+/// tonic's codec, as Portcullis), the same decoding limit, on a bound listener; `TCP_NODELAY`
 /// on accepted connections when `nodelay` says so at accept time (see [`accepted_nodelay`]).
 async fn serve_ceiling(
     listener: TcpListener,

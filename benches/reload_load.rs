@@ -18,6 +18,10 @@ use portcullis::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use portcullis::proto::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use portcullis::server::{ServerConfig, bind};
 
+/// The allocator `portcullis serve` uses, so that figures match the server binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERVICES: usize = 10_000;
 const FILES: usize = 100;
 /// Services the load goes to (their tokens stay in the verified-token cache).

@@ -125,9 +125,11 @@ pub fn check_response(decision: &Decision) -> CheckResponse {
         })
     };
     CheckResponse {
+        // The gateway needs only the code; the reason is in the denial's body and the
+        // decision, so the message stays short on every answer Envoy has to decode.
         status: Some(rpc::Status {
             code: rpc_code(decision.status),
-            message: decision.audit.clone(),
+            message: decision.detail_code().unwrap_or_default().to_owned(),
             details: Vec::new(),
         }),
         http_response: Some(http_response),
