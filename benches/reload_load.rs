@@ -34,7 +34,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 fn service_yaml(i: usize) -> String {
     let mut yaml = format!(
         "service: svc-{i}\nbaseUrls: [\"https://api{i}.example.com/v1\"]\n\
-         token:\n  issuer: https://auth.example.com\n  audiences: [svc-{i}]\n  algorithms: [RS256]\n  \
+         token:\n  issuer: https://auth.example.com\n  audiences: [svc-{i}]\n  algorithms: [RS256, ES256]\n  \
          jwks: {{ file: keys/meme-game.jwks.json }}\noperations:\n"
     );
     for j in 0..10 {
@@ -144,7 +144,9 @@ fn main() {
     config.watch_events = false;
     config.reload_poll = None;
     let started = Instant::now();
-    let bound = server_runtime.block_on(bind(config.clone())).expect("the server starts");
+    let bound = server_runtime
+        .block_on(bind(config.clone()))
+        .unwrap_or_else(|e| panic!("the server starts: {}", e.to_string().lines().next().unwrap_or("")));
     eprintln!("loaded {SERVICES} services x 10 operations in {:.2?}", started.elapsed());
     let addr = bound.grpc_addr;
     let state = bound.state();
