@@ -28,7 +28,10 @@ const FILES: usize = 100;
 const TARGETS: usize = 16;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn service_yaml(i: usize) -> String {
@@ -47,7 +50,9 @@ fn service_yaml(i: usize) -> String {
 
 fn write_policies(dir: &Path, edit: usize) {
     for f in 0..FILES {
-        let text: Vec<String> = (f * (SERVICES / FILES)..(f + 1) * (SERVICES / FILES)).map(service_yaml).collect();
+        let text: Vec<String> = (f * (SERVICES / FILES)..(f + 1) * (SERVICES / FILES))
+            .map(service_yaml)
+            .collect();
         let mut text = text.join("---\n");
         if f == 0 {
             // Each edit changes the content, so each reload swaps in a new revision.
@@ -58,7 +63,10 @@ fn write_policies(dir: &Path, edit: usize) {
 }
 
 fn token(key: &EncodingKey, service: usize) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "iss": "https://auth.example.com", "aud": format!("svc-{service}"), "sub": "user.0",
         "scope": "read", "iat": now, "exp": now + 3600,
@@ -93,11 +101,20 @@ struct Phase {
     seconds: f64,
 }
 
-async fn load(addr: std::net::SocketAddr, requests: Arc<Vec<CheckRequest>>, seconds: u64, streams: usize) -> Phase {
+async fn load(
+    addr: std::net::SocketAddr,
+    requests: Arc<Vec<CheckRequest>>,
+    seconds: u64,
+    streams: usize,
+) -> Phase {
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(
-            tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap(),
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,9 +129,16 @@ async fn load(addr: std::net::SocketAddr, requests: Arc<Vec<CheckRequest>>, seco
             while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed) % requests.len();
                 let sent = Instant::now();
-                let answer = client.check(requests[i].clone()).await.expect("Check answers").into_inner();
+                let answer = client
+                    .check(requests[i].clone())
+                    .await
+                    .expect("Check answers")
+                    .into_inner();
                 histogram.record(sent.elapsed().as_micros() as u64).unwrap();
-                assert!(matches!(answer.http_response, Some(HttpResponse::OkResponse(_))), "every request is allowed");
+                assert!(
+                    matches!(answer.http_response, Some(HttpResponse::OkResponse(_))),
+                    "every request is allowed"
+                );
             }
             histogram
         }));
@@ -125,7 +149,11 @@ async fn load(addr: std::net::SocketAddr, requests: Arc<Vec<CheckRequest>>, seco
     for t in tasks {
         histogram.add(t.await.unwrap()).unwrap();
     }
-    Phase { answers: histogram.len() as usize, histogram, seconds: started.elapsed().as_secs_f64() }
+    Phase {
+        answers: histogram.len() as usize,
+        histogram,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 fn main() {
@@ -133,11 +161,19 @@ fn main() {
     let streams = env_or("LOAD_STREAMS", 64) as usize;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("keys")).unwrap();
-    std::fs::copy("policies/keys/meme-game.jwks.json", dir.path().join("keys/meme-game.jwks.json")).unwrap();
+    std::fs::copy(
+        "policies/keys/meme-game.jwks.json",
+        dir.path().join("keys/meme-game.jwks.json"),
+    )
+    .unwrap();
     write_policies(dir.path(), 0);
 
     // The server on its own runtime and threads, as in production.
-    let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut config = ServerConfig::new(dir.path().to_path_buf());
     config.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.http_listen = "127.0.0.1:0".parse().unwrap();
@@ -146,23 +182,39 @@ fn main() {
     let started = Instant::now();
     let bound = server_runtime
         .block_on(bind(config.clone()))
-        .unwrap_or_else(|e| panic!("the server starts: {}", e.to_string().lines().next().unwrap_or("")));
-    eprintln!("loaded {SERVICES} services x 10 operations in {:.2?}", started.elapsed());
+        .unwrap_or_else(|e| {
+            panic!(
+                "the server starts: {}",
+                e.to_string().lines().next().unwrap_or("")
+            )
+        });
+    eprintln!(
+        "loaded {SERVICES} services x 10 operations in {:.2?}",
+        started.elapsed()
+    );
     let addr = bound.grpc_addr;
     let state = bound.state();
     server_runtime.spawn(bound.run(std::future::pending()));
 
-    let key = EncodingKey::from_rsa_pem(&std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap()).unwrap();
+    let key =
+        EncodingKey::from_rsa_pem(&std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap())
+            .unwrap();
     let requests: Vec<CheckRequest> = (0..TARGETS)
         .flat_map(|t| {
             let service = t * (SERVICES / TARGETS);
             let token = token(&key, service);
-            (0..10).map(move |op| check(service, op, &token)).collect::<Vec<_>>()
+            (0..10)
+                .map(move |op| check(service, op, &token))
+                .collect::<Vec<_>>()
         })
         .collect();
     let requests = Arc::new(requests);
 
-    let client_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     // Warm up: tokens into the cache, connections open.
     client_runtime.block_on(load(addr, requests.clone(), 2, streams));
     let quiet = client_runtime.block_on(load(addr, requests.clone(), seconds, streams));
@@ -203,9 +255,16 @@ fn main() {
     eprintln!("\n| phase | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs |");
     eprintln!("|---|---|---|---|---|---|");
     eprintln!("{}", row("no reload", &quiet));
-    eprintln!("{}", row(&format!("{} reloads back to back", reloads.load(Ordering::Relaxed)), &busy));
+    eprintln!(
+        "{}",
+        row(
+            &format!("{} reloads back to back", reloads.load(Ordering::Relaxed)),
+            &busy
+        )
+    );
     eprintln!(
         "\np99 ratio (reloading / quiet): {:.2}",
-        busy.histogram.value_at_quantile(0.99) as f64 / quiet.histogram.value_at_quantile(0.99) as f64
+        busy.histogram.value_at_quantile(0.99) as f64
+            / quiet.histogram.value_at_quantile(0.99) as f64
     );
 }

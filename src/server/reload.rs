@@ -179,13 +179,19 @@ pub struct WatchConfig {
 }
 
 async fn run_reload(state: &Arc<AppState>, config: &WatchConfig) -> ReloadResult {
-    state.reload_in_background(&config.dir, &config.options).await
+    state
+        .reload_in_background(&config.dir, &config.options)
+        .await
 }
 
 impl AppState {
     /// [`AppState::reload`] on a thread of its own at the lowest CPU priority: compiling a
     /// large policy set takes a core for a second, and decisions must not wait for it.
-    pub async fn reload_in_background(self: &Arc<Self>, dir: &Path, options: &PolicyOptions) -> ReloadResult {
+    pub async fn reload_in_background(
+        self: &Arc<Self>,
+        dir: &Path,
+        options: &PolicyOptions,
+    ) -> ReloadResult {
         let (state, dir, options) = (self.clone(), dir.to_path_buf(), options.clone());
         let runtime = tokio::runtime::Handle::try_current().ok();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -205,7 +211,9 @@ impl AppState {
             }
         };
         match spawned {
-            Ok(_) => rx.await.unwrap_or_else(|_| failed("the reload thread panicked".into())),
+            Ok(_) => rx
+                .await
+                .unwrap_or_else(|_| failed("the reload thread panicked".into())),
             Err(e) => failed(e.to_string()),
         }
     }
