@@ -191,14 +191,7 @@ async fn a_panic_in_the_pipeline_is_a_500_deny_and_the_next_request_succeeds() {
         .into_inner();
     assert_eq!(check.status.unwrap().code, 13, "INTERNAL");
 
-    let metrics = http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("portcullis_decision_panics_total 2"),
         "{metrics}"
@@ -308,14 +301,7 @@ async fn no_secret_value_reaches_logs_stores_apis_bodies_or_metrics() {
         }
     }
 
-    let listed = http
-        .get(server.http_url("/v1/decisions?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = server.get_text("/v1/decisions?limit=1000").await;
     let ids: Vec<String> = serde_json::from_str::<Value>(&listed).unwrap()["decisions"]
         .as_array()
         .unwrap()
@@ -325,16 +311,7 @@ async fn no_secret_value_reaches_logs_stores_apis_bodies_or_metrics() {
     assert_eq!(ids.len(), 375, "every decision is recorded");
     let mut one_by_one = String::new();
     for id in ids.iter().step_by(7) {
-        one_by_one.push_str(
-            &http
-                .get(server.http_url(&format!("/v1/decisions/{id}")))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        one_by_one.push_str(&server.get_text(&format!("/v1/decisions/{id}")).await);
         let pb = api
             .get_decision(proto::GetDecisionRequest { id: id.clone() })
             .await
@@ -352,14 +329,7 @@ async fn no_secret_value_reaches_logs_stores_apis_bodies_or_metrics() {
         .unwrap()
         .into_inner()
     );
-    let metrics = http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     let log = server.log();
     assert!(
         log.contains("portcullis::audit"),

@@ -219,16 +219,6 @@ fn detail(body: &Value) -> &str {
     body["details"][0]["code"].as_str().unwrap_or("")
 }
 
-async fn metrics(http: &reqwest::Client, server: &Server) -> String {
-    http.get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
     what: &str,
     limit: Duration,
@@ -286,7 +276,7 @@ async fn not_ready_until_the_keys_load_then_tokens_verify() {
     assert_eq!(decide(&http, &server, &rsa("rsa-a")).await.0, 200);
     let ed = token("ed-a", "ed-a", Algorithm::EdDSA, "https://issuer.test");
     assert_eq!(decide(&http, &server, &ed).await.0, 200, "EdDSA");
-    let text = metrics(&http, &server).await;
+    let text = server.get_text("/metrics").await;
     assert!(
         text.contains("portcullis_jwks_fetches_total{key_set=\""),
         "{text}"
@@ -341,7 +331,12 @@ async fn an_outage_keeps_the_cached_keys_and_unknown_kids_are_401() {
     eventually(
         "a failed fetch is counted",
         Duration::from_secs(10),
-        || async { metrics(&http, &server).await.contains("result=\"error\"") },
+        || async {
+            server
+                .get_text("/metrics")
+                .await
+                .contains("result=\"error\"")
+        },
     )
     .await;
     // A token never seen before, so not in the verified-token cache.
@@ -366,7 +361,12 @@ async fn garbage_and_oversized_answers_keep_the_last_good_keys() {
     eventually(
         "the garbage answer is refused",
         Duration::from_secs(10),
-        || async { metrics(&http, &server).await.contains("result=\"invalid\"") },
+        || async {
+            server
+                .get_text("/metrics")
+                .await
+                .contains("result=\"invalid\"")
+        },
     )
     .await;
     assert_eq!(decide(&http, &server, &rsa("rsa-a")).await.0, 200);
@@ -413,7 +413,12 @@ async fn a_slow_key_server_times_out_and_the_keys_stay() {
     eventually(
         "the slow fetch times out",
         Duration::from_secs(15),
-        || async { metrics(&http, &server).await.contains("result=\"error\"") },
+        || async {
+            server
+                .get_text("/metrics")
+                .await
+                .contains("result=\"error\"")
+        },
     )
     .await;
     assert_eq!(decide(&http, &server, &rsa("rsa-a")).await.0, 200);

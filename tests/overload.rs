@@ -195,16 +195,6 @@ fn rss_kib(server: &Server) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-async fn metrics(http: &reqwest::Client, server: &Server) -> String {
-    http.get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of a metric line starting with `prefix`, 0 when absent.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -373,7 +363,7 @@ async fn a_burst_past_the_limit_is_refused_at_once_on_both_listeners_while_healt
         .await
         .expect("a decision after the burst");
     assert_eq!(after.get_ref().status, 200);
-    let metrics = metrics(&http, &server).await;
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metric(
             &metrics,

@@ -311,14 +311,7 @@ async fn an_invalid_edit_keeps_the_last_good_set_and_says_why() {
     let answer = authorize(&http, &server, "https://probe.test/probe", &token).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-edit"], "0");
-    let metrics = http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains(r#"portcullis_policy_reloads_total{result="failure"}"#),
         "{metrics}"

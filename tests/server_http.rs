@@ -295,14 +295,7 @@ async fn health_readiness_and_metrics() {
             .await
             .unwrap();
     }
-    let text = http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     assert!(
         text.contains(r#"portcullis_decisions_total{service="app",outcome="deny",status="401"} 2"#),
         "{text}"
@@ -352,22 +345,8 @@ async fn the_audit_log_has_a_line_per_decision_and_no_secrets() {
                 .to_owned(),
         );
     }
-    let listed = http
-        .get(server.http_url("/v1/decisions"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = server.get_text("/v1/decisions").await;
+    let metrics = server.get_text("/metrics").await;
     assert!(server.terminate().success(), "SIGTERM exits 0");
     let log = server.log();
     let audit: Vec<Value> = log

@@ -92,6 +92,21 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
+    /// GETs `path` on the HTTP listener and returns the body (bounded by a 10 s timeout).
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a client")
+            .get(self.http_url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
