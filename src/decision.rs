@@ -81,6 +81,13 @@ impl Outcome {
             Outcome::Deny => "deny",
         }
     }
+
+    /// The outcome named `allow` or `deny`, as [`Outcome::as_str`] writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Outcome::Allow, Outcome::Deny]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
 }
 
 /// Which stage of the pipeline a trace entry belongs to.

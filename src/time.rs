@@ -9,6 +9,17 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
+/// Milliseconds since 1970 (0 for earlier times).
+pub fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `2026-11-21T10:00:00.123Z` for milliseconds since 1970 (earlier times clamp to 1970).
+pub fn format_unix_millis(millis: i64) -> String {
+    format_millis(UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64))
+}
+
 /// `2026-11-21T10:00:00Z`; times before 1970 or after 9999 are clamped.
 pub fn format_unix(seconds: i64) -> String {
     const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
@@ -33,5 +44,11 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(format_millis(t), "2026-11-18T11:06:40.123Z");
         assert_eq!(unix_seconds(t), 1_795_000_000);
+        assert_eq!(unix_millis(t), 1_795_000_000_123);
+        assert_eq!(
+            format_unix_millis(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(format_unix_millis(-1), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -149,15 +149,7 @@ fn signing_key(
     };
     if let Some(path) = pem_path {
         let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let candidates: Vec<EncodingKey> = [
-            EncodingKey::from_rsa_pem(&pem).ok(),
-            EncodingKey::from_ec_pem(&pem).ok(),
-            EncodingKey::from_ed_pem(&pem).ok(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for key in candidates {
+        if let Some((key, _)) = portcullis::token::signing_key_from_pem(&pem) {
             for alg in allowed {
                 if let Some(kid) = trusted_kid(&key, *alg, keys) {
                     return Ok((key, *alg, kid));

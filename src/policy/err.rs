@@ -31,6 +31,19 @@ pub struct PolicyError {
     pub help: Option<String>,
 }
 
+impl PolicyError {
+    /// A file or directory that cannot be read: no position, no help.
+    pub fn io(path: &std::path::Path, message: impl Into<String>) -> Self {
+        Self {
+            file: path.display().to_string(),
+            pos: None,
+            kind: ErrorKind::Io,
+            message: message.into(),
+            help: None,
+        }
+    }
+}
+
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pos {

@@ -308,19 +308,12 @@ pub fn compile_read(
 
 /// The policy files of `dir` (sorted by name) and the problems met reading them.
 pub fn read_sources(dir: &Path) -> (Vec<SourceFile>, Vec<PolicyError>) {
-    let io_error = |path: &Path, message: String| PolicyError {
-        file: path.display().to_string(),
-        pos: None,
-        kind: ErrorKind::Io,
-        message,
-        help: None,
-    };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             return (
                 Vec::new(),
-                vec![io_error(
+                vec![PolicyError::io(
                     dir,
                     format!("cannot read the policy directory: {e}"),
                 )],
@@ -338,7 +331,7 @@ pub fn read_sources(dir: &Path) -> (Vec<SourceFile>, Vec<PolicyError>) {
     for path in paths {
         match read_policy_file(&path) {
             Ok(text) => sources.push(SourceFile { path, text }),
-            Err(message) => problems.push(io_error(&path, message)),
+            Err(message) => problems.push(PolicyError::io(&path, message)),
         }
     }
     (sources, problems)

@@ -20,6 +20,8 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
+use super::service::{ALGORITHMS, RESERVED_HEADERS};
+
 /// The JSON Schema of one policy document (one service), as `portcullis schema` prints it.
 pub fn policy_schema() -> Value {
     let schema = SchemaSettings::draft2020_12()
@@ -452,25 +454,6 @@ struct ClientIp {
 
 // ---------------------------------------------------------------------------------------------
 // Values
-
-/// The algorithms the decoder knows (`ALGORITHMS` in `service.rs`); `none` is never one.
-pub(crate) const ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
-    "HS384", "HS512",
-];
-
-/// Headers a policy may not set upstream (`RESERVED_HEADERS` in `service.rs`).
-pub(crate) const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-connection",
-];
 
 /// Units of `humantime::parse_duration`, longest first.
 const DURATION_UNITS: &[&str] = &[

@@ -62,7 +62,7 @@ const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 const MAX_RULE_DEPTH: usize = 16;
 
 /// Headers a policy may not set upstream: they frame the HTTP message itself.
-const RESERVED_HEADERS: &[&str] = &[
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -373,7 +373,7 @@ fn claim_name(
     }
 }
 
-const ALGORITHMS: &[&str] = &[
+pub(crate) const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
     "HS384", "HS512",
 ];

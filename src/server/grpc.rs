@@ -42,13 +42,9 @@ impl Decisions {
 fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, Status> {
     let outcome = match request.outcome.as_str() {
         "" => None,
-        "allow" => Some(Outcome::Allow),
-        "deny" => Some(Outcome::Deny),
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "outcome `{other}` is neither `allow` nor `deny`"
-            )));
-        }
+        text => Some(Outcome::parse(text).ok_or_else(|| {
+            Status::invalid_argument(format!("outcome `{text}` is neither `allow` nor `deny`"))
+        })?),
     };
     let status = match request.status {
         0 => None,

@@ -194,14 +194,12 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
     let bad = |target: &'static str, message: String| (target, message);
     let outcome = match q.outcome.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some("allow") => Some(Outcome::Allow),
-        Some("deny") => Some(Outcome::Deny),
-        Some(other) => {
-            return Err(bad(
+        Some(text) => Some(Outcome::parse(text).ok_or_else(|| {
+            bad(
                 "outcome",
-                format!("`outcome` must be `allow` or `deny`, not `{other}`"),
-            ));
-        }
+                format!("`outcome` must be `allow` or `deny`, not `{text}`"),
+            )
+        })?),
     };
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -218,10 +216,7 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
     let since_millis = match q.since.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match humantime::parse_rfc3339_weak(s) {
-            Ok(t) => Some(
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            ),
+            Ok(t) => Some(crate::time::unix_millis(t)),
             Err(_) => {
                 return Err(bad(
                     "since",
@@ -308,16 +303,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
     let policies = state.policies();
     let status = state.reload_status();
-    let millis_text = |ms: i64| {
-        humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-        )
-        .to_string()
-    };
     let failure = status.failure.as_ref().map(|f| {
         json!({
             "revision": &*f.revision,
-            "at": millis_text(f.at_millis),
+            "at": crate::time::format_unix_millis(f.at_millis),
             "errors": f.errors,
         })
     });
@@ -327,7 +316,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "ready": true,
             "policyRevision": policies.revision(),
             "services": policies.services.len(),
-            "lastReloadSuccess": millis_text(status.last_success_millis),
+            "lastReloadSuccess": crate::time::format_unix_millis(status.last_success_millis),
             "failedReload": failure,
         })
         .to_string(),

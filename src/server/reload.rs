@@ -56,9 +56,7 @@ impl ReloadResult {
 }
 
 pub(crate) fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    crate::time::unix_millis(SystemTime::now())
 }
 
 impl AppState {
@@ -178,12 +176,6 @@ pub struct WatchConfig {
     pub poll: Option<Duration>,
 }
 
-async fn run_reload(state: &Arc<AppState>, config: &WatchConfig) -> ReloadResult {
-    state
-        .reload_in_background(&config.dir, &config.options)
-        .await
-}
-
 impl AppState {
     /// [`AppState::reload`] on a thread of its own at the lowest CPU priority: compiling a
     /// large policy set takes a core for a second, and decisions must not wait for it.
@@ -283,7 +275,9 @@ pub async fn watch(state: Arc<AppState>, config: WatchConfig) {
                 }
             }
         }
-        let result = run_reload(&state, &config).await;
+        let result = state
+            .reload_in_background(&config.dir, &config.options)
+            .await;
         let new_inputs = state.policies().inputs().to_vec();
         if new_inputs != inputs {
             inputs = new_inputs;

@@ -227,22 +227,15 @@ fn decode_key(name: &str, node: &Node, errs: &mut Errors<'_>, ctx: &Ctx<'_>) -> 
         }
         _ => {
             let bytes = read_key_file(text, source_node.pos, errs, ctx)?;
-            let (key, inferred): (EncodingKey, &[Algorithm]) =
-                if let Ok(k) = EncodingKey::from_rsa_pem(&bytes) {
-                    (k, &[Algorithm::RS256])
-                } else if let Ok(k) = EncodingKey::from_ec_pem(&bytes) {
-                    (k, &[Algorithm::ES256, Algorithm::ES384])
-                } else if let Ok(k) = EncodingKey::from_ed_pem(&bytes) {
-                    (k, &[Algorithm::EdDSA])
-                } else {
-                    errs.push(
-                        source_node.pos,
-                        ErrorKind::KeyFile,
-                        format!("`{text}` holds no PEM private key (RSA, EC or Ed25519)"),
-                        "point `file` at a private key; for a shared secret use `secret` or `jwks`",
-                    );
-                    return None;
-                };
+            let Some((key, inferred)) = crate::token::signing_key_from_pem(&bytes) else {
+                errs.push(
+                    source_node.pos,
+                    ErrorKind::KeyFile,
+                    format!("`{text}` holds no PEM private key (RSA, EC or Ed25519)"),
+                    "point `file` at a private key; for a shared secret use `secret` or `jwks`",
+                );
+                return None;
+            };
             if alg.is_none() {
                 alg = inferred.iter().copied().find(|a| can_sign(&key, *a));
             }
@@ -772,10 +765,9 @@ fn decode_expect(node: &Node, errs: &mut Errors<'_>) -> Option<Expectation> {
         && !node.is_null()
     {
         let mut expect = Expectation::default();
-        match text.as_str() {
-            "allow" => expect.outcome = Some(Outcome::Allow),
-            "deny" => expect.outcome = Some(Outcome::Deny),
-            _ => expect.status = Some(decode_status(node, errs)?),
+        match Outcome::parse(text) {
+            Some(outcome) => expect.outcome = Some(outcome),
+            None => expect.status = Some(decode_status(node, errs)?),
         }
         return Some(expect);
     }
@@ -797,20 +789,18 @@ fn decode_expect(node: &Node, errs: &mut Errors<'_>) -> Option<Expectation> {
     let before = errs.list.len();
     let mut expect = Expectation::default();
     if let Some(n) = present(map.get("outcome")) {
-        expect.outcome = match errs.string(n, "`outcome`") {
-            Some("allow") => Some(Outcome::Allow),
-            Some("deny") => Some(Outcome::Deny),
-            Some(other) => {
+        expect.outcome = errs.string(n, "`outcome`").and_then(|text| {
+            let outcome = Outcome::parse(text);
+            if outcome.is_none() {
                 errs.push(
                     n.pos,
                     ErrorKind::InvalidValue,
-                    format!("`outcome` `{other}` is neither `allow` nor `deny`"),
+                    format!("`outcome` `{text}` is neither `allow` nor `deny`"),
                     "write `allow` or `deny`",
                 );
-                None
             }
-            None => None,
-        };
+            outcome
+        });
     }
     if let Some(n) = present(map.get("status")) {
         expect.status = decode_status(n, errs);

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use self::run::{CaseReport, Coverage, Report, UncoveredOperation, UncoveredRule, run};
-use crate::policy::err::ErrorKind;
 use crate::policy::{MAX_POLICY_FILE, PolicyError, PolicyErrors, SourceFile};
 
 /// One suite: a document of a suite file.
@@ -111,16 +110,9 @@ pub fn parse_suite(
 /// Fails with every problem of every file; a directory without suite files, and a file that
 /// is not named as a suite, are errors.
 pub fn load_suites(path: &Path) -> Result<Vec<Suite>, PolicyErrors> {
-    let io_error = |path: &Path, message: String| PolicyError {
-        file: path.display().to_string(),
-        pos: None,
-        kind: ErrorKind::Io,
-        message,
-        help: None,
-    };
     let paths: Vec<PathBuf> = if path.is_dir() {
         let entries = std::fs::read_dir(path).map_err(|e| {
-            PolicyErrors(vec![io_error(
+            PolicyErrors(vec![PolicyError::io(
                 path,
                 format!("cannot read the directory: {e}"),
             )])
@@ -134,10 +126,9 @@ pub fn load_suites(path: &Path) -> Result<Vec<Suite>, PolicyErrors> {
         if paths.is_empty() {
             return Err(PolicyErrors(vec![PolicyError {
                 help: Some("write cases in a `NAME.test.yaml` file beside the policies".to_owned()),
-                ..io_error(
+                ..PolicyError::io(
                     path,
-                    "no test suites (`*.test.yaml`, `*.test.yml`, `*.test.json`) in this directory"
-                        .into(),
+                    "no test suites (`*.test.yaml`, `*.test.yml`, `*.test.json`) in this directory",
                 )
             }]));
         }
@@ -147,9 +138,9 @@ pub fn load_suites(path: &Path) -> Result<Vec<Suite>, PolicyErrors> {
     } else {
         return Err(PolicyErrors(vec![PolicyError {
             help: Some("name test suites `NAME.test.yaml`; policies are not test suites".into()),
-            ..io_error(
+            ..PolicyError::io(
                 path,
-                "not a test suite file (`*.test.yaml`, `*.test.yml`, `*.test.json`)".into(),
+                "not a test suite file (`*.test.yaml`, `*.test.yml`, `*.test.json`)",
             )
         }]));
     };
@@ -159,7 +150,7 @@ pub fn load_suites(path: &Path) -> Result<Vec<Suite>, PolicyErrors> {
         let text = match read_text(&path, MAX_POLICY_FILE) {
             Ok(text) => text,
             Err(message) => {
-                problems.push(io_error(&path, message));
+                problems.push(PolicyError::io(&path, message));
                 continue;
             }
         };

@@ -110,6 +110,34 @@ impl VerifiedToken {
     }
 }
 
+/// A private signing key from PEM (RSA, EC or Ed25519), with the algorithms a key of its
+/// type signs, in order of preference. For development and test tokens; `None` when the PEM
+/// holds no such key.
+pub fn signing_key_from_pem(
+    pem: &[u8],
+) -> Option<(jsonwebtoken::EncodingKey, &'static [Algorithm])> {
+    use jsonwebtoken::EncodingKey;
+    if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
+        return Some((
+            key,
+            &[
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+        ));
+    }
+    if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+        return Some((key, &[Algorithm::ES256, Algorithm::ES384]));
+    }
+    EncodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|key| (key, &[Algorithm::EdDSA][..]))
+}
+
 const OUTSIDE: u8 = 0;
 const B64TOKEN: u8 = 1;
 /// Space, tab or comma: several tokens in one header (Envoy joins repeated headers with `,`).
