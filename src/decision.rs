@@ -8,8 +8,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
 use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::policy::{ApiService, PolicySet};
@@ -67,7 +67,7 @@ pub struct DecisionRequest<'a> {
     pub client: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Allow,
@@ -91,7 +91,7 @@ impl Outcome {
 }
 
 /// Which stage of the pipeline a trace entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Step {
     BaseUrl,
@@ -101,25 +101,25 @@ pub enum Step {
 }
 
 /// One evaluated check: what was compared, with what, and the result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceEntry {
     pub step: Step,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
     pub attribute: Arc<str>,
-    pub operator: &'static str,
+    pub operator: Cow<'static, str>,
     pub expected: Option<Arc<Value>>,
     pub actual: Option<Value>,
     pub result: bool,
     pub decisive: bool,
     /// Nesting under `any`/`all`/`not`.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub depth: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// `file:line` of the rule or operation in the policy files.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Arc<str>>,
 }
 
@@ -133,7 +133,7 @@ impl TraceEntry {
             step,
             rule: None,
             attribute: attribute.into(),
-            operator,
+            operator: Cow::Borrowed(operator),
             expected: None,
             actual: None,
             result,
@@ -166,6 +166,29 @@ impl Headers {
     }
 }
 
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Headers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of header names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Headers, A::Error> {
+                let mut headers = Headers::default();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    headers.push(name, value);
+                }
+                Ok(headers)
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
 impl Serialize for Headers {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
@@ -176,24 +199,24 @@ impl Serialize for Headers {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub target: String,
     pub message: String,
 }
 
 /// The error body of SPEC §3.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub id: String,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
     pub target: String,
     pub details: Vec<ErrorDetail>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSummary {
     pub method: String,
     pub url: String,
@@ -201,7 +224,7 @@ pub struct RequestSummary {
 }
 
 /// The token's non-secret summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSummary {
     pub sub: Option<String>,
@@ -229,8 +252,9 @@ impl TokenSummary {
     }
 }
 
-/// A decision: what the gateway does with the request, and why (SPEC §6b).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A decision: what the gateway does with the request, and why (SPEC §6b). Deserialising
+/// reads what serialising wrote (replicas share decisions as this JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     pub id: String,
@@ -258,8 +282,8 @@ impl Decision {
     }
 
     /// The first detail code of the error body, if denied.
-    pub fn detail_code(&self) -> Option<&'static str> {
-        self.body.as_ref()?.details.first().map(|d| d.code)
+    pub fn detail_code(&self) -> Option<&str> {
+        self.body.as_ref()?.details.first().map(|d| d.code.as_ref())
     }
 
     /// The rule or check that decided a denial.
@@ -609,7 +633,7 @@ impl Denial {
                 "The request URL cannot be decided on safely.".into(),
                 "url".into(),
                 vec![ErrorDetail {
-                    code: e.code(),
+                    code: Cow::Borrowed(e.code()),
                     target: "url".into(),
                     message: format!("{}; send the URL in plain, normalised form.", capitalise(&e.to_string())),
                 }],
@@ -621,7 +645,7 @@ impl Denial {
                 "No API service is defined for this URL.".into(),
                 "url".into(),
                 vec![ErrorDetail {
-                    code: "NO_MATCHING_SERVICE",
+                    code: Cow::Borrowed("NO_MATCHING_SERVICE"),
                     target: "url".into(),
                     message: "No API service's base URL is a prefix of the request URL; check the URL, or the base URLs of the API services.".into(),
                 }],
@@ -639,7 +663,7 @@ impl Denial {
                     e.summary().into(),
                     "Authorization".into(),
                     vec![ErrorDetail {
-                        code: e.code(),
+                        code: Cow::Borrowed(e.code()),
                         target: e.target().into(),
                         message: e.to_string(),
                     }],
@@ -652,7 +676,7 @@ impl Denial {
                 "No operation of this API matches the request.".into(),
                 "path".into(),
                 vec![ErrorDetail {
-                    code: "OPERATION_NOT_FOUND",
+                    code: Cow::Borrowed("OPERATION_NOT_FOUND"),
                     target: "path".into(),
                     message: format!(
                         "No operation of API service `{realm}` matches {} {path}; check the path, or add an operation for it.",
@@ -670,7 +694,7 @@ impl Denial {
                     "The method is not allowed for this path.".into(),
                     "method".into(),
                     vec![ErrorDetail {
-                        code: "METHOD_NOT_ALLOWED",
+                        code: Cow::Borrowed("METHOD_NOT_ALLOWED"),
                         target: "method".into(),
                         message: format!("{} is not allowed on {path}; allowed: {allowed}.", decision.request.method),
                     }],
@@ -696,7 +720,7 @@ impl Denial {
                     failures
                         .into_iter()
                         .map(|f| ErrorDetail {
-                            code: f.code,
+                            code: Cow::Borrowed(f.code),
                             target: f.target,
                             message: f.message,
                         })
@@ -710,7 +734,7 @@ impl Denial {
                 "Portcullis failed to decide; the request is denied.".into(),
                 "request".into(),
                 vec![ErrorDetail {
-                    code: "INTERNAL_ERROR",
+                    code: Cow::Borrowed("INTERNAL_ERROR"),
                     target: "request".into(),
                     message: format!("Report decision id {} to the operator.", decision.id),
                 }],
@@ -726,7 +750,7 @@ impl Denial {
         decision.upstream_headers = Headers::default();
         decision.body = Some(ErrorBody {
             id: decision.id.clone(),
-            code,
+            code: Cow::Borrowed(code),
             message,
             target,
             details,
@@ -837,7 +861,7 @@ mod tests {
         assert_eq!((decision.outcome, decision.status), (Outcome::Deny, 500));
         let body = decision.body.as_ref().unwrap();
         assert_eq!(
-            (body.code, decision.detail_code()),
+            (body.code.as_ref(), decision.detail_code()),
             ("UNEXPECTED_ERROR", Some("INTERNAL_ERROR"))
         );
         assert_eq!(

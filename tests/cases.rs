@@ -187,9 +187,9 @@ fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
     }
     let body = decision.body.as_ref();
     if let Some(code) = &e.code
-        && body.map(|b| b.code) != Some(code.as_str())
+        && body.map(|b| b.code.as_ref()) != Some(code.as_str())
     {
-        differ("code", code, &body.map(|b| b.code));
+        differ("code", code, &body.map(|b| b.code.as_ref()));
     }
     if let Some(detail) = &e.detail
         && decision.detail_code() != Some(detail.as_str())
@@ -198,7 +198,7 @@ fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
     }
     if let Some(details) = &e.details {
         let got: Vec<&str> = body
-            .map(|b| b.details.iter().map(|d| d.code).collect())
+            .map(|b| b.details.iter().map(|d| d.code.as_ref()).collect())
             .unwrap_or_default();
         if got != *details {
             differ("details", details, &got);
@@ -339,9 +339,19 @@ fn decision_cases() {
                 now_time + Duration::from_millis(1),
             );
             for detail in decision.body.iter().flat_map(|b| &b.details) {
-                codes_seen.insert(detail.code);
+                codes_seen.insert(detail.code.to_string());
             }
-            let problems = check(case, &decision);
+            let mut problems = check(case, &decision);
+            // Replicas share decisions as JSON: reading one back must give the same JSON.
+            let json = serde_json::to_string(&decision).unwrap();
+            match serde_json::from_str::<portcullis::Decision>(&json) {
+                Ok(back) if serde_json::to_string(&back).unwrap() == json => {}
+                Ok(back) => problems.push(format!(
+                    "read back differently: {}",
+                    serde_json::to_string(&back).unwrap()
+                )),
+                Err(e) => problems.push(format!("cannot be read back: {e}")),
+            }
             if !problems.is_empty() {
                 failures.push(format!(
                     "{} — {}\n    {}\n    decision: {}",

@@ -300,7 +300,7 @@ fn hostile_urls_mean_their_normalised_form_or_are_refused() {
         // A refused URL is answered as a bad request, never challenged for a token.
         if got.status == 400 {
             assert_eq!(
-                got.body.as_ref().map(|b| b.code),
+                got.body.as_ref().map(|b| b.code.as_ref()),
                 Some("INVALID_REQUEST"),
                 "{url}"
             );

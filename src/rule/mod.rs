@@ -3,6 +3,7 @@
 
 pub mod template;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -216,7 +217,7 @@ fn eval(rule: &AccessRule, ctx: &RuleContext<'_>, trace: &mut Vec<TraceEntry>, d
         step: Step::Rule,
         rule: Some(rule.description.clone()),
         attribute: rule.attribute.clone(),
-        operator: "",
+        operator: Cow::Borrowed(""),
         expected: rule.expected.clone(),
         actual: None,
         result: false,
@@ -291,7 +292,7 @@ fn eval(rule: &AccessRule, ctx: &RuleContext<'_>, trace: &mut Vec<TraceEntry>, d
             }
         };
     let entry = &mut trace[at];
-    entry.operator = operator;
+    entry.operator = Cow::Borrowed(operator);
     entry.result = result;
     entry.actual = actual;
     entry.detail = detail;

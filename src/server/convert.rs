@@ -48,7 +48,7 @@ fn trace_entry(e: &TraceEntry) -> proto::TraceEntry {
         step: step_name(e.step).to_owned(),
         rule: e.rule.as_deref().unwrap_or("").to_owned(),
         attribute: e.attribute.to_string(),
-        operator: e.operator.to_owned(),
+        operator: e.operator.to_string(),
         expected: e.expected.as_deref().map(json_to_pb),
         actual: e.actual.as_ref().map(json_to_pb),
         result: e.result,
@@ -88,14 +88,14 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
             .collect(),
         body: d.body.as_ref().map(|b| proto::ErrorBody {
             id: b.id.clone(),
-            code: b.code.to_owned(),
+            code: b.code.to_string(),
             message: b.message.clone(),
             target: b.target.clone(),
             details: b
                 .details
                 .iter()
                 .map(|x| proto::ErrorDetail {
-                    code: x.code.to_owned(),
+                    code: x.code.to_string(),
                     target: x.target.clone(),
                     message: x.message.clone(),
                 })

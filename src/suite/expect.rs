@@ -54,7 +54,7 @@ impl Expectation {
                 detail.map(|d| format!(" ({d})")).unwrap_or_default()
             ));
         }
-        let code = decision.body.as_ref().map(|b| b.code);
+        let code = decision.body.as_ref().map(|b| b.code.as_ref());
         compare(&mut out, "code", self.code.as_deref(), code);
         compare(&mut out, "detail", self.detail.as_deref(), detail);
         if let Some(want) = &self.rule {

@@ -314,7 +314,7 @@ fn removed_entries_marker(kept: &[TraceEntry], more: usize) -> TraceEntry {
         step: kept.last().map_or(Step::Rule, |e| e.step),
         rule: None,
         attribute: Arc::from("trace"),
-        operator: "truncated",
+        operator: "truncated".into(),
         expected: None,
         actual: None,
         result: true,

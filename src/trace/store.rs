@@ -711,7 +711,7 @@ mod tests {
             step: Step::Rule,
             rule: Some(big(5000).into()),
             attribute: big(5000).into(),
-            operator: "equals",
+            operator: "equals".into(),
             expected: Some(Arc::new(huge_value.clone())),
             actual: Some(huge_value),
             result: false,
