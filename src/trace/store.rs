@@ -35,6 +35,29 @@ pub struct StoredDecision {
     pub truncated: bool,
 }
 
+impl StoredDecision {
+    /// A capped, scrubbed copy of `decision`, as [`TraceStore::record`] stores it; for
+    /// decisions that come from elsewhere (another replica), which get the same limits.
+    pub fn of(decision: &Decision) -> Self {
+        Self::capped(decision, &Interner::default())
+    }
+
+    fn capped(decision: &Decision, interner: &Interner) -> Self {
+        let capped = cap_decision(decision, interner);
+        let unix_millis = ulid::Ulid::from_string(&decision.id)
+            .ok()
+            .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
+            .or_else(|| parse_millis(&decision.time))
+            .unwrap_or(0);
+        Self {
+            decision: capped.decision,
+            unix_millis,
+            approx_bytes: capped.bytes,
+            truncated: capped.truncated,
+        }
+    }
+}
+
 /// Which records [`TraceStore::list`] returns; every field that is set must match.
 #[derive(Debug, Clone, Default)]
 pub struct DecisionFilter {
@@ -183,18 +206,7 @@ impl TraceStore {
     /// and returns the copy. Never fails. Only decisions whose id is a ULID (as the engine
     /// makes them) can be found again by [`get`](Self::get); others are only listed.
     pub fn record(&self, decision: &Decision) -> Arc<StoredDecision> {
-        let capped = cap_decision(decision, &self.interner);
-        let unix_millis = ulid::Ulid::from_string(&decision.id)
-            .ok()
-            .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
-            .or_else(|| parse_millis(&decision.time))
-            .unwrap_or(0);
-        let record = Arc::new(StoredDecision {
-            decision: capped.decision,
-            unix_millis,
-            approx_bytes: capped.bytes,
-            truncated: capped.truncated,
-        });
+        let record = Arc::new(StoredDecision::capped(decision, &self.interner));
         let key = index_key(&decision.id);
 
         let seq = self.next.fetch_add(1, Ordering::AcqRel);
