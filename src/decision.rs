@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::policy::{ApiService, PolicySet};
+use crate::ratelimit::{Count, CountedBy, LimitCheck, LimitKey, LocalCounters};
 use crate::route::OperationLookup;
 use crate::route::url::{UrlError, parse_request_url, redact_url};
 use crate::rule::{RuleContext, RuleFailure, evaluate};
-use crate::time::{format_millis, format_unix, unix_seconds};
+use crate::time::{format_millis, format_unix, unix_millis, unix_seconds};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
 
 /// Every detail code a decision's error body can carry.
@@ -50,6 +51,7 @@ pub const DETAIL_CODES: &[&str] = &[
     "CLAIM_MISMATCH",
     "CLIENT_ADDRESS_NOT_ALLOWED",
     "RULE_NOT_SATISFIED",
+    "RATE_LIMIT_EXCEEDED",
     "INTERNAL_ERROR",
 ];
 
@@ -310,6 +312,10 @@ enum Denial {
         operation: Arc<str>,
         failures: Vec<RuleFailure>,
     },
+    RateLimited {
+        check: LimitCheck,
+        count: Count,
+    },
     Internal,
 }
 
@@ -317,6 +323,8 @@ enum Denial {
 #[derive(Debug, Default)]
 pub struct Engine {
     tokens: TokenCache,
+    /// Rate-limit counters of this process.
+    limits: LocalCounters,
     /// Test hook: a request URL containing this text panics inside the pipeline.
     panic_marker: Option<Box<str>>,
 }
@@ -327,6 +335,66 @@ struct Progress<'p> {
     operation: Option<Arc<str>>,
     token: Option<Arc<VerifiedToken>>,
     trace: Vec<TraceEntry>,
+    /// The rate limit still to count, once the rules allowed.
+    limit: Option<LimitCheck>,
+}
+
+/// A decision whose rules allowed, with the operation's rate limit still to count; the caller
+/// counts (locally or in a shared store) and [`finish`](Self::finish)es it.
+#[derive(Debug)]
+pub struct PendingDecision {
+    decision: Decision,
+    limit: Option<LimitCheck>,
+}
+
+impl PendingDecision {
+    /// What to count, if the decision waits for a count.
+    pub fn limit(&self) -> Option<&LimitCheck> {
+        self.limit.as_ref()
+    }
+
+    /// The decision, with the rate limit applied: past it, a 429 deny with `retry-after`.
+    /// `count` is ignored when there is no limit to count.
+    pub fn finish(self, count: Option<Count>) -> Decision {
+        let mut decision = self.decision;
+        let (Some(check), Some(count)) = (self.limit, count) else {
+            return decision;
+        };
+        let within = !count.exceeds(&check);
+        let mut entry = TraceEntry::step(
+            Step::Rule,
+            &format!("rateLimit.{}", check.key.as_str()),
+            "atMost",
+            within,
+        );
+        entry.rule = Some("rateLimit".into());
+        entry.expected = Some(Arc::new(Value::from(check.requests)));
+        entry.actual = Some(Value::from(count.count));
+        entry.location = Some(check.location.clone());
+        let by = match count.counted_by {
+            CountedBy::Local => "counted by this process",
+            CountedBy::Shared => "counted across replicas",
+            CountedBy::LocalFallback => "counted by this process: the shared store did not answer",
+        };
+        entry.detail = Some(format!(
+            "request {} of at most {} per {} for {} {}; the window ends in {} s ({by})",
+            count.count,
+            check.requests,
+            humantime::format_duration(check.per),
+            check.key.as_str(),
+            check
+                .value
+                .as_deref()
+                .map_or_else(|| "(none)".to_owned(), |v| format!("`{v}`")),
+            count.retry_after_secs(),
+        ));
+        decision.trace.push(entry);
+        if !within {
+            decision.headers = Headers::default();
+            Denial::RateLimited { check, count }.render(&mut decision, None);
+        }
+        decision
+    }
 }
 
 impl Engine {
@@ -334,6 +402,7 @@ impl Engine {
     pub fn new(token_cache_capacity: usize) -> Self {
         Self {
             tokens: TokenCache::new(token_cache_capacity),
+            limits: LocalCounters::default(),
             panic_marker: None,
         }
     }
@@ -350,14 +419,35 @@ impl Engine {
         &self.tokens
     }
 
-    /// Decides on `request` with `policies` at `now`. Never fails and never panics: any
-    /// internal fault is a 500 deny.
+    /// This process' rate-limit counters.
+    pub fn local_limits(&self) -> &LocalCounters {
+        &self.limits
+    }
+
+    /// Decides on `request` with `policies` at `now`, counting rate limits with this
+    /// process' counters. Never fails and never panics: any internal fault is a 500 deny.
     pub fn decide(
         &self,
         policies: &PolicySet,
         request: &DecisionRequest<'_>,
         now: SystemTime,
     ) -> Decision {
+        let pending = self.decide_pending(policies, request, now);
+        let count = pending.limit().map(|check| {
+            self.limits
+                .hit(check, unix_millis(now).max(0) as u64, CountedBy::Local)
+        });
+        pending.finish(count)
+    }
+
+    /// Decides on `request` up to its rate limit, which the caller counts. Never fails and
+    /// never panics.
+    pub fn decide_pending(
+        &self,
+        policies: &PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+    ) -> PendingDecision {
         let started = Instant::now();
         let id = ulid::Ulid::from_datetime(now).to_string();
         let shown_url = shown_url(request.url);
@@ -366,6 +456,7 @@ impl Engine {
             operation: None,
             token: None,
             trace: Vec::with_capacity(8),
+            limit: None,
         };
         let verdict = catch_unwind(AssertUnwindSafe(|| {
             self.run(policies, request, now, &mut progress)
@@ -405,7 +496,10 @@ impl Engine {
             Err(denial) => denial.render(&mut decision, progress.service),
         }
         decision.duration_micros = started.elapsed().as_micros() as u64;
-        decision
+        PendingDecision {
+            limit: progress.limit.filter(|_| decision.is_allowed()),
+            decision,
+        }
     }
 
     fn run<'p>(
@@ -523,6 +617,24 @@ impl Engine {
                 operation: operation.name.clone(),
                 failures,
             });
+        }
+
+        if let Some(limit) = &operation.rate_limit {
+            let client;
+            let value = match limit.key {
+                LimitKey::Subject => token.sub.as_deref(),
+                LimitKey::Client => token.client_id.as_deref(),
+                LimitKey::Ip => {
+                    client = request.client.map(|ip| ip.to_string());
+                    client.as_deref()
+                }
+            };
+            progress.limit = Some(LimitCheck::new(
+                &service.name,
+                &operation.name,
+                limit,
+                value,
+            ));
         }
 
         // 5. Allow.
@@ -726,6 +838,29 @@ impl Denial {
                         })
                         .collect(),
                     format!("Request to the URL \"{url}\" denied by policy evaluation."),
+                )
+            }
+            Denial::RateLimited { check, count } => {
+                let retry = count.retry_after_secs();
+                decision.headers.push("retry-after", retry.to_string());
+                let per = humantime::format_duration(check.per);
+                (
+                    429,
+                    "TOO_MANY_REQUESTS",
+                    "Too many requests: the rate limit of this operation is exceeded.".into(),
+                    "rateLimit".into(),
+                    vec![ErrorDetail {
+                        code: Cow::Borrowed("RATE_LIMIT_EXCEEDED"),
+                        target: format!("rateLimit.{}", check.key.as_str()),
+                        message: format!(
+                            "At most {} request{} per {per} {} allowed for each {}; retry after {retry} s, or spread requests out.",
+                            check.requests,
+                            if check.requests == 1 { "" } else { "s" },
+                            if check.requests == 1 { "is" } else { "are" },
+                            check.key.described(),
+                        ),
+                    }],
+                    format!("Request to the URL \"{url}\" denied: rate limit exceeded."),
                 )
             }
             Denial::Internal => (

@@ -25,6 +25,7 @@
 
 pub mod decision;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 pub mod rule;
 pub mod server;

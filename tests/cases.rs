@@ -91,6 +91,8 @@ struct Expect {
     #[serde(default, deserialize_with = "present")]
     www_authenticate: Option<Option<String>>,
     allow: Option<String>,
+    /// Exact `retry-after`.
+    retry_after: Option<String>,
     service: Option<String>,
     operation: Option<String>,
     /// The description of the decisive rule.
@@ -214,6 +216,11 @@ fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
         && decision.headers.get("allow") != Some(allow.as_str())
     {
         differ("allow", allow, &decision.headers.get("allow"));
+    }
+    if let Some(retry) = &e.retry_after
+        && decision.headers.get("retry-after") != Some(retry.as_str())
+    {
+        differ("retry-after", retry, &decision.headers.get("retry-after"));
     }
     if let Some(service) = &e.service
         && decision.service.as_deref() != Some(service.as_str())

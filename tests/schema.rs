@@ -139,6 +139,7 @@ operations:
           - delegated: true
           - clientIp: { in: [10.0.0.0/8] }
       - not: { claim: { name: suspended, exists: true } }
+    rateLimit: { key: subject, requests: 100, per: 1m }
 "#;
 
 /// `VALID` with `from` (which it contains) replaced by `to`.
@@ -256,6 +257,19 @@ fn what_check_refuses_the_schema_refuses() {
         (
             "a lower-case method",
             broken("methods: [GET]", "methods: [get]"),
+        ),
+        (
+            "a rate limit by an unknown key",
+            broken("key: subject, requests", "key: user, requests"),
+        ),
+        (
+            "a rate limit of no requests",
+            broken("requests: 100", "requests: 0"),
+        ),
+        ("a rate limit without a window", broken(", per: 1m }", " }")),
+        (
+            "a rate limit with an unknown key",
+            broken("per: 1m }", "per: 1m, burst: 5 }"),
         ),
         (
             "a header that frames the request",

@@ -16,6 +16,7 @@ use self::err::Errors;
 pub use self::err::{ErrorKind, PolicyError, PolicyErrors};
 pub(crate) use self::service::check_key_url;
 use self::service::{DocumentContext, decode_service};
+use crate::ratelimit::RateLimit;
 use crate::route::url::RequestUrl;
 use crate::route::{BaseMatch, BaseUrlIndex, OperationIndex, OperationLookup};
 use crate::rule::{AccessRule, ClaimNames, Template};
@@ -41,6 +42,8 @@ pub struct Operation {
     pub methods: Vec<Box<str>>,
     pub paths: Vec<String>,
     pub rules: Vec<AccessRule>,
+    /// Checked once the rules allow: past it, the request is denied with 429.
+    pub rate_limit: Option<RateLimit>,
     /// `file:line` where the operation is written.
     pub location: Arc<str>,
 }

@@ -201,6 +201,24 @@ struct Operation {
     /// allowed.
     #[schemars(default)]
     rules: Vec<Rule>,
+    /// At most `requests` per `per` for each subject, client or client address, counted once
+    /// the rules allow; past it the request is denied with 429 and `Retry-After`. Windows are
+    /// aligned to the clock, and counted across replicas when they share a Redis.
+    #[schemars(rename = "rateLimit")]
+    rate_limit: Option<RateLimit>,
+}
+
+/// A rate limit: `{ key: subject, requests: 100, per: 1m }`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RateLimit {
+    /// What requests are counted by: `subject` (the token's `sub`), `client` (its client
+    /// id) or `ip` (the client address). Requests without the value share one counter.
+    key: LimitKey,
+    /// How many requests a window allows, from 1.
+    requests: Requests,
+    /// How long a window lasts: whole seconds, from `1s` to `31d`, e.g. `1m`.
+    per: Duration,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,6 +654,22 @@ value_schema!(
             { "const": 0 },
         ],
         "examples": ["30s", "5m", "1h"],
+    })
+);
+
+value_schema!(
+    LimitKey,
+    json_schema!({ "type": "string", "enum": crate::ratelimit::LimitKey::NAMES })
+);
+
+value_schema!(
+    Requests,
+    json_schema!({
+        "anyOf": [
+            { "type": "integer", "minimum": 1, "maximum": crate::ratelimit::MAX_REQUESTS },
+            { "type": "string", "pattern": "^(?:[1-9][0-9]{0,8}|1000000000)$" },
+        ],
+        "examples": [100],
     })
 );
 

@@ -10,9 +10,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
-use super::err::{ErrorKind, Errors};
+use super::err::{ErrorKind, Errors, closest};
 use super::yaml::{Node, NodeKind, Pos};
 use super::{ApiService, Operation, PolicyOptions};
+use crate::ratelimit::{self, LimitKey, RateLimit};
 use crate::route::url::{Scheme, parse_authority};
 use crate::route::{OperationIndex, Origin, TemplateSegment};
 use crate::rule::{AccessRule, ClaimNames, ClaimTest, RuleKind, SetMode, Template};
@@ -39,7 +40,15 @@ const TOKEN_KEYS: &[&str] = &[
     "scopeClaim",
 ];
 const JWKS_KEYS: &[&str] = &["file", "url", "refresh", "discovery"];
-const OPERATION_KEYS: &[&str] = &["name", "description", "methods", "paths", "rules"];
+const OPERATION_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "methods",
+    "paths",
+    "rules",
+    "rateLimit",
+];
+const RATE_LIMIT_KEYS: &[&str] = &["key", "requests", "per"];
 /// The conditions a rule may have; exactly one per rule.
 const CONDITIONS: &[&str] = &[
     "delegated",
@@ -702,7 +711,13 @@ fn decode_operations(
             (Some(_), None) => None,
             (None, _) => Some(Vec::new()),
         };
-        let (Some(methods), Some(paths), Some(rules)) = (methods, paths, rules) else {
+        let rate_limit = match map.get("rateLimit") {
+            Some(n) => decode_rate_limit(n, errs, &label).map(Some),
+            None => Some(None),
+        };
+        let (Some(methods), Some(paths), Some(rules), Some(rate_limit)) =
+            (methods, paths, rules, rate_limit)
+        else {
             continue;
         };
         let operation = operations.len();
@@ -732,10 +747,85 @@ fn decode_operations(
             methods: methods.into_iter().map(|(m, _)| m.into()).collect(),
             paths: paths.into_iter().map(|(p, _, _)| p).collect(),
             rules,
+            rate_limit,
             location: format!("{}:{}", errs.file, map.pos.line).into(),
         });
     }
     (operations, index)
+}
+
+fn decode_rate_limit(node: &Node, errs: &mut Errors<'_>, label: &str) -> Option<RateLimit> {
+    let what = format!("the `rateLimit` of {label}");
+    let map = errs.map(node, &what, RATE_LIMIT_KEYS)?;
+    let key = errs
+        .required(&map, "key", &what, "count by `subject`, `client` or `ip`, e.g. `key: subject`")
+        .and_then(|n| {
+            let text = errs.string(n, "`rateLimit.key`")?;
+            let key = LimitKey::parse(text);
+            if key.is_none() {
+                errs.push(
+                    n.pos,
+                    ErrorKind::InvalidValue,
+                    format!("`rateLimit.key` `{text}` is not a key to count by"),
+                    match closest(text, LimitKey::NAMES) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => "write `subject` (the token's `sub`), `client` (its client id) or `ip` (the client address)".to_owned(),
+                    },
+                );
+            }
+            key
+        });
+    let requests = errs
+        .required(
+            &map,
+            "requests",
+            &what,
+            "say how many requests a window allows, e.g. `requests: 100`",
+        )
+        .and_then(|n| {
+            let text = errs.string(n, "`rateLimit.requests`")?;
+            match text.parse::<u64>() {
+                Ok(r) if (1..=ratelimit::MAX_REQUESTS).contains(&r) => Some(r),
+                _ => {
+                    errs.push(
+                        n.pos,
+                        ErrorKind::InvalidValue,
+                        format!(
+                            "`rateLimit.requests` `{text}` is not a whole number from 1 to {}",
+                            ratelimit::MAX_REQUESTS
+                        ),
+                        "write how many requests a window allows, e.g. `requests: 100`",
+                    );
+                    None
+                }
+            }
+        });
+    let per = errs
+        .required(
+            &map,
+            "per",
+            &what,
+            "say how long a window lasts, e.g. `per: 1m`",
+        )
+        .and_then(|n| {
+            let per = errs.duration(n, "`rateLimit.per`", ratelimit::MAX_WINDOW)?;
+            if per < ratelimit::MIN_WINDOW || per.subsec_nanos() != 0 {
+                errs.push(
+                    n.pos,
+                    ErrorKind::InvalidValue,
+                    "`rateLimit.per` must be a whole number of seconds, at least `1s`".to_owned(),
+                    "write a window such as `1s`, `1m`, `1h` or `1day`",
+                );
+                return None;
+            }
+            Some(per)
+        });
+    Some(RateLimit {
+        key: key?,
+        requests: requests?,
+        per: per?,
+        location: format!("{}:{}", errs.file, map.pos.line).into(),
+    })
 }
 
 fn decode_methods<'n>(
