@@ -348,6 +348,11 @@ pub struct PendingDecision {
 }
 
 impl PendingDecision {
+    /// The decision as it stands before the count (allowed, if there is one to make).
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
     /// What to count, if the decision waits for a count.
     pub fn limit(&self) -> Option<&LimitCheck> {
         self.limit.as_ref()

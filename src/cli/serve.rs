@@ -54,6 +54,29 @@ pub(crate) struct ServeArgs {
     /// token may also come from the PORTCULLIS_ADMIN_TOKEN environment variable.
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Where recent decisions are kept: `memory` (this process only), or a Redis URL
+    /// (`redis://127.0.0.1:6379/0`, `rediss://…` for TLS) whose stream every replica writes
+    /// to and reads from; each replica's own memory store keeps serving too.
+    #[arg(long, env = "PORTCULLIS_TRACE_STORE", default_value = "memory")]
+    trace_store: String,
+    /// Where rate limits are counted: `local` (per process), or a Redis URL shared by the
+    /// replicas. Default: the trace store's Redis if it has one, else `local`.
+    #[arg(long, env = "PORTCULLIS_RATE_LIMIT_STORE")]
+    rate_limit_store: Option<String>,
+    /// How long a Redis command may take; a rate limit Redis has not counted by then is
+    /// counted by this process.
+    #[arg(long, env = "PORTCULLIS_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+    /// Decisions the shared Redis stream keeps, about (all replicas together).
+    #[arg(
+        long,
+        env = "PORTCULLIS_SHARED_TRACE_LENGTH",
+        default_value_t = 100_000
+    )]
+    shared_trace_length: usize,
+    /// Prefix of every Redis key, so that deployments can share one Redis.
+    #[arg(long, env = "PORTCULLIS_REDIS_PREFIX", default_value = "portcullis:")]
+    redis_prefix: String,
     #[command(flatten)]
     flags: PolicyFlags,
     #[command(flatten)]
@@ -73,6 +96,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.grpc_listen = args.grpc_listen;
     config.http_listen = args.http_listen;
     config.trace_capacity = args.trace_capacity;
+    config.shared = server::SharedStores::from_flags(
+        &args.trace_store,
+        args.rate_limit_store.as_deref(),
+        args.redis_timeout,
+        args.shared_trace_length,
+        &args.redis_prefix,
+    )?;
     config.token_cache_capacity = args.token_cache;
     config.shutdown_grace = args.shutdown_grace;
     config.policy_options = args.flags.options();

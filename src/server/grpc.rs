@@ -111,8 +111,9 @@ impl DecisionService for Decisions {
         };
         let decisions = self
             .state
-            .store
-            .list(&filter, limit)
+            .list_decisions(&filter, limit)
+            .await
+            .decisions
             .iter()
             .map(|d| decision_to_pb(&d.decision))
             .collect();
@@ -125,7 +126,7 @@ impl DecisionService for Decisions {
     ) -> Result<Response<proto::Decision>, Status> {
         self.admin(&request)?;
         let id = request.into_inner().id;
-        match self.state.store.get(&id) {
+        match self.state.get_decision(&id).await {
             Some(d) => Ok(Response::new(decision_to_pb(&d.decision))),
             None => Err(Status::not_found(format!(
                 "no decision `{id}` in the recent-decisions store (unknown, or evicted)"

@@ -263,16 +263,21 @@ async fn list_decisions(
             return api_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", target, message);
         }
     };
-    let found = state.store.list(&filter, limit);
-    let decisions: Vec<&Decision> = found.iter().map(|d| &d.decision).collect();
+    let listing = state.list_decisions(&filter, limit).await;
+    let decisions: Vec<&Decision> = listing.decisions.iter().map(|d| &d.decision).collect();
+    let body = match listing.shared {
+        // Said in the answer, so that a short list is not mistaken for all there is.
+        Some(false) => json!({ "decisions": decisions, "sharedStore": "unavailable" }),
+        _ => json!({ "decisions": decisions }),
+    };
     json_response(
         StatusCode::OK,
-        serde_json::to_string(&json!({ "decisions": decisions })).unwrap_or_default(),
+        serde_json::to_string(&body).unwrap_or_default(),
     )
 }
 
 async fn get_decision(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.store.get(&id) {
+    match state.get_decision(&id).await {
         Some(d) => json_response(
             StatusCode::OK,
             serde_json::to_string(&d.decision).unwrap_or_default(),

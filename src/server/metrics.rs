@@ -50,6 +50,14 @@ pub struct Metrics {
     refused: Family<RefusalLabels, Counter>,
     keys_loaded: Family<KeySetLabels, Gauge>,
     key_set_age: Family<KeySetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    shared_records: Family<ResultLabels, Counter>,
+    shared_up: Gauge,
+    rate_limit_counts: Family<CountedByLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountedByLabels {
+    counted_by: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,8 +174,29 @@ impl Metrics {
             "Requests answered without a decision: overload (OVERLOADED), deadline (REQUEST_TIMEOUT) or a size cap",
             refused.clone(),
         );
+        let shared_records = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "shared_trace_records",
+            "Decisions sent to the shared (Redis) trace store: written, dropped_queue_full (Redis too slow), dropped_unavailable (Redis down or failing)",
+            shared_records.clone(),
+        );
+        let shared_up = Gauge::default();
+        registry.register(
+            "shared_store_up",
+            "1 while the shared (Redis) store answers, 0 while it does not; absent without one",
+            shared_up.clone(),
+        );
+        let rate_limit_counts = Family::<CountedByLabels, Counter>::default();
+        registry.register(
+            "rate_limit_counts",
+            "Requests counted against rate limits, by counter: local (no shared store), shared (Redis), local_fallback (Redis did not answer)",
+            rate_limit_counts.clone(),
+        );
         Self {
             registry,
+            shared_records,
+            shared_up,
+            rate_limit_counts,
             panics,
             refused,
             key_fetches,
@@ -247,6 +276,23 @@ impl Metrics {
         if let Some(age) = age_seconds {
             self.key_set_age.get_or_create(&labels).set(age);
         }
+    }
+
+    /// Counts `n` decisions sent to the shared trace store with `result`.
+    pub fn count_shared_records(&self, result: &'static str, n: u64) {
+        self.shared_records
+            .get_or_create(&ResultLabels { result })
+            .inc_by(n);
+    }
+
+    pub fn set_shared_up(&self, up: bool) {
+        self.shared_up.set(i64::from(up));
+    }
+
+    pub fn count_rate_limit(&self, counted_by: &'static str) {
+        self.rate_limit_counts
+            .get_or_create(&CountedByLabels { counted_by })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

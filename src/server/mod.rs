@@ -10,6 +10,7 @@ mod http;
 pub mod keys;
 pub mod metrics;
 pub mod reload;
+pub mod shared;
 pub mod transport;
 mod ui;
 
@@ -62,6 +63,56 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// A URL containing this text makes the engine panic: a test hook, off by default.
     pub panic_marker: Option<String>,
+    /// State shared with other replicas (Redis), if any.
+    pub shared: SharedStores,
+}
+
+/// Which state replicas share through Redis.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStores {
+    /// Recent decisions in a shared stream.
+    pub decisions: Option<shared::SharedConfig>,
+    /// Rate-limit counters.
+    pub limits: Option<shared::SharedConfig>,
+}
+
+impl SharedStores {
+    /// From the `serve` flags: `trace_store` is `memory` or a Redis URL; `rate_limits` is
+    /// `local`, a Redis URL, or unset (then the trace store's Redis, if any).
+    pub fn from_flags(
+        trace_store: &str,
+        rate_limits: Option<&str>,
+        timeout: Duration,
+        stream_length: usize,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let redis = |flag: &str, url: &str| -> anyhow::Result<shared::SharedConfig> {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                anyhow::bail!("`--{flag}` must be `redis://host:port/db` or `rediss://…`");
+            }
+            Ok(shared::SharedConfig {
+                url: url.to_owned(),
+                timeout,
+                stream_length,
+                prefix: prefix.to_owned(),
+            })
+        };
+        let decisions = match trace_store {
+            "memory" => None,
+            url => Some(redis("trace-store", url).map_err(|e| {
+                e.context(format!(
+                    "`--trace-store {}` is neither `memory` nor a Redis URL",
+                    shared::shown_url(url)
+                ))
+            })?),
+        };
+        let limits = match rate_limits {
+            None => decisions.clone(),
+            Some("local") => None,
+            Some(url) => Some(redis("rate-limit-store", url)?),
+        };
+        Ok(Self { decisions, limits })
+    }
 }
 
 impl ServerConfig {
@@ -81,6 +132,7 @@ impl ServerConfig {
             transport: transport::TransportConfig::default(),
             admin_token: None,
             panic_marker: None,
+            shared: SharedStores::default(),
         }
     }
 }
@@ -99,11 +151,52 @@ pub struct AppState {
     /// Who may read decisions and metrics on each listener.
     pub admin_http: admin::AdminAccess,
     pub admin_grpc: admin::AdminAccess,
+    /// Recent decisions of every replica (Redis), besides this process' own store.
+    shared_decisions: Option<shared::SharedDecisions>,
+    /// Rate-limit counters shared by replicas; without them the engine's local counters count.
+    shared_limits: Option<shared::SharedLimits>,
+}
+
+/// A listing of recent decisions, and whether the shared store could be read.
+#[derive(Debug)]
+pub struct Listing {
+    pub decisions: Vec<Arc<crate::trace::StoredDecision>>,
+    /// `Some(false)`: the shared store did not answer and only this replica's decisions are
+    /// listed; `None`: there is no shared store.
+    pub shared: Option<bool>,
 }
 
 impl AppState {
     pub fn new(policies: PolicySet, config: &ServerConfig, keys: Arc<keys::KeyFetchers>) -> Self {
         let metrics = Arc::new(Metrics::new());
+        // One connection serves both uses when they name the same Redis.
+        let mut links: Vec<(String, Arc<shared::RedisLink>)> = Vec::new();
+        let mut link = |c: &shared::SharedConfig| -> Option<Arc<shared::RedisLink>> {
+            if let Some((_, l)) = links.iter().find(|(url, _)| *url == c.url) {
+                return Some(l.clone());
+            }
+            match shared::RedisLink::new(&c.url, c.timeout, metrics.clone()) {
+                Ok(l) => {
+                    let l = Arc::new(l);
+                    links.push((c.url.clone(), l.clone()));
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::error!("cannot use Redis {e}; keeping state in this process");
+                    None
+                }
+            }
+        };
+        let shared_decisions = config
+            .shared
+            .decisions
+            .as_ref()
+            .and_then(|c| Some(shared::SharedDecisions::start(link(c)?, c, metrics.clone())));
+        let shared_limits = config
+            .shared
+            .limits
+            .as_ref()
+            .and_then(|c| Some(shared::SharedLimits::new(link(c)?, &c.prefix)));
         metrics.set_policy(policies.revision(), policies.services.len());
         let loaded = reload::unix_millis();
         metrics.count_reload("success", loaded);
@@ -128,6 +221,8 @@ impl AppState {
             keys,
             admin_http: admin::AdminAccess::Loopback,
             admin_grpc: admin::AdminAccess::Loopback,
+            shared_decisions,
+            shared_limits,
         }
     }
 
@@ -157,25 +252,102 @@ impl AppState {
     /// again (rate-limited); if that brings new keys, the request is decided again.
     pub async fn decide(&self, request: &DecisionRequest<'_>, transport: &'static str) -> Decision {
         let started = Instant::now();
-        let mut decision = self
-            .engine
-            .decide(&self.policies.load(), request, SystemTime::now());
-        if decision.detail_code() == Some("UNKNOWN_KEY")
-            && let Some(location) = self.remote_location(decision.service.as_deref())
+        let mut pending =
+            self.engine
+                .decide_pending(&self.policies.load(), request, SystemTime::now());
+        if pending.decision().detail_code() == Some("UNKNOWN_KEY")
+            && let Some(location) = self.remote_location(pending.decision().service.as_deref())
             && self.keys.refetch_for_unknown_key(&location).await
         {
-            decision = self
+            pending = self
                 .engine
-                .decide(&self.policies.load(), request, SystemTime::now());
+                .decide_pending(&self.policies.load(), request, SystemTime::now());
         }
+        let count = match pending.limit() {
+            Some(check) => Some(self.count_request(check).await),
+            None => None,
+        };
+        let decision = pending.finish(count);
         if decision.detail_code() == Some("INTERNAL_ERROR") {
             self.metrics.count_panic();
         }
-        self.store.record(&decision);
+        let record = self.store.record(&decision);
+        if let Some(shared) = &self.shared_decisions {
+            shared.record(record);
+        }
         self.metrics
             .observe(&decision, transport, started.elapsed().as_secs_f64());
         audit(&decision, transport);
         decision
+    }
+
+    /// Counts a request against its rate limit: in Redis when replicas share counters (this
+    /// process' counters when Redis does not answer in time), else locally.
+    async fn count_request(&self, check: &crate::ratelimit::LimitCheck) -> crate::ratelimit::Count {
+        use crate::ratelimit::CountedBy;
+        let now = crate::time::unix_millis(SystemTime::now()).max(0) as u64;
+        let local = self.engine.local_limits();
+        let count = match &self.shared_limits {
+            None => local.hit(check, now, CountedBy::Local),
+            Some(shared) => match shared.hit(check, now).await {
+                Ok(count) => count,
+                Err(_) => local.hit(check, now, CountedBy::LocalFallback),
+            },
+        };
+        self.metrics.count_rate_limit(count.counted_by.as_str());
+        count
+    }
+
+    /// Recent decisions matching `filter`, newest first: this replica's and, with a shared
+    /// store, every replica's (this replica's own alone when the shared store fails).
+    pub async fn list_decisions(
+        &self,
+        filter: &crate::trace::DecisionFilter,
+        limit: usize,
+    ) -> Listing {
+        let local = self.store.list(filter, limit);
+        let Some(shared) = &self.shared_decisions else {
+            return Listing {
+                decisions: local,
+                shared: None,
+            };
+        };
+        match shared.list(filter, limit).await {
+            Ok(mut all) => {
+                // This replica's newest decisions may not be written yet.
+                all.extend(local);
+                all.sort_by(|a, b| {
+                    (b.unix_millis, &b.decision.id).cmp(&(a.unix_millis, &a.decision.id))
+                });
+                all.dedup_by(|a, b| a.decision.id == b.decision.id);
+                all.truncate(limit.min(crate::trace::MAX_LIST_LIMIT));
+                Listing {
+                    decisions: all,
+                    shared: Some(true),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this replica's decisions only: the shared store did not answer");
+                Listing {
+                    decisions: local,
+                    shared: Some(false),
+                }
+            }
+        }
+    }
+
+    /// Decision `id`, from this replica's store or else the shared one.
+    pub async fn get_decision(&self, id: &str) -> Option<Arc<crate::trace::StoredDecision>> {
+        if let Some(found) = self.store.get(id) {
+            return Some(found);
+        }
+        match self.shared_decisions.as_ref()?.get(id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "decision looked up in this replica's store only: the shared store did not answer");
+                None
+            }
+        }
     }
 
     /// Where the remote key set of service `name` is published, if it has one.
