@@ -248,7 +248,7 @@ fn memory_row(decider: &Decider, label: &str, kinds: &[Kind], capacity: usize) -
     let full_trace = store
         .list(&DecisionFilter::default(), 1)
         .first()
-        .map_or(0, |r| r.decision.trace.len());
+        .map_or(0, |r| r.decision().trace.len());
     eprintln!(
         "{label:<30} {capacity:>9} {:>12} {:>11} {:>13} {:>11} {:>9.1} {:>9.2?}",
         store.approx_bytes() / len,
@@ -352,7 +352,7 @@ fn bench_store(c: &mut Criterion) {
     });
     assert_eq!(store.len(), CAPACITY);
     let newest = store.list(&DecisionFilter::default(), 1);
-    assert!(store.get(&newest[0].decision.id).is_some());
+    assert!(store.get(newest[0].id()).is_some());
 
     // 2. List with a filter on a full store of a realistic mix; one record in four matches.
     let store = TraceStore::new(CAPACITY);
@@ -368,7 +368,7 @@ fn bench_store(c: &mut Criterion) {
     };
     let listed = store.list(&filter, 100);
     assert_eq!(listed.len(), 100);
-    assert!(listed.iter().all(|r| r.decision.status == 403));
+    assert!(listed.iter().all(|r| r.decision().status == 403));
     group.bench_function("list_100_filtered", |b| {
         b.iter(|| store.list(black_box(&filter), 100))
     });

@@ -115,7 +115,7 @@ impl DecisionService for Decisions {
             .await
             .decisions
             .iter()
-            .map(|d| decision_to_pb(&d.decision))
+            .map(|d| decision_to_pb(&d.decision()))
             .collect();
         Ok(Response::new(proto::ListDecisionsResponse { decisions }))
     }
@@ -127,7 +127,7 @@ impl DecisionService for Decisions {
         self.admin(&request)?;
         let id = request.into_inner().id;
         match self.state.get_decision(&id).await {
-            Some(d) => Ok(Response::new(decision_to_pb(&d.decision))),
+            Some(d) => Ok(Response::new(decision_to_pb(&d.decision()))),
             None => Err(Status::not_found(format!(
                 "no decision `{id}` in the recent-decisions store (unknown, or evicted)"
             ))),

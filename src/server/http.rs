@@ -264,7 +264,7 @@ async fn list_decisions(
         }
     };
     let listing = state.list_decisions(&filter, limit).await;
-    let decisions: Vec<&Decision> = listing.decisions.iter().map(|d| &d.decision).collect();
+    let decisions: Vec<Decision> = listing.decisions.iter().map(|d| d.decision()).collect();
     let body = match listing.shared {
         // Said in the answer, so that a short list is not mistaken for all there is.
         Some(false) => json!({ "decisions": decisions, "sharedStore": "unavailable" }),
@@ -280,7 +280,7 @@ async fn get_decision(State(state): State<Arc<AppState>>, Path(id): Path<String>
     match state.get_decision(&id).await {
         Some(d) => json_response(
             StatusCode::OK,
-            serde_json::to_string(&d.decision).unwrap_or_default(),
+            serde_json::to_string(&d.decision()).unwrap_or_default(),
         ),
         None => api_error(
             StatusCode::NOT_FOUND,

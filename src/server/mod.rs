@@ -316,10 +316,8 @@ impl AppState {
             Ok(mut all) => {
                 // This replica's newest decisions may not be written yet.
                 all.extend(local);
-                all.sort_by(|a, b| {
-                    (b.unix_millis, &b.decision.id).cmp(&(a.unix_millis, &a.decision.id))
-                });
-                all.dedup_by(|a, b| a.decision.id == b.decision.id);
+                all.sort_by(|a, b| (b.unix_millis, b.id()).cmp(&(a.unix_millis, a.id())));
+                all.dedup_by(|a, b| a.id() == b.id());
                 all.truncate(limit.min(crate::trace::MAX_LIST_LIMIT));
                 Listing {
                     decisions: all,

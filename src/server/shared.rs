@@ -313,7 +313,7 @@ impl SharedDecisions {
             let full = entries.len() == PAGE;
             for (_, json) in &entries {
                 if let Some(record) = read_entry(json)
-                    && record.decision.id.eq_ignore_ascii_case(id)
+                    && record.id().eq_ignore_ascii_case(id)
                 {
                     return Ok(Some(Arc::new(record)));
                 }
@@ -385,7 +385,7 @@ async fn write_batches(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for record in &batch {
-            let Ok(json) = serde_json::to_vec(&record.decision) else {
+            let Ok(json) = serde_json::to_vec(&record.decision()) else {
                 continue;
             };
             pipe.cmd("XADD")

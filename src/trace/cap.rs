@@ -9,19 +9,22 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde_json::Value;
 
-use super::store::StoredDecision;
-use crate::decision::{Decision, ErrorBody, ErrorDetail, Headers, Step, TokenSummary, TraceEntry};
+use super::store::{
+    AUDIENCE_INLINE, BODY_INLINE, DETAIL_INLINE, ENTRY_INLINE, EntryNames, HEADER_INLINE, NamesKey,
+    RECORD_INLINE, StringValue, TOKEN_INLINE, encoded_len,
+};
+use crate::decision::{Decision, ErrorBody, Headers, Step, TokenSummary, TraceEntry};
 
 /// Largest approximate heap footprint of one stored record, in bytes. With the default
 /// capacity of 10,000 the records of a store never hold more than about 160 MiB, even if
-/// every request is built to be as large as possible; typical records take 2 to 3 KiB.
+/// every request is built to be as large as possible; typical records take 0.9 to 1.6 KiB.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 
 /// Request URLs: the engine already cuts shown URLs at 2 KiB; the store repeats the cap
 /// because it is the last step before memory. 2 KiB keeps any real API path and query whole.
 const MAX_URL_BYTES: usize = 2 * 1024;
 /// The audit message quotes the URL; it is cut in the middle so that its verdict survives.
-const MAX_AUDIT_BYTES: usize = 2 * 1024;
+pub(super) const MAX_AUDIT_BYTES: usize = 2 * 1024;
 /// Header values: decision headers are short (challenges, ids); only upstream headers
 /// rendered from token claims (a user's many groups) can grow.
 const MAX_HEADER_VALUE_BYTES: usize = 1024;
@@ -54,7 +57,7 @@ const MAX_VALUE_BYTES: usize = 2 * 1024;
 /// Strings an [`Interner`] holds before it starts again (so that the names of replaced policy
 /// sets do not stay forever): far more than the names of any policy set.
 const MAX_INTERNED: usize = 4096;
-/// Longest string interned: trace attribute names, base URLs and operation templates.
+/// Longest text an [`Interner`] keeps: names, messages, base URLs and operation templates.
 const MAX_INTERNED_BYTES: usize = 256;
 /// What the URL and the audit message are cut to in the last resort of [`shed`].
 const LAST_RESORT_BYTES: usize = 512;
@@ -75,67 +78,132 @@ const SECRET_HEADERS: [&str; 4] = [
 ];
 
 /// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
-const ARC_HEADER: usize = 2 * size_of::<usize>();
+pub(super) const ARC_HEADER: usize = 2 * size_of::<usize>();
 /// Heap bytes assumed per entry of a JSON object: key, value and a share of the B-tree node.
 const OBJECT_ENTRY: usize = size_of::<String>() + size_of::<Value>() + 3 * size_of::<usize>();
 
-/// A decision ready to store: capped, scrubbed and measured.
+/// A decision ready to store: capped and scrubbed.
 pub(crate) struct Capped {
     pub decision: Decision,
-    /// Approximate heap bytes of the record (see [`record_bytes`]).
-    pub bytes: usize,
     /// Whether anything was cut, removed or redacted, other than secret header values.
     pub truncated: bool,
 }
 
-/// Shares between records the small strings and values that the engine allocates afresh for
-/// each decision although they repeat: trace attribute names (`url`, `authorization`, …) and
-/// the expected strings of the base URL, token and operation steps (the matched base URL,
-/// `POST /users/{userId}/answers`), which come from the policy. Rule entries' expected
-/// strings are left alone: they may be rendered from the request (`{path.userId}`), and
-/// interning those would fill the table with values seen once. Saves about 250 bytes per
-/// record.
+type Table<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+/// Shares between records what the engine makes afresh for each decision although it
+/// repeats: texts from the policy and the engine (trace attribute names, decision headers,
+/// error messages and targets, the expected strings of the base URL, token and operation
+/// steps), the names of each trace entry as one allocation, and a verified token's issuer,
+/// audiences, client, key and algorithm. Never what varies with each request (URLs,
+/// subjects, claim values, times): the tables would fill with values seen once. The first
+/// record to hold a shared text counts its bytes; each table starts again when full, so that
+/// the names of replaced policy sets do not stay forever.
 #[derive(Default)]
 pub(crate) struct Interner {
-    names: DashMap<Arc<str>, (), foldhash::fast::RandomState>,
-    strings: DashMap<Arc<str>, Arc<Value>, foldhash::fast::RandomState>,
+    texts: Table<Arc<str>, ()>,
+    values: Table<StringValue, ()>,
+    entries: Table<Arc<EntryNames>, ()>,
 }
 
 impl Interner {
-    fn name(&self, name: &mut Arc<str>) {
-        if is_shared(name) || name.len() > MAX_INTERNED_BYTES {
-            return;
+    /// `text` as a shared string, and the bytes newly allocated for it (0 if it was kept
+    /// already).
+    pub(super) fn text(&self, text: &str) -> (Arc<str>, usize) {
+        if let Some(shared) = self.texts.get(text) {
+            return (shared.key().clone(), 0);
         }
-        if let Some(shared) = self.names.get(&**name) {
-            *name = shared.key().clone();
-            return;
+        let new = Arc::<str>::from(text);
+        if text.len() <= MAX_INTERNED_BYTES {
+            keep(&self.texts, new.clone(), ());
         }
-        if self.names.len() >= MAX_INTERNED {
-            self.names.clear();
-        }
-        self.names.insert(name.clone(), ());
+        (new, ARC_HEADER + text.len())
     }
 
-    fn value(&self, value: &mut Arc<Value>) {
-        let Value::String(text) = &**value else {
-            return;
+    /// `name` itself if something besides its `holders` (the decisions being recorded)
+    /// holds it, as the policy set does; else as [`text`](Self::text), without a copy when
+    /// it is new. With the bytes it adds to the record.
+    pub(super) fn name(&self, name: &Arc<str>, holders: usize) -> (Arc<str>, usize) {
+        if Arc::strong_count(name) > holders {
+            return (name.clone(), 0);
+        }
+        if let Some(shared) = self.texts.get(&**name) {
+            return (shared.key().clone(), 0);
+        }
+        if name.len() <= MAX_INTERNED_BYTES {
+            keep(&self.texts, name.clone(), ());
+        }
+        (name.clone(), ARC_HEADER + name.len())
+    }
+
+    /// An entry's expected value, shared if something besides its `holders` holds it or
+    /// (when `intern`) if it is a short string seen before; with the bytes it adds to the
+    /// record.
+    pub(super) fn value(
+        &self,
+        value: &Arc<Value>,
+        intern: bool,
+        holders: usize,
+    ) -> (Arc<Value>, usize) {
+        if Arc::strong_count(value) > holders {
+            return (value.clone(), 0);
+        }
+        let bytes = ARC_HEADER + size_of::<Value>() + value_bytes(value);
+        match &**value {
+            Value::String(text) if intern && text.len() <= MAX_INTERNED_BYTES => {
+                if let Some(shared) = self.values.get(text.as_str()) {
+                    return (shared.key().0.clone(), 0);
+                }
+                keep(&self.values, StringValue(value.clone()), ());
+                (value.clone(), bytes)
+            }
+            _ => (value.clone(), bytes),
+        }
+    }
+
+    /// The names of `entry`, shared with the entries of the same check or rule; with the
+    /// bytes newly allocated for them.
+    pub(super) fn entry(&self, entry: &TraceEntry, holders: usize) -> (Arc<EntryNames>, usize) {
+        if let Some(shared) = self.entries.get(entry as &dyn NamesKey) {
+            return (shared.key().clone(), 0);
+        }
+        let mut bytes = 0;
+        let mut name = |s: &Arc<str>| {
+            let (name, new) = self.name(s, holders);
+            bytes += new;
+            name
         };
-        if is_shared(value) || text.len() > MAX_INTERNED_BYTES {
-            return;
-        }
-        if let Some(shared) = self.strings.get(text.as_str()) {
-            *value = shared.value().clone();
-            return;
-        }
-        if self.strings.len() >= MAX_INTERNED {
-            self.strings.clear();
-        }
-        self.strings.insert(Arc::from(text.as_str()), value.clone());
+        let names = EntryNames::new(
+            entry,
+            entry.rule.as_ref().map(&mut name),
+            name(&entry.attribute),
+            entry.location.as_ref().map(&mut name),
+        );
+        let names = Arc::new(names);
+        keep(&self.entries, names.clone(), ());
+        bytes += names.own_bytes();
+        (names, bytes)
+    }
+
+    /// Heap bytes of the tables themselves (the texts are counted by records).
+    pub(super) fn table_bytes(&self) -> usize {
+        // One control byte per bucket besides the entry itself.
+        self.texts.capacity() * (size_of::<Arc<str>>() + 1)
+            + self.values.capacity() * (size_of::<StringValue>() + 1)
+            + self.entries.capacity() * (size_of::<Arc<EntryNames>>() + 1)
     }
 }
 
+/// Keeps `key` in `table`, which starts again when full.
+fn keep<K: Eq + std::hash::Hash, V>(table: &Table<K, V>, key: K, value: V) {
+    if table.len() >= MAX_INTERNED {
+        table.clear();
+    }
+    table.insert(key, value);
+}
+
 /// Copies `decision`, cut and scrubbed so that its footprint is at most [`MAX_RECORD_BYTES`].
-pub(crate) fn cap_decision(decision: &Decision, interner: &Interner) -> Capped {
+pub(crate) fn cap_decision(decision: &Decision) -> Capped {
     let mut d = decision.clone();
     let mut cut = false;
 
@@ -158,20 +226,85 @@ pub(crate) fn cap_decision(decision: &Decision, interner: &Interner) -> Capped {
     if let Some(token) = &mut d.token {
         cut |= cap_token(token);
     }
-    cut |= cap_trace(&mut d.trace, interner);
+    cut |= cap_trace(&mut d.trace);
     cut |= redact_jwts(&mut d.audit);
     cut |= cut_middle(&mut d.audit, MAX_AUDIT_BYTES);
 
-    let mut bytes = record_bytes(&d);
+    let bytes = record_bytes(&d);
     if bytes > MAX_RECORD_BYTES {
         cut = true;
-        bytes = shed(&mut d, bytes);
+        shed(&mut d, bytes);
     }
     Capped {
         decision: d,
-        bytes,
         truncated: cut,
     }
+}
+
+/// Whether [`cap_decision`] would return `d` as it is, so that it can be stored without a
+/// copy (the common case). May answer `false` for a decision that capping leaves alone;
+/// never `true` for one it would change.
+pub(crate) fn within_caps(d: &Decision) -> bool {
+    let short = |s: &str| s.len() <= MAX_SHORT_BYTES;
+    let name = |s: &Option<Arc<str>>| s.as_ref().is_none_or(|s| s.len() <= MAX_NAME_BYTES);
+    short(&d.id)
+        && short(&d.time)
+        && name(&d.service)
+        && name(&d.operation)
+        && d.policy_revision.len() <= MAX_NAME_BYTES
+        && short(&d.request.method)
+        && plain_within(&d.request.url, MAX_URL_BYTES)
+        && d.request.client.as_deref().is_none_or(short)
+        && headers_within_caps(&d.headers)
+        && headers_within_caps(&d.upstream_headers)
+        && d.body.as_ref().is_none_or(|b| {
+            short(&b.id)
+                && plain_within(&b.message, MAX_TEXT_BYTES)
+                && short(&b.target)
+                && b.details.len() <= MAX_DETAILS
+                && b.details
+                    .iter()
+                    .all(|d| short(&d.target) && plain_within(&d.message, MAX_TEXT_BYTES))
+        })
+        && d.token.as_ref().is_none_or(|t| {
+            [&t.sub, &t.client_id, &t.iss, &t.exp, &t.kid]
+                .into_iter()
+                .flatten()
+                .all(|s| short(s))
+                && short(&t.alg)
+                && t.aud.len() <= MAX_AUDIENCES
+                && t.aud.iter().all(|a| short(a))
+        })
+        && d.trace.len() <= MAX_TRACE_ENTRIES
+        && d.trace.iter().all(|e| {
+            let value = |v: &Value| value_within_caps(v, 0, &mut MAX_VALUE_BYTES.to_owned());
+            name(&e.rule)
+                && e.attribute.len() <= MAX_NAME_BYTES
+                && name(&e.location)
+                && e.expected.as_deref().is_none_or(value)
+                && e.actual.as_ref().is_none_or(value)
+                && e.detail
+                    .as_deref()
+                    .is_none_or(|d| plain_within(d, MAX_TEXT_BYTES))
+        })
+        && plain_within(&d.audit, MAX_AUDIT_BYTES)
+        && record_bytes(d) <= MAX_RECORD_BYTES
+}
+
+/// Whether `s` is at most `max` bytes with nothing token-shaped in it.
+fn plain_within(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.contains("eyJ")
+}
+
+fn headers_within_caps(headers: &Headers) -> bool {
+    headers.0.len() <= MAX_HEADERS
+        && headers.0.iter().all(|(name, value)| {
+            if SECRET_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+                value == REDACTED
+            } else {
+                name.len() <= MAX_HEADER_NAME_BYTES && plain_within(value, MAX_HEADER_VALUE_BYTES)
+            }
+        })
 }
 
 fn cap_headers(headers: &mut Headers) -> bool {
@@ -199,7 +332,6 @@ fn cap_headers(headers: &mut Headers) -> bool {
         cut |= redact_jwts(value);
         cut |= cut_text(value, MAX_HEADER_VALUE_BYTES);
     }
-    headers.0.shrink_to_fit();
     cut
 }
 
@@ -254,7 +386,7 @@ fn cap_token(token: &mut TokenSummary) -> bool {
     cut
 }
 
-fn cap_trace(trace: &mut Vec<TraceEntry>, interner: &Interner) -> bool {
+fn cap_trace(trace: &mut Vec<TraceEntry>) -> bool {
     let mut cut = false;
     if trace.len() > MAX_TRACE_ENTRIES {
         let total = trace.len();
@@ -273,14 +405,7 @@ fn cap_trace(trace: &mut Vec<TraceEntry>, interner: &Interner) -> bool {
     }
     for entry in trace.iter_mut() {
         cut |= cap_entry(entry);
-        interner.name(&mut entry.attribute);
-        if entry.step != Step::Rule
-            && let Some(expected) = &mut entry.expected
-        {
-            interner.value(expected);
-        }
     }
-    trace.shrink_to_fit();
     cut
 }
 
@@ -443,9 +568,9 @@ fn cap_value(value: &mut Value, depth: usize, budget: &mut usize) -> bool {
 /// values and details of the trace entries that did not decide, upstream header values,
 /// those entries themselves (and deciding entries after the first), error details after the
 /// first, audiences after the first, decision header values, the values of the deciding
-/// entry; and in the last resort it cuts the URL and the audit message short. Returns the
-/// new size.
-fn shed(d: &mut Decision, mut bytes: usize) -> usize {
+/// entry; and in the last resort it cuts the URL and the audit message short. `bytes` is
+/// the record's [`record_bytes`].
+fn shed(d: &mut Decision, mut bytes: usize) {
     let over = |bytes: usize| bytes > MAX_RECORD_BYTES;
 
     // 1. Values and details of entries that did not decide, last first.
@@ -529,10 +654,12 @@ fn shed(d: &mut Decision, mut bytes: usize) -> usize {
         cut_text(&mut d.request.url, LAST_RESORT_BYTES);
         cut_middle(&mut d.audit, LAST_RESORT_BYTES);
     }
-    // The steps above kept a running estimate; measure once more for the record.
-    let bytes = record_bytes(d);
-    debug_assert!(!over(bytes), "a record of {bytes} bytes after shedding");
-    bytes
+    // The steps above kept a running estimate; measure once more to check it.
+    debug_assert!(
+        !over(record_bytes(d)),
+        "a record of {} bytes after shedding",
+        record_bytes(d)
+    );
 }
 
 /// `total` after a part of it measuring `before` came to measure `after`.
@@ -553,7 +680,7 @@ fn shed_header_values(
             break;
         }
         if (sheddable(name) || value.len() > MAX_SHORT_BYTES) && value.len() > SHED.len() {
-            bytes = replaced(bytes, value.capacity(), SHED.len());
+            bytes = replaced(bytes, value.len(), SHED.len());
             *value = SHED.to_owned();
         }
     }
@@ -583,7 +710,7 @@ fn cut_text(s: &mut String, max: usize) -> bool {
 }
 
 /// Like [`cut_text`], but keeps the start and the end and cuts the middle.
-fn cut_middle(s: &mut String, max: usize) -> bool {
+pub(super) fn cut_middle(s: &mut String, max: usize) -> bool {
     if s.len() <= max {
         return false;
     }
@@ -628,7 +755,7 @@ fn cut_arc(s: &mut Arc<str>) -> bool {
 /// Replaces every JWT-shaped run of `s` by `REDACTED` and says whether there was one. The
 /// engine never puts a raw token into a decision; this makes sure none reaches the store if
 /// it ever did (a token pasted into a URL path, say).
-fn redact_jwts(s: &mut String) -> bool {
+pub(super) fn redact_jwts(s: &mut String) -> bool {
     if !s.contains("eyJ") {
         return false;
     }
@@ -667,27 +794,47 @@ fn find_jwt(s: &str, from: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// Approximate heap bytes of a stored record: the record itself (behind its `Arc`) and every
-/// string, list and value it holds. Called before the caller drops its decision: strings and
-/// values behind an `Arc` held by more than that decision and its copy (by the policy set)
-/// are not the record's own, and not counted.
-pub(crate) fn record_bytes(d: &Decision) -> usize {
-    ARC_HEADER
-        + size_of::<StoredDecision>()
-        + d.id.capacity()
-        + d.time.capacity()
-        + d.audit.capacity()
+/// At most the heap bytes of the record of `d` (which `StoredDecision::pack` measures
+/// exactly): its layout, with nothing shared with other records and nothing rebuilt, every
+/// string that may be shared counted as an allocation of its own. Called before the caller
+/// drops its decision: strings and values behind an `Arc` held by more than that decision
+/// and its copy (by the policy set) are not the record's own, and not counted.
+pub(super) fn record_bytes(d: &Decision) -> usize {
+    RECORD_INLINE
+        + d.id.len()
+        + d.time.len()
+        + d.audit.len()
         + opt_arc_bytes(&d.service)
         + opt_arc_bytes(&d.operation)
         + arc_bytes(&d.policy_revision)
-        + d.request.method.capacity()
-        + d.request.url.capacity()
-        + d.request.client.as_ref().map_or(0, String::capacity)
+        + text_bytes(&d.request.method)
+        + d.request.url.len()
+        + d.request.client.as_ref().map_or(0, String::len)
         + headers_bytes(&d.headers)
         + headers_bytes(&d.upstream_headers)
         + d.body.as_ref().map_or(0, body_bytes)
         + d.token.as_ref().map_or(0, token_bytes)
         + trace_bytes(&d.trace)
+}
+
+/// A string the record may keep behind an `Arc` of its own.
+fn text_bytes(s: &str) -> usize {
+    ARC_HEADER + s.len()
+}
+
+/// Heap bytes of a code or operator: none for the engine's static ones. (A method, as
+/// Clippy would have a function take `&str`, which cannot tell.)
+trait OwnedBytes {
+    fn owned_bytes(&self) -> usize;
+}
+
+impl OwnedBytes for Cow<'static, str> {
+    fn owned_bytes(&self) -> usize {
+        match self {
+            Cow::Borrowed(_) => 0,
+            Cow::Owned(s) => s.len(),
+        }
+    }
 }
 
 fn arc_bytes(s: &Arc<str>) -> usize {
@@ -708,62 +855,63 @@ fn opt_arc_bytes(s: &Option<Arc<str>>) -> usize {
 }
 
 fn headers_bytes(h: &Headers) -> usize {
-    let owned: usize =
-        h.0.iter()
-            .map(|(name, value)| {
-                let name = match name {
-                    Cow::Borrowed(_) => 0,
-                    Cow::Owned(s) => s.capacity(),
-                };
-                name + value.capacity()
-            })
-            .sum();
-    h.0.capacity() * size_of::<(Cow<'static, str>, String)>() + owned
+    h.0.iter()
+        .map(|(name, value)| HEADER_INLINE + text_bytes(name) + text_bytes(value))
+        .sum()
 }
 
 fn body_bytes(b: &ErrorBody) -> usize {
     let details: usize = b
         .details
         .iter()
-        .map(|d| d.target.capacity() + d.message.capacity())
+        .map(|d| DETAIL_INLINE + d.code.owned_bytes() + text_bytes(&d.target) + d.message.len())
         .sum();
-    b.id.capacity()
-        + b.message.capacity()
-        + b.target.capacity()
-        + b.details.capacity() * size_of::<ErrorDetail>()
+    BODY_INLINE
+        + b.id.len()
+        + b.code.owned_bytes()
+        + text_bytes(&b.message)
+        + text_bytes(&b.target)
         + details
 }
 
 fn token_bytes(t: &TokenSummary) -> usize {
-    let optional: usize = [&t.sub, &t.client_id, &t.iss, &t.exp, &t.kid]
+    let shared: usize = [&t.client_id, &t.iss, &t.kid]
         .into_iter()
         .flatten()
-        .map(String::capacity)
+        .map(|s| text_bytes(s))
         .sum();
-    optional
-        + t.alg.capacity()
-        + t.aud.capacity() * size_of::<String>()
-        + t.aud.iter().map(String::capacity).sum::<usize>()
+    TOKEN_INLINE
+        + t.sub.as_ref().map_or(0, String::len)
+        + t.exp.as_ref().map_or(0, String::len)
+        + shared
+        + text_bytes(&t.alg)
+        + t.aud
+            .iter()
+            .map(|a| AUDIENCE_INLINE + text_bytes(a))
+            .sum::<usize>()
 }
 
-fn trace_bytes(trace: &Vec<TraceEntry>) -> usize {
-    trace.capacity() * size_of::<TraceEntry>() + trace.iter().map(entry_bytes).sum::<usize>()
+fn trace_bytes(trace: &[TraceEntry]) -> usize {
+    trace.len() * ENTRY_INLINE + trace.iter().map(entry_bytes).sum::<usize>()
 }
 
-/// Heap bytes of one entry, beyond its place in the trace's list.
+/// Heap bytes of one entry, beyond its place in the trace and its names' own allocation.
 fn entry_bytes(e: &TraceEntry) -> usize {
     entry_names_bytes(e)
         + e.expected
             .as_ref()
             .filter(|v| !is_shared(v))
             .map_or(0, |v| ARC_HEADER + size_of::<Value>() + value_bytes(v))
-        + e.actual.as_ref().map_or(0, value_bytes)
-        + e.detail.as_ref().map_or(0, String::capacity)
+        + e.actual.as_ref().map_or(0, encoded_len)
+        + e.detail.as_ref().map_or(0, String::len)
 }
 
-/// Heap bytes of an entry's names: rule, attribute and location.
+/// Heap bytes of an entry's names: rule, attribute, operator and location.
 fn entry_names_bytes(e: &TraceEntry) -> usize {
-    opt_arc_bytes(&e.rule) + arc_bytes(&e.attribute) + opt_arc_bytes(&e.location)
+    opt_arc_bytes(&e.rule)
+        + arc_bytes(&e.attribute)
+        + e.operator.owned_bytes()
+        + opt_arc_bytes(&e.location)
 }
 
 /// Heap bytes owned by a JSON value (not counting the value itself).

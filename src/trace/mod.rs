@@ -1,7 +1,8 @@
 //! Recent decisions: a bounded in-memory store that the decisions API and the web page read.
 //!
 //! [`TraceStore`] keeps the most recent decisions (oldest evicted first), each capped to
-//! [`MAX_RECORD_BYTES`] and scrubbed of credentials, and lists them newest first through a
+//! [`MAX_RECORD_BYTES`], scrubbed of credentials and kept in a compact form that
+//! [`StoredDecision::decision`] rebuilds, and lists them newest first through a
 //! [`DecisionFilter`].
 
 mod cap;

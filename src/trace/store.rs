@@ -1,14 +1,29 @@
 //! The recent-decisions store: a fixed ring of slots written in turn, so that inserting is
 //! O(1) and the oldest record is the one overwritten, with an index from decision id to slot.
+//!
+//! A record is a compact form of its decision: what the decision repeats of itself (the id in
+//! the body and the `x-decision-id` header, the time the id carries, the audit sentence that
+//! quotes the URL) is rebuilt when the record is read, and the names and messages that every
+//! decision of a rule repeats are shared between records (see [`Interner`]).
 
+use std::borrow::{Borrow, Cow};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use dashmap::DashMap;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-use super::cap::{Interner, cap_decision};
-use crate::decision::{Decision, Outcome};
+use super::cap::{
+    ARC_HEADER, Capped, Interner, MAX_AUDIT_BYTES, cap_decision, cut_middle, redact_jwts,
+    within_caps,
+};
+use crate::decision::{
+    Decision, ErrorBody, ErrorDetail, Headers, Outcome, RequestSummary, Step, TokenSummary,
+    TraceEntry,
+};
 
 /// Records kept when no capacity is configured.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -17,22 +32,464 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// Most records one list returns, whatever limit is asked for: a page stays a page.
 pub const MAX_LIST_LIMIT: usize = 1_000;
 
+/// Heap bytes of a record before anything it points to: the record behind its `Arc`.
+pub(super) const RECORD_INLINE: usize = ARC_HEADER + size_of::<StoredDecision>();
+/// Heap bytes of one header in a record's list, before its name and value.
+pub(super) const HEADER_INLINE: usize = size_of::<DecisionHeader>();
+/// Heap bytes of an error body, before its texts and details.
+pub(super) const BODY_INLINE: usize = size_of::<StoredBody>();
+/// Heap bytes of one error detail, before its texts.
+pub(super) const DETAIL_INLINE: usize = size_of::<StoredDetail>();
+/// Heap bytes of a token summary, before its texts.
+pub(super) const TOKEN_INLINE: usize = size_of::<StoredToken>();
+/// Heap bytes of one audience in a token summary's list, before its text.
+pub(super) const AUDIENCE_INLINE: usize = size_of::<Arc<str>>();
+/// Heap bytes of one trace entry with names of its own, before its texts and values.
+pub(super) const ENTRY_INLINE: usize =
+    size_of::<StoredEntry>() + ARC_HEADER + size_of::<EntryNames>();
+
+/// Request methods shared between records; any other is kept as it came.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
 /// A decision as stored: capped and scrubbed (see [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES)),
-/// with its time as a number for filtering.
+/// with its time as a number for filtering. [`decision`](Self::decision) rebuilds the decision,
+/// long values cut (marked `…(truncated, …)`) and secret header values replaced by `REDACTED`;
+/// serialising a record writes that decision's JSON (SPEC §6b).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StoredDecision {
-    /// The decision, with long values cut (marked `…(truncated, …)`) and secret header values
-    /// replaced by `REDACTED`.
-    pub decision: Decision,
     /// Milliseconds since the Unix epoch, from the id (a ULID), or else from `time`; 0 if
     /// neither can be read.
     pub unix_millis: i64,
-    /// Approximate heap bytes the record takes.
+    /// Approximate heap bytes the record takes: what it alone holds, and the shared names it
+    /// was the first record to hold. Strings shared with the policy set are not counted.
     pub approx_bytes: usize,
     /// Whether anything of the decision was cut, removed or redacted to store it (secret
     /// header values aside, which are always redacted).
     pub truncated: bool,
+    id: Box<str>,
+    /// `None`: `unix_millis`, as the engine writes a time.
+    time: Option<Box<str>>,
+    duration_micros: u64,
+    service: Option<Arc<str>>,
+    operation: Option<Arc<str>>,
+    policy_revision: Arc<str>,
+    method: Arc<str>,
+    url: Box<str>,
+    client: Option<Box<str>>,
+    outcome: Outcome,
+    status: u16,
+    headers: Box<[DecisionHeader]>,
+    upstream_headers: Box<[(Arc<str>, Box<str>)]>,
+    body: Option<Box<StoredBody>>,
+    token: Option<Box<StoredToken>>,
+    trace: Box<[StoredEntry]>,
+    audit: Audit,
+}
+
+/// A header returned to the client on deny; a value of `None` is the decision id.
+type DecisionHeader = (Arc<str>, Option<Arc<str>>);
+
+/// The audit message: one of the engine's sentences, rebuilt from the URL, or its text.
+#[derive(Debug, Clone)]
+enum Audit {
+    Rendered(AuditSentence),
+    Text(Box<str>),
+}
+
+/// The audit sentences of the engine (`Denial::render` and the allow in `decision.rs`): the
+/// URL quoted between two fixed parts. A decision whose message is none of them (another
+/// version's, say) keeps its text.
+#[derive(Debug, Clone, Copy)]
+enum AuditSentence {
+    Allowed,
+    Denied,
+    InvalidToken,
+    NoService,
+    InvalidUrl,
+    Internal,
+}
+
+impl AuditSentence {
+    const ALL: [Self; 6] = [
+        Self::Allowed,
+        Self::Denied,
+        Self::InvalidToken,
+        Self::NoService,
+        Self::InvalidUrl,
+        Self::Internal,
+    ];
+
+    /// The text before and after the URL; `Internal` goes on with the id and a full stop.
+    fn parts(self) -> (&'static str, &'static str) {
+        const REQUEST: &str = "Request to the URL \"";
+        match self {
+            Self::Allowed => (REQUEST, "\" allowed."),
+            Self::Denied => (REQUEST, "\" denied by policy evaluation."),
+            Self::InvalidToken => (REQUEST, "\" denied due to an invalid OAuth access token."),
+            Self::NoService => ("No API server defines policy for the URL \"", "\"."),
+            Self::InvalidUrl => (REQUEST, "\" denied: the URL is invalid."),
+            Self::Internal => (REQUEST, "\" denied: internal error in decision "),
+        }
+    }
+
+    /// Length of the sentence for `url` and `id` before any cut.
+    fn full_len(self, url: &str, id: &str) -> usize {
+        let (before, after) = self.parts();
+        let id = match self {
+            Self::Internal => id.len() + 1,
+            _ => 0,
+        };
+        before.len() + url.len() + after.len() + id
+    }
+
+    /// Whether `audit` is the whole sentence for `url` and `id`.
+    fn is(self, audit: &str, url: &str, id: &str) -> bool {
+        let (before, after) = self.parts();
+        let rest = audit
+            .strip_prefix(before)
+            .and_then(|r| r.strip_prefix(url))
+            .and_then(|r| r.strip_prefix(after));
+        match (self, rest) {
+            (Self::Internal, Some(rest)) => rest.strip_prefix(id) == Some("."),
+            (_, Some(rest)) => rest.is_empty(),
+            (_, None) => false,
+        }
+    }
+
+    /// The sentence for `url` and `id`, cut as the store cuts an audit message.
+    fn render(self, url: &str, id: &str) -> String {
+        let (before, after) = self.parts();
+        let mut s = String::with_capacity(self.full_len(url, id));
+        s.push_str(before);
+        s.push_str(url);
+        s.push_str(after);
+        if let Self::Internal = self {
+            s.push_str(id);
+            s.push('.');
+        }
+        if s.len() > MAX_AUDIT_BYTES {
+            redact_jwts(&mut s);
+            cut_middle(&mut s, MAX_AUDIT_BYTES);
+        }
+        s
+    }
+}
+
+impl Audit {
+    /// `audit` as stored: a sentence when it rebuilds `audit` exactly from the stored `url`
+    /// and `id`.
+    fn of(audit: &str, url: &str, id: &str) -> Self {
+        let found = AuditSentence::ALL.into_iter().find(|sentence| {
+            if sentence.full_len(url, id) <= MAX_AUDIT_BYTES {
+                sentence.is(audit, url, id)
+            } else {
+                // A long URL: the message was cut in the middle; only a whole rendering tells.
+                audit.starts_with(sentence.parts().0) && sentence.render(url, id) == audit
+            }
+        });
+        match found {
+            Some(sentence) => Audit::Rendered(sentence),
+            None => Audit::Text(Box::from(audit)),
+        }
+    }
+
+    fn text(&self, url: &str, id: &str) -> String {
+        match self {
+            Audit::Rendered(sentence) => sentence.render(url, id),
+            Audit::Text(text) => text.to_string(),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Audit::Rendered(_) => 0,
+            Audit::Text(text) => text.len(),
+        }
+    }
+}
+
+/// The error body of a denial (SPEC §3).
+#[derive(Debug, Clone)]
+struct StoredBody {
+    /// `None`: the decision id.
+    id: Option<Box<str>>,
+    code: Cow<'static, str>,
+    message: Arc<str>,
+    target: Arc<str>,
+    details: Box<[StoredDetail]>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredDetail {
+    code: Cow<'static, str>,
+    target: Arc<str>,
+    /// `None`: the detail of the first deciding trace entry, which a token error repeats.
+    message: Option<Box<str>>,
+}
+
+/// The token summary; the texts that name the issuer, audiences, client, key and algorithm
+/// repeat between decisions and are shared.
+#[derive(Debug, Clone)]
+struct StoredToken {
+    sub: Option<Box<str>>,
+    client_id: Option<Arc<str>>,
+    iss: Option<Arc<str>>,
+    aud: Box<[Arc<str>]>,
+    exp: Option<Box<str>>,
+    kid: Option<Arc<str>>,
+    alg: Arc<str>,
+    delegated: bool,
+}
+
+/// One trace entry: its names shared with every other entry of the same check or rule, and
+/// what this evaluation found.
+#[derive(Debug, Clone)]
+struct StoredEntry {
+    names: Arc<EntryNames>,
+    expected: Option<Arc<Value>>,
+    /// The value as [`encode_value`] writes it.
+    actual: Option<Box<[u8]>>,
+    detail: Option<Box<str>>,
+    result: bool,
+    decisive: bool,
+}
+
+/// What the entries of one check or rule have in common each time it is evaluated.
+#[derive(Debug)]
+pub(super) struct EntryNames {
+    step: Step,
+    depth: u8,
+    rule: Option<Arc<str>>,
+    attribute: Arc<str>,
+    operator: Cow<'static, str>,
+    location: Option<Arc<str>>,
+}
+
+impl EntryNames {
+    /// The names of `entry`, with its strings as the interner shares them.
+    pub(super) fn new(
+        entry: &TraceEntry,
+        rule: Option<Arc<str>>,
+        attribute: Arc<str>,
+        location: Option<Arc<str>>,
+    ) -> Self {
+        Self {
+            step: entry.step,
+            depth: entry.depth,
+            rule,
+            attribute,
+            // A copy of an owned operator (from another replica) has no spare capacity.
+            operator: entry.operator.clone(),
+            location,
+        }
+    }
+
+    /// Heap bytes of the names once the interner keeps them, beyond the strings.
+    pub(super) fn own_bytes(&self) -> usize {
+        ARC_HEADER
+            + size_of::<Self>()
+            + match &self.operator {
+                Cow::Borrowed(_) => 0,
+                Cow::Owned(s) => s.capacity(),
+            }
+    }
+}
+
+/// What tells the names of one check or rule from another's, borrowed from a trace entry
+/// or from names the interner keeps, so that an entry is looked up without a copy.
+pub(super) trait NamesKey {
+    fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>);
+}
+
+impl NamesKey for EntryNames {
+    fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>) {
+        (
+            self.step as u8,
+            self.depth,
+            self.rule.as_deref(),
+            &self.attribute,
+            &self.operator,
+            self.location.as_deref(),
+        )
+    }
+}
+
+impl NamesKey for TraceEntry {
+    fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>) {
+        (
+            self.step as u8,
+            self.depth,
+            self.rule.as_deref(),
+            &self.attribute,
+            &self.operator,
+            self.location.as_deref(),
+        )
+    }
+}
+
+impl<'a> Borrow<dyn NamesKey + 'a> for Arc<EntryNames> {
+    fn borrow(&self) -> &(dyn NamesKey + 'a) {
+        &**self
+    }
+}
+
+impl PartialEq for dyn NamesKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn NamesKey + '_ {}
+
+impl Hash for dyn NamesKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+// As their key, so that the interner's table finds names by a borrowed entry.
+impl PartialEq for EntryNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for EntryNames {}
+
+impl Hash for EntryNames {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+/// A string value of an entry's `expected`, found by its text in the interner.
+#[derive(Debug, Clone)]
+pub(super) struct StringValue(pub(super) Arc<Value>);
+
+impl Borrow<str> for StringValue {
+    fn borrow(&self) -> &str {
+        self.0.as_str().unwrap_or_default()
+    }
+}
+
+impl PartialEq for StringValue {
+    fn eq(&self, other: &Self) -> bool {
+        <Self as Borrow<str>>::borrow(self) == <Self as Borrow<str>>::borrow(other)
+    }
+}
+
+impl Eq for StringValue {}
+
+impl Hash for StringValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        <Self as Borrow<str>>::borrow(self).hash(state);
+    }
+}
+
+/// Builds a record from a decision, adding up the heap bytes the record takes. `holders`
+/// counts the decisions that hold the decision's `Arc`s (the one being recorded, and its
+/// capped copy if it needed one): an `Arc` held by more is shared (with the policy set).
+struct Packer<'i> {
+    interner: &'i Interner,
+    holders: usize,
+    bytes: usize,
+}
+
+impl Packer<'_> {
+    fn boxed(&mut self, s: &str) -> Box<str> {
+        self.bytes += s.len();
+        Box::from(s)
+    }
+
+    fn text(&mut self, s: &str) -> Arc<str> {
+        let (text, bytes) = self.interner.text(s);
+        self.bytes += bytes;
+        text
+    }
+
+    fn name(&mut self, name: &Arc<str>) -> Arc<str> {
+        let (name, bytes) = self.interner.name(name, self.holders);
+        self.bytes += bytes;
+        name
+    }
+
+    /// A code, copied: the engine's are static; others are kept as they came.
+    fn code(&mut self, code: Cow<'static, str>) -> Cow<'static, str> {
+        if let Cow::Owned(s) = &code {
+            self.bytes += s.capacity();
+        }
+        code
+    }
+
+    fn slice<T>(&mut self, items: Vec<T>) -> Box<[T]> {
+        self.bytes += items.len() * size_of::<T>();
+        items.into_boxed_slice()
+    }
+
+    fn entry(&mut self, e: &TraceEntry) -> StoredEntry {
+        let (names, bytes) = self.interner.entry(e, self.holders);
+        self.bytes += bytes;
+        // The expected strings of the base URL, token and operation steps come from the
+        // policy but are made afresh per decision; a rule's are the policy set's own or
+        // rendered from the request (`{path.userId}`), which would only fill the table.
+        let expected = e.expected.as_ref().map(|v| {
+            let (v, bytes) = self.interner.value(v, e.step != Step::Rule, self.holders);
+            self.bytes += bytes;
+            v
+        });
+        let actual = e.actual.as_ref().map(|v| {
+            let encoded = encode_value(v);
+            self.bytes += encoded.len();
+            encoded
+        });
+        StoredEntry {
+            names,
+            expected,
+            actual,
+            detail: e.detail.as_deref().map(|d| self.boxed(d)),
+            result: e.result,
+            decisive: e.decisive,
+        }
+    }
+
+    fn body(&mut self, b: &ErrorBody, id: &str, decisive_detail: Option<&str>) -> Box<StoredBody> {
+        self.bytes += BODY_INLINE;
+        let details: Vec<StoredDetail> = b
+            .details
+            .iter()
+            .map(|d| StoredDetail {
+                code: self.code(d.code.clone()),
+                target: self.text(&d.target),
+                message: (Some(d.message.as_str()) != decisive_detail)
+                    .then(|| self.boxed(&d.message)),
+            })
+            .collect();
+        Box::new(StoredBody {
+            id: (b.id != id).then(|| self.boxed(&b.id)),
+            code: self.code(b.code.clone()),
+            message: self.text(&b.message),
+            target: self.text(&b.target),
+            details: self.slice(details),
+        })
+    }
+
+    fn token(&mut self, t: &TokenSummary) -> Box<StoredToken> {
+        self.bytes += TOKEN_INLINE;
+        let aud: Vec<Arc<str>> = t.aud.iter().map(|a| self.text(a)).collect();
+        Box::new(StoredToken {
+            sub: t.sub.as_deref().map(|s| self.boxed(s)),
+            client_id: t.client_id.as_deref().map(|s| self.text(s)),
+            iss: t.iss.as_deref().map(|s| self.text(s)),
+            aud: self.slice(aud),
+            exp: t.exp.as_deref().map(|s| self.boxed(s)),
+            kid: t.kid.as_deref().map(|s| self.text(s)),
+            alg: self.text(&t.alg),
+            delegated: t.delegated,
+        })
+    }
 }
 
 impl StoredDecision {
@@ -43,19 +500,369 @@ impl StoredDecision {
     }
 
     fn capped(decision: &Decision, interner: &Interner) -> Self {
-        let capped = cap_decision(decision, interner);
-        let unix_millis = ulid::Ulid::from_string(&decision.id)
+        if within_caps(decision) {
+            return Self::pack(decision, false, 1, interner);
+        }
+        let Capped {
+            decision: capped,
+            truncated,
+        } = cap_decision(decision);
+        Self::pack(&capped, truncated, 2, interner)
+    }
+
+    /// The record of `d`, which is capped already and held by `holders` decisions (see
+    /// [`Packer`]); strings and values behind an `Arc` that something else holds too (the
+    /// policy set) are shared, and not counted.
+    fn pack(d: &Decision, truncated: bool, holders: usize, interner: &Interner) -> Self {
+        // Before packing: the interner's own references would make texts look shared.
+        #[cfg(debug_assertions)]
+        let bound = super::cap::record_bytes(d);
+        let mut p = Packer {
+            interner,
+            holders,
+            bytes: RECORD_INLINE,
+        };
+        let url = &d.request.url;
+        let audit = Audit::of(&d.audit, url, &d.id);
+        p.bytes += audit.heap_bytes();
+        let headers: Vec<DecisionHeader> = (d.headers.0.iter())
+            .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
+            .collect();
+        let upstream_headers: Vec<(Arc<str>, Box<str>)> = (d.upstream_headers.0.iter())
+            .map(|(name, value)| (p.text(name), p.boxed(value)))
+            .collect();
+        let decisive_detail = d
+            .trace
+            .iter()
+            .find(|e| e.decisive)
+            .and_then(|e| e.detail.as_deref());
+        let trace: Vec<StoredEntry> = d.trace.iter().map(|e| p.entry(e)).collect();
+
+        let unix_millis = ulid::Ulid::from_string(&d.id)
             .ok()
             .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
-            .or_else(|| parse_millis(&decision.time))
+            .or_else(|| parse_millis(&d.time))
             .unwrap_or(0);
-        Self {
-            decision: capped.decision,
+        let method = &d.request.method;
+        let method = if METHODS.contains(&method.as_str()) {
+            p.text(method)
+        } else {
+            p.bytes += ARC_HEADER + method.len();
+            Arc::from(method.as_str())
+        };
+        let record = Self {
             unix_millis,
-            approx_bytes: capped.bytes,
-            truncated: capped.truncated,
+            approx_bytes: 0,
+            truncated,
+            id: p.boxed(&d.id),
+            time: (!displays_as(engine_time(unix_millis), &d.time)).then(|| p.boxed(&d.time)),
+            duration_micros: d.duration_micros,
+            service: d.service.as_ref().map(|s| p.name(s)),
+            operation: d.operation.as_ref().map(|s| p.name(s)),
+            policy_revision: p.name(&d.policy_revision),
+            method,
+            url: p.boxed(url),
+            client: d.request.client.as_deref().map(|c| p.boxed(c)),
+            outcome: d.outcome,
+            status: d.status,
+            headers: p.slice(headers),
+            upstream_headers: p.slice(upstream_headers),
+            body: d.body.as_ref().map(|b| p.body(b, &d.id, decisive_detail)),
+            token: d.token.as_ref().map(|t| p.token(t)),
+            trace: p.slice(trace),
+            audit,
+        };
+        #[cfg(debug_assertions)]
+        assert!(
+            p.bytes <= bound,
+            "a record of {} bytes, estimated at most {bound}",
+            p.bytes
+        );
+        Self {
+            approx_bytes: p.bytes,
+            ..record
         }
     }
+
+    /// The decision this record keeps, rebuilt: what the store cut stays cut.
+    pub fn decision(&self) -> Decision {
+        let id = &*self.id;
+        let decisive_detail = self
+            .trace
+            .iter()
+            .find(|e| e.decisive)
+            .and_then(|e| e.detail.as_deref());
+        Decision {
+            id: id.to_owned(),
+            time: match &self.time {
+                Some(time) => time.to_string(),
+                None => engine_time(self.unix_millis).to_string(),
+            },
+            duration_micros: self.duration_micros,
+            service: self.service.clone(),
+            operation: self.operation.clone(),
+            policy_revision: self.policy_revision.clone(),
+            request: RequestSummary {
+                method: self.method.to_string(),
+                url: self.url.to_string(),
+                client: self.client.as_deref().map(str::to_owned),
+            },
+            outcome: self.outcome,
+            status: self.status,
+            headers: Headers(
+                self.headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let value = value.as_deref().unwrap_or(id);
+                        (Cow::Owned(name.to_string()), value.to_owned())
+                    })
+                    .collect(),
+            ),
+            upstream_headers: Headers(
+                self.upstream_headers
+                    .iter()
+                    .map(|(name, value)| (Cow::Owned(name.to_string()), value.to_string()))
+                    .collect(),
+            ),
+            body: self.body.as_deref().map(|b| ErrorBody {
+                id: b.id.as_deref().unwrap_or(id).to_owned(),
+                code: b.code.clone(),
+                message: b.message.to_string(),
+                target: b.target.to_string(),
+                details: b
+                    .details
+                    .iter()
+                    .map(|d| ErrorDetail {
+                        code: d.code.clone(),
+                        target: d.target.to_string(),
+                        message: d
+                            .message
+                            .as_deref()
+                            .or(decisive_detail)
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                    .collect(),
+            }),
+            token: self.token.as_deref().map(|t| TokenSummary {
+                sub: t.sub.as_deref().map(str::to_owned),
+                client_id: t.client_id.as_deref().map(str::to_owned),
+                iss: t.iss.as_deref().map(str::to_owned),
+                aud: t.aud.iter().map(|a| a.to_string()).collect(),
+                exp: t.exp.as_deref().map(str::to_owned),
+                kid: t.kid.as_deref().map(str::to_owned),
+                alg: t.alg.to_string(),
+                delegated: t.delegated,
+            }),
+            trace: self.trace.iter().map(StoredEntry::unpack).collect(),
+            audit: self.audit.text(&self.url, id),
+        }
+    }
+
+    /// The decision id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn subject(&self) -> Option<&str> {
+        self.token.as_ref().and_then(|t| t.sub.as_deref())
+    }
+}
+
+/// The JSON of the decision the record keeps (SPEC §6b).
+impl Serialize for StoredDecision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.decision().serialize(serializer)
+    }
+}
+
+impl StoredEntry {
+    fn unpack(&self) -> TraceEntry {
+        let names = &*self.names;
+        TraceEntry {
+            step: names.step,
+            rule: names.rule.clone(),
+            attribute: names.attribute.clone(),
+            operator: names.operator.clone(),
+            expected: self.expected.clone(),
+            actual: self.actual.as_deref().map(decode_value),
+            result: self.result,
+            decisive: self.decisive,
+            depth: names.depth,
+            detail: self.detail.as_deref().map(str::to_owned),
+            location: names.location.clone(),
+        }
+    }
+}
+
+/// Tags of the compact encoding of JSON values in trace entries: a tag byte; then for
+/// numbers their 8 bytes, little-endian; for strings their length (LEB128) and UTF-8 bytes;
+/// for arrays their length and items; for objects their length and key-value pairs. Smaller
+/// than a `Value` tree, and exact (serde_json's default parser does not read every float
+/// back as written).
+mod tag {
+    pub(super) const NULL: u8 = 0;
+    pub(super) const FALSE: u8 = 1;
+    pub(super) const TRUE: u8 = 2;
+    pub(super) const UNSIGNED: u8 = 3;
+    pub(super) const SIGNED: u8 = 4;
+    pub(super) const FLOAT: u8 = 5;
+    pub(super) const STRING: u8 = 6;
+    pub(super) const ARRAY: u8 = 7;
+    pub(super) const OBJECT: u8 = 8;
+}
+
+/// Bytes of `v` in the encoding of [`encode_value`].
+pub(super) fn encoded_len(v: &Value) -> usize {
+    1 + match v {
+        Value::Null | Value::Bool(_) => 0,
+        Value::Number(_) => 8,
+        Value::String(s) => len_len(s.len()) + s.len(),
+        Value::Array(items) => len_len(items.len()) + items.iter().map(encoded_len).sum::<usize>(),
+        Value::Object(map) => {
+            len_len(map.len())
+                + map
+                    .iter()
+                    .map(|(k, v)| len_len(k.len()) + k.len() + encoded_len(v))
+                    .sum::<usize>()
+        }
+    }
+}
+
+fn len_len(mut n: usize) -> usize {
+    let mut bytes = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        bytes += 1;
+    }
+    bytes
+}
+
+fn encode_value(v: &Value) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(encoded_len(v));
+    write_value(v, &mut out);
+    out.into_boxed_slice()
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.push(tag::NULL),
+        Value::Bool(false) => out.push(tag::FALSE),
+        Value::Bool(true) => out.push(tag::TRUE),
+        Value::Number(n) => {
+            let (tag, bits) = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => (tag::UNSIGNED, u),
+                (None, Some(i)) => (tag::SIGNED, i as u64),
+                (None, None) => (tag::FLOAT, n.as_f64().unwrap_or_default().to_bits()),
+            };
+            out.push(tag);
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
+        Value::String(s) => {
+            out.push(tag::STRING);
+            write_str(s, out);
+        }
+        Value::Array(items) => {
+            out.push(tag::ARRAY);
+            write_len(items.len(), out);
+            for item in items {
+                write_value(item, out);
+            }
+        }
+        Value::Object(map) => {
+            out.push(tag::OBJECT);
+            write_len(map.len(), out);
+            for (k, v) in map {
+                write_str(k, out);
+                write_value(v, out);
+            }
+        }
+    }
+}
+
+fn write_len(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    write_len(s.len(), out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The value [`encode_value`] wrote.
+fn decode_value(mut bytes: &[u8]) -> Value {
+    let value = read_value(&mut bytes);
+    debug_assert!(
+        value.is_some() && bytes.is_empty(),
+        "a malformed stored value"
+    );
+    value.unwrap_or_default()
+}
+
+fn read_value(r: &mut &[u8]) -> Option<Value> {
+    let (&tag, rest) = r.split_first()?;
+    *r = rest;
+    Some(match tag {
+        tag::NULL => Value::Null,
+        tag::FALSE => Value::Bool(false),
+        tag::TRUE => Value::Bool(true),
+        tag::UNSIGNED | tag::SIGNED | tag::FLOAT => {
+            let (bits, rest) = r.split_first_chunk::<8>()?;
+            *r = rest;
+            let bits = u64::from_le_bytes(*bits);
+            match tag {
+                tag::UNSIGNED => Value::from(bits),
+                tag::SIGNED => Value::from(bits as i64),
+                _ => serde_json::Number::from_f64(f64::from_bits(bits))
+                    .map_or(Value::Null, Value::Number),
+            }
+        }
+        tag::STRING => Value::String(read_str(r)?),
+        tag::ARRAY => {
+            let len = read_len(r)?;
+            (0..len)
+                .map(|_| read_value(r))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array)?
+        }
+        tag::OBJECT => {
+            let len = read_len(r)?;
+            let mut map = serde_json::Map::new();
+            for _ in 0..len {
+                let key = read_str(r)?;
+                map.insert(key, read_value(r)?);
+            }
+            Value::Object(map)
+        }
+        _ => return None,
+    })
+}
+
+fn read_len(r: &mut &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..usize::BITS).step_by(7) {
+        let (&byte, rest) = r.split_first()?;
+        *r = rest;
+        n |= usize::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn read_str(r: &mut &[u8]) -> Option<String> {
+    let len = read_len(r)?;
+    if r.len() < len {
+        return None;
+    }
+    let (text, rest) = r.split_at(len);
+    *r = rest;
+    String::from_utf8(text.to_vec()).ok()
 }
 
 /// Which records [`TraceStore::list`] returns; every field that is set must match.
@@ -102,8 +909,8 @@ impl<'f> Matcher<'f> {
 
     fn matches(&self, record: &StoredDecision) -> bool {
         let f = self.filter;
-        let d = &record.decision;
-        let subject = d.token.as_ref().and_then(|t| t.sub.as_deref());
+        let d = record;
+        let subject = d.subject();
         f.outcome.is_none_or(|o| o == d.outcome)
             && f.status.is_none_or(|s| s == d.status)
             && f.since_millis.is_none_or(|t| record.unix_millis >= t)
@@ -113,11 +920,11 @@ impl<'f> Matcher<'f> {
             && f.subject.as_deref().is_none_or(|s| subject == Some(s))
             && self.needle.as_deref().is_none_or(|needle| {
                 [
-                    Some(d.request.url.as_str()),
+                    Some(&*d.url),
                     d.service.as_deref(),
                     d.operation.as_deref(),
                     subject,
-                    Some(d.id.as_str()),
+                    Some(&*d.id),
                 ]
                 .into_iter()
                 .flatten()
@@ -232,7 +1039,7 @@ impl TraceStore {
             match &evicted {
                 Some(old) => {
                     // A ULID id is never cut, so the stored id gives the same key.
-                    if let Some(old_key) = index_key(&old.record.decision.id) {
+                    if let Some(old_key) = index_key(&old.record.id) {
                         // The same id may have been recorded again since; keep that entry.
                         self.index.remove_if(&old_key, |_, s| *s == old.seq);
                     }
@@ -262,7 +1069,7 @@ impl TraceStore {
         slot.as_ref()
             .filter(|s| s.seq == seq)
             // Distinct ids can share a key; answer only for the same id.
-            .filter(|s| s.record.decision.id.eq_ignore_ascii_case(id))
+            .filter(|s| s.record.id.eq_ignore_ascii_case(id))
             .map(|s| s.record.clone())
     }
 
@@ -312,20 +1119,42 @@ impl TraceStore {
         self.slots.len()
     }
 
-    /// Approximate heap bytes of the store: its records plus its slot and index tables.
-    /// Strings shared with the policy set are not counted; `benches/store.rs` finds the
-    /// figure within 1% of the bytes really allocated (before the allocator's own overhead).
+    /// Approximate heap bytes of the store: its records plus its slot, index and interner
+    /// tables. Strings shared with the policy set are not counted; `benches/store.rs` finds
+    /// the figure within 1% of the bytes really allocated (before the allocator's own
+    /// overhead).
     pub fn approx_bytes(&self) -> usize {
         let slots = self.slots.len() * size_of::<RwLock<Option<Slot>>>();
         // One control byte per bucket besides the entry itself.
         let index = self.index.capacity() * (size_of::<(u64, u64)>() + 1);
-        slots + index + self.record_bytes.load(Ordering::Relaxed)
+        slots + index + self.interner.table_bytes() + self.record_bytes.load(Ordering::Relaxed)
     }
 
     fn slot(&self, seq: u64) -> &RwLock<Option<Slot>> {
         // The remainder is below the slot count, which is a `usize`.
         &self.slots[(seq % self.slots.len() as u64) as usize]
     }
+}
+
+/// A time as the engine writes it (`crate::time::format_unix_millis`), without a copy.
+fn engine_time(millis: i64) -> humantime::Rfc3339Timestamp {
+    let millis = u64::try_from(millis).unwrap_or(0);
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
+    )
+}
+
+/// Whether `value` displays as exactly `text`, without writing it out.
+fn displays_as(value: impl fmt::Display, text: &str) -> bool {
+    struct Rest<'t>(&'t str);
+    impl fmt::Write for Rest<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0 = self.0.strip_prefix(s).ok_or(fmt::Error)?;
+            Ok(())
+        }
+    }
+    let mut rest = Rest(text);
+    fmt::write(&mut rest, format_args!("{value}")).is_ok() && rest.0.is_empty()
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time, if it is one.
@@ -449,7 +1278,7 @@ mod tests {
     }
 
     fn ids(records: &[Arc<StoredDecision>]) -> Vec<&str> {
-        records.iter().map(|r| r.decision.id.as_str()).collect()
+        records.iter().map(|r| r.id()).collect()
     }
 
     #[test]
@@ -464,7 +1293,7 @@ mod tests {
         assert!(store.get(&decisions[1].id).is_none());
         for d in &decisions[2..] {
             let got = store.get(&d.id).expect("a recent decision is kept");
-            assert_eq!(got.decision.request.url, d.request.url);
+            assert_eq!(got.decision().request.url, d.request.url);
         }
         assert_eq!(store.index.len(), 3);
     }
@@ -508,13 +1337,13 @@ mod tests {
         let unknown = store.record(&unknown_host(4));
         let select = |f: DecisionFilter| {
             let mut found = store.list(&f, 100);
-            found.sort_by(|a, b| a.decision.id.cmp(&b.decision.id));
+            found.sort_by(|a, b| a.id().cmp(b.id()));
             ids(&found)
                 .into_iter()
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         };
-        let id = |r: &Arc<StoredDecision>| r.decision.id.clone();
+        let id = |r: &Arc<StoredDecision>| r.id().to_owned();
         let mut app = vec![id(&alice), id(&bob), id(&denied)];
         app.sort();
 
@@ -588,15 +1417,12 @@ mod tests {
             text: Some(t.into()),
             ..Default::default()
         };
-        let only_alice = vec![alice.decision.id.as_str()];
+        let only_alice = vec![alice.id()];
         assert_eq!(ids(&store.list(&text("ITEMS/41"), 10)), only_alice);
         assert_eq!(ids(&store.list(&text("alice@example"), 10)), only_alice);
         assert_eq!(ids(&store.list(&text("APP"), 10)), only_alice);
-        let tail = &other.decision.id[20..].to_lowercase();
-        assert_eq!(
-            ids(&store.list(&text(tail), 10)),
-            vec![other.decision.id.as_str()]
-        );
+        let tail = &other.id()[20..].to_lowercase();
+        assert_eq!(ids(&store.list(&text(tail), 10)), vec![other.id()]);
         assert_eq!(store.list(&text(""), 10).len(), 2);
         assert!(store.list(&text("zzz-nothing"), 10).is_empty());
         let mut d = unauthorised(43);
@@ -647,7 +1473,7 @@ mod tests {
         ));
         d.trace[2].detail = Some("c".repeat(50_000));
         let stored = store.record(&d);
-        let s = &stored.decision;
+        let s = &stored.decision();
 
         assert!(stored.truncated);
         assert!(s.request.url.len() <= 2048 && s.request.url.contains("…(truncated"));
@@ -742,8 +1568,8 @@ mod tests {
             "{} bytes",
             stored.approx_bytes
         );
-        assert!(stored.decision.trace.iter().any(|e| e.decisive));
-        let json = serde_json::to_string(&stored.decision).unwrap();
+        assert!(stored.decision().trace.iter().any(|e| e.decisive));
+        let json = serde_json::to_string(&stored).unwrap();
         assert!(json.contains("record size limit"), "{json}");
         assert!(json.len() < 2 * MAX_RECORD_BYTES, "{}", json.len());
     }
@@ -768,11 +1594,11 @@ mod tests {
         d.request.url = format!("https://api.test/app/v1/callback/{jwt}");
         d.trace[0].actual = Some(json!({"token": jwt}));
         let stored = store.record(&d);
-        let json = serde_json::to_string(&stored.decision).unwrap();
+        let json = serde_json::to_string(&stored).unwrap();
         for secret in ["secret-1", "secret-2", "c2VjcmV0LTM=", jwt] {
             assert!(!json.contains(secret), "{secret} stored: {json}");
         }
-        let s = &stored.decision;
+        let s = &stored.decision();
         assert_eq!(s.headers.get("Set-Cookie"), Some("REDACTED"));
         assert_eq!(s.upstream_headers.get("authorization"), Some("REDACTED"));
         assert_eq!(s.request.url, "https://api.test/app/v1/callback/REDACTED");
@@ -808,9 +1634,7 @@ mod tests {
         let listed = store.list(&DecisionFilter::default(), MAX_LIST_LIMIT);
         assert_eq!(listed.len(), store.capacity());
         for record in &listed {
-            let got = store
-                .get(&record.decision.id)
-                .expect("a listed record is found");
+            let got = store.get(record.id()).expect("a listed record is found");
             assert!(Arc::ptr_eq(&got, record));
         }
         let records: usize = listed.iter().map(|r| r.approx_bytes).sum();
@@ -842,33 +1666,199 @@ mod tests {
         assert_eq!((store.capacity(), store.len()), (1, 1));
         assert_eq!(
             ids(&store.list(&DecisionFilter::default(), 10)),
-            vec![last.decision.id.as_str()]
+            vec![last.id()]
         );
     }
 
+    /// A 401 whose URL carries a long query (1 KiB), as search and filter endpoints do.
+    fn long_url(n: usize) -> Decision {
+        let url = format!(
+            "https://api.test/app/v1/items/{n}?filter={}",
+            "tag:x,".repeat(170)
+        );
+        let d = decide("GET", &url, &[]);
+        assert_eq!(d.status, 401, "{}", d.audit);
+        d
+    }
+
     #[test]
-    fn typical_records_average_under_the_target_size() {
+    fn a_realistic_mix_averages_under_the_target_size_and_no_kind_exceeds_it() {
         let store = TraceStore::new(1_000);
         for i in 0..1_000 {
-            let d = match i % 4 {
+            let d = match i % 5 {
                 0 => full_trace_deny(i),
                 1 => unauthorised(i),
                 2 => allowed(i, "alice"),
-                _ => unknown_host(i),
+                3 => unknown_host(i),
+                _ => long_url(i),
             };
             store.record(&d);
         }
         let average = store.approx_bytes() / store.len();
         let deny = store.record(&full_trace_deny(9999));
+        let long = store.record(&long_url(9999));
         eprintln!(
-            "average {average} bytes per record; a full-trace deny of {} entries takes {}",
-            deny.decision.trace.len(),
-            deny.approx_bytes
+            "average {average} bytes per record; a full-trace deny of {} entries takes {}, \
+             a 401 with a URL of {} bytes {}",
+            deny.decision().trace.len(),
+            deny.approx_bytes,
+            long.decision().request.url.len(),
+            long.approx_bytes
         );
-        assert!(!deny.truncated);
+        assert!(!deny.truncated && !long.truncated);
         assert!(
             average <= TYPICAL_RECORD_TARGET,
             "{average} bytes per record on average"
         );
+        for record in [&deny, &long] {
+            assert!(
+                record.approx_bytes <= TYPICAL_RECORD_TARGET,
+                "{} bytes: {}",
+                record.approx_bytes,
+                record.decision().audit
+            );
+        }
+    }
+
+    /// The decisions the engine makes, and ones only another replica (or version) makes: a
+    /// record gives back exactly what capping left of its decision, which is the decision
+    /// itself when nothing was over a cap.
+    #[test]
+    fn a_record_rebuilds_its_decision_exactly() {
+        let invalid_url = decide("GET", "https://api.test/app/v1/files/..%5Citems", &[]);
+        assert_eq!(invalid_url.status, 400, "{}", invalid_url.audit);
+        let mut internal = unauthorised(5);
+        internal.status = 500;
+        internal.audit = format!(
+            "Request to the URL \"{}\" denied: internal error in decision {}.",
+            internal.request.url, internal.id
+        );
+        let engine_made = [
+            full_trace_deny(1),
+            unauthorised(2),
+            allowed(3, "alice"),
+            unknown_host(4),
+            long_url(6),
+            invalid_url,
+            internal,
+        ];
+        // Read back from JSON, as replicas share decisions: owned codes and operators, names
+        // not shared with this replica's policy set.
+        let replica: Decision =
+            serde_json::from_str(&serde_json::to_string(&full_trace_deny(7)).unwrap()).unwrap();
+        let mut other_id = unauthorised(8);
+        other_id.id = "req-42".into();
+        other_id.time = "2026-11-21T10:00:00Z".into();
+        let mut odd = allowed(9, "bob");
+        odd.audit = "Written by another version.".into();
+        odd.headers.0.push(("x-other".into(), odd.id.clone()));
+        odd.headers.0.push(("x-more".into(), "value".into()));
+        odd.upstream_headers
+            .0
+            .push(("x-user-id".into(), "bob".into()));
+        odd.body = unauthorised(10).body;
+        odd.trace[0].actual = Some(json!({
+            "float": 0.1, "negativeZero": -0.0, "max": u64::MAX, "min": i64::MIN,
+            "text": "é\"\\\n".repeat(30), "nested": [null, true, false, [1.5e300]], "empty": {},
+        }));
+        let mut near_limit = unauthorised(11);
+        near_limit.request.url = format!("https://api.test/app/v1/{}", "q".repeat(2000));
+        near_limit.audit = format!(
+            "Request to the URL \"{}\" denied due to an invalid OAuth access token.",
+            near_limit.request.url
+        );
+
+        let store = TraceStore::new(100);
+        for (i, d) in engine_made
+            .iter()
+            .chain([&replica, &other_id, &odd, &near_limit])
+            .enumerate()
+        {
+            let capped = cap_decision(d).decision;
+            if i < engine_made.len() + 3 {
+                assert!(within_caps(d), "decision {i}");
+                assert_eq!(capped, *d, "nothing of decision {i} is over a cap");
+            } else {
+                assert!(!within_caps(d), "decision {i}");
+            }
+            let first = store.record(d);
+            // The second record of a decision shares names with the first.
+            let again = store.record(d);
+            for stored in [&StoredDecision::of(d), &*first, &*again] {
+                assert_eq!(stored.decision(), capped, "decision {i}");
+                assert_eq!(
+                    serde_json::to_value(stored).unwrap(),
+                    serde_json::to_value(&capped).unwrap(),
+                    "decision {i}"
+                );
+            }
+            assert!(again.approx_bytes <= first.approx_bytes, "decision {i}");
+        }
+        // What the engine's decisions repeat of themselves is not stored.
+        for d in engine_made.iter().chain([&near_limit]) {
+            let stored = store.get(&d.id).unwrap();
+            assert!(matches!(stored.audit, Audit::Rendered(_)), "{}", d.audit);
+            assert!(stored.time.is_none(), "{}", d.time);
+            assert!(stored.headers.iter().any(|(_, value)| value.is_none()));
+            assert!(stored.body.as_ref().is_none_or(|b| b.id.is_none()));
+        }
+        assert!(near_limit.audit.len() > MAX_AUDIT_BYTES);
+        assert!(
+            store
+                .get(&near_limit.id)
+                .unwrap()
+                .decision()
+                .audit
+                .contains("…(truncated"),
+            "the audit message of a long URL is rebuilt cut"
+        );
+    }
+
+    #[test]
+    fn trace_values_are_stored_compactly_and_read_back_exactly() {
+        let groups = json!(["players", "moderators", "meme-editors"]);
+        // A `Value` tree: the array and one `Value` per item, besides the text.
+        let tree = 4 * size_of::<Value>() + 27;
+        assert!(encoded_len(&groups) < tree / 3, "{}", encoded_len(&groups));
+        for v in [
+            json!(null),
+            json!(f64::MIN_POSITIVE),
+            json!("x".repeat(300)),
+            json!({"a": {"b": [{"c": [1, -1, 2.5]}]}}),
+            groups,
+        ] {
+            let encoded = encode_value(&v);
+            assert_eq!(encoded.len(), encoded_len(&v));
+            assert_eq!(decode_value(&encoded).to_string(), v.to_string());
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,200}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                proptest::collection::btree_map("\\PC{0,20}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_reads_back_as_written(v in json_value()) {
+            let encoded = encode_value(&v);
+            proptest::prop_assert_eq!(encoded.len(), encoded_len(&v));
+            let back = decode_value(&encoded);
+            proptest::prop_assert_eq!(back.to_string(), v.to_string());
+        }
     }
 }
