@@ -21,10 +21,19 @@
 //! under the `x-decision-id` the client (or upstream) received; and a 502 once Portcullis is
 //! down (fail closed, and distinguishable from a policy denial).
 //!
+//! `two_replicas_behind_envoy_share_decisions_and_rate_limits` runs
+//! `examples/two-replicas/envoy.yaml` in front of two replicas sharing a real `redis-server`
+//! (`--trace-store redis://…`), and proves through Envoy: every decision is in the decisions
+//! API of both replicas, whichever decided it; a rate limit of 30 a minute holds across both;
+//! with Redis down every request is still decided; with a replica down, the other answers.
+//! Without `redis-server` it is skipped (a failure with `PORTCULLIS_REQUIRE_REDIS=1`).
+//!
 //! A missing gateway binary skips its test with a loud `SKIPPED:` line, or fails it when
 //! `PORTCULLIS_REQUIRE_GATEWAYS=1` (as `.ci/run` sets, after installing both). Every child
 //! process is killed when its guard drops, every wait has a deadline, and configs, logs and
 //! pid files live in a temporary directory.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -195,6 +204,12 @@ struct Portcullis {
 /// `portcullis serve` on the shipped policies, both listeners on free ports; returns once it
 /// printed its `listening …` line.
 fn start_portcullis(dir: &Path) -> Portcullis {
+    start_portcullis_with(dir, "portcullis", &[])
+}
+
+/// [`start_portcullis`] with `extra` arguments to `serve`; `name` names the process in
+/// failures and its log file in `dir`.
+fn start_portcullis_with(dir: &Path, name: &'static str, extra: &[&str]) -> Portcullis {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command
         .current_dir(MANIFEST)
@@ -206,9 +221,10 @@ fn start_portcullis(dir: &Path) -> Portcullis {
             "--http-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped());
-    let mut proc = Proc::spawn("portcullis", &mut command, dir.join("portcullis.log"));
+    let mut proc = Proc::spawn(name, &mut command, dir.join(format!("{name}.log")));
     let stdout = proc.child.as_mut().unwrap().stdout.take().unwrap();
     let (lines_tx, lines_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1040,4 +1056,428 @@ async fn nginx_in_front_of_portcullis() {
     let client = Client::new(listen, portcullis.http);
     exercise(Kind::Nginx, &client, &upstream, &mut portcullis).await;
     drop(gateway);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two replicas behind Envoy, sharing decisions and rate limits through Redis
+
+/// Replica `at`'s record of decision `id`, or `None` while it answers 404.
+async fn replica_decision(http: &reqwest::Client, at: SocketAddr, id: &str) -> Option<Value> {
+    let url = format!("http://{at}/v1/decisions/{id}");
+    let response = http.get(&url).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    match status {
+        StatusCode::OK => {
+            let decision: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(decision["id"], id, "GET {url}: {decision}");
+            Some(decision)
+        }
+        StatusCode::NOT_FOUND => None,
+        other => panic!("GET {url}: {other} {text}"),
+    }
+}
+
+/// Waits until replica `at` has decision `id` (writing to the shared store is asynchronous).
+async fn wait_for_decision(http: &reqwest::Client, name: &str, at: SocketAddr, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(decision) = replica_decision(http, at, id).await {
+            return decision;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {name} ({at}) did not get decision {id} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /v1/decisions{query}` of replica `at`.
+async fn replica_listing(http: &reqwest::Client, at: SocketAddr, query: &str) -> Value {
+    let url = format!("http://{at}/v1/decisions{query}");
+    let response = http.get(&url).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn listed_ids(listing: &Value) -> Vec<String> {
+    listing["decisions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `decisions` list in {listing}"))
+        .iter()
+        .map(|d| d["id"].as_str().expect("a decision id").to_owned())
+        .collect()
+}
+
+/// The sum of the samples of metric `name` on replica `at` whose labels contain `label`.
+async fn metric(http: &reqwest::Client, at: SocketAddr, name: &str, label: &str) -> f64 {
+    let url = format!("http://{at}/metrics");
+    let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .contains(label)
+                .then(|| value.trim().parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+/// Waits until Envoy's active gRPC health checks found every port of `ports` healthy.
+async fn wait_for_healthy_endpoints(gateway: &mut Proc, admin: u16, ports: &[u16]) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        gateway.assert_running();
+        let clusters = match http
+            .get(format!("http://127.0.0.1:{admin}/clusters"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let healthy = |port: &u16| {
+            clusters
+                .lines()
+                .any(|l| l == format!("portcullis::127.0.0.1:{port}::health_flags::healthy"))
+        };
+        if ports.iter().all(healthy) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy's health checks did not find every replica healthy within {STARTUP:?}:\n{clusters}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The decision id of an answer through Envoy: the upstream's on allow, the client's on deny.
+fn decision_id(answer: &Answer) -> String {
+    if answer.status == StatusCode::OK {
+        let ids = &answer.json()["headers"]["x-decision-id"];
+        assert_eq!(
+            ids.as_array().map(Vec::len),
+            Some(1),
+            "{}",
+            answer.describe()
+        );
+        ids[0].as_str().unwrap().to_owned()
+    } else {
+        answer
+            .header("x-decision-id")
+            .unwrap_or_else(|| panic!("no x-decision-id: {}", answer.describe()))
+            .to_owned()
+    }
+}
+
+fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_behind_envoy_share_decisions_and_rate_limits() {
+    let Some(envoy) = envoy_binary() else { return };
+    let Some(mut redis) = support::redis::Redis::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    // A generous Redis timeout: on a busy machine the default 50 ms could make a count fall
+    // back to local counters, and this test is about counters being shared.
+    let shared = ["--trace-store", url.as_str(), "--redis-timeout", "2s"];
+    let a = start_portcullis_with(dir.path(), "portcullis-a", &shared);
+    let mut b = start_portcullis_with(dir.path(), "portcullis-b", &shared);
+    let replicas = [("A", a.http), ("B", b.http)];
+    let (upstream, upstream_addr) = Upstream::start().await;
+
+    let (listen, admin) = (free_port(), free_port());
+    let mut config =
+        std::fs::read_to_string(Path::new(MANIFEST).join("examples/two-replicas/envoy.yaml"))
+            .unwrap();
+    for (from, to) in [
+        (8443, listen),
+        (9901, admin),
+        (9000, upstream_addr.port()),
+        (50051, a.grpc.port()),
+        (50052, b.grpc.port()),
+    ] {
+        set_port(
+            &mut config,
+            &format!("port_value: {from} "),
+            &format!("port_value: {to} "),
+        );
+    }
+    let config_path = dir.path().join("envoy.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut command = Command::new(&envoy);
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .stdout(Stdio::null());
+    let mut gateway = Proc::spawn("envoy", &mut command, dir.path().join("envoy.log"));
+    wait_for_envoy(&mut gateway, admin).await;
+    wait_for_healthy_endpoints(&mut gateway, admin, &[a.grpc.port(), b.grpc.port()]).await;
+
+    let client = Client::new(listen, a.http);
+    let http = &client.http;
+
+    // (a) Decisions made through Envoy, allowed and denied, spread over both replicas by
+    // round robin: each one is in the decisions API of both replicas, under the id the client
+    // (or the upstream) got.
+    let player = token(&GOOD);
+    let viewer = token(&Claims {
+        groups: &["viewers"],
+        ..GOOD
+    });
+    let leaderboard = format!("{API}/leaderboard");
+    let answers = format!("{API}/users/user.0/answers");
+    let memes = format!("{API}/memes");
+    let kinds: [(&str, &str, Option<&str>, u16); 6] = [
+        ("GET", &leaderboard, Some(&player), 200),
+        ("GET", &leaderboard, None, 401),
+        ("POST", &answers, Some(&viewer), 403),
+        ("DELETE", &leaderboard, Some(&player), 405),
+        ("GET", "/no-such-api/things", Some(&player), 404),
+        ("GET", &memes, Some(&player), 200),
+    ];
+    let mut made = Vec::new();
+    for (method, path, bearer, status) in kinds.iter().chain(kinds.iter()) {
+        let answer = client.call(method, path, *bearer, &[]).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            *status,
+            "{method} {path}: {}",
+            answer.describe()
+        );
+        made.push((decision_id(&answer), *method, *path, *status));
+    }
+    for (id, method, path, status) in &made {
+        for (name, at) in replicas {
+            let decision = wait_for_decision(http, name, at, id).await;
+            assert_eq!(decision["status"], *status, "replica {name}: {decision}");
+            assert_eq!(
+                decision["request"]["method"], *method,
+                "replica {name}: {decision}"
+            );
+            assert_eq!(
+                decision["request"]["url"],
+                format!("https://{HOST}{path}"),
+                "replica {name}: {decision}"
+            );
+        }
+    }
+    // Both replicas decided some (so each fetched the other's from Redis), and each lists all.
+    let mut decided = Vec::new();
+    for (name, at) in replicas {
+        decided.push(metric(http, at, "portcullis_decisions_total", "").await);
+        let listing = replica_listing(http, at, "?limit=100").await;
+        assert_eq!(
+            listing.get("sharedStore"),
+            None,
+            "replica {name}: {listing}"
+        );
+        let listed = listed_ids(&listing);
+        for (id, ..) in &made {
+            assert!(
+                listed.contains(id),
+                "replica {name} does not list {id}: {listed:?}"
+            );
+        }
+    }
+    assert_eq!(
+        decided.iter().sum::<f64>(),
+        made.len() as f64,
+        "decisions by replica: {decided:?}"
+    );
+    assert!(
+        decided.iter().all(|&n| n > 0.0),
+        "Envoy sent every request to one replica (decisions by replica: {decided:?})"
+    );
+
+    // (b) `send-reaction` allows 30 requests a minute per subject, whichever replica counts
+    // them: the 31st and later are 429 with Retry-After. Windows are aligned to the clock; a
+    // run that crosses into the next minute starts over with a fresh subject.
+    let rate_limit_counts = |label: &'static str| async move {
+        let mut counts = Vec::new();
+        for (_, at) in replicas {
+            counts.push(metric(http, at, "portcullis_rate_limit_counts_total", label).await);
+        }
+        counts
+    };
+    let shared_before = rate_limit_counts(r#"counted_by="shared""#).await;
+    let upstream_before = upstream.count();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let into_minute = unix_millis_now() % 60_000;
+        if into_minute > 55_000 {
+            tokio::time::sleep(Duration::from_millis(60_100 - into_minute)).await;
+        }
+        let window = unix_millis_now() / 60_000;
+        let subject = format!("rl.{}.{}", std::process::id(), unix_millis_now());
+        let bearer = token(&Claims {
+            sub: &subject,
+            ..GOOD
+        });
+        let path = format!("{API}/users/{subject}/reactions");
+        let mut statuses = Vec::new();
+        let mut refusals = Vec::new();
+        for _ in 0..34 {
+            let answer = client.call("POST", &path, Some(&bearer), &[]).await;
+            statuses.push(answer.status.as_u16());
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                refusals.push(answer);
+            }
+        }
+        if unix_millis_now() / 60_000 != window && attempts < 3 {
+            continue;
+        }
+        assert_eq!(
+            statuses,
+            [[200; 30].as_slice(), [429; 4].as_slice()].concat(),
+            "30 allowed, then 429, across both replicas"
+        );
+        for answer in &refusals {
+            let retry: u64 = answer
+                .header("retry-after")
+                .unwrap_or_else(|| panic!("no Retry-After: {}", answer.describe()))
+                .parse()
+                .expect("Retry-After in seconds");
+            assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+            let body = answer.json();
+            assert_eq!(body["code"], "TOO_MANY_REQUESTS", "{body}");
+            assert!(
+                detail_codes(&body)
+                    .iter()
+                    .any(|c| c == "RATE_LIMIT_EXCEEDED"),
+                "{body}"
+            );
+            assert_eq!(body["id"], decision_id(answer), "{body}");
+        }
+        break;
+    }
+    assert_eq!(
+        upstream.count() - upstream_before,
+        30,
+        "only allowed answers reached the upstream"
+    );
+    let shared_after = rate_limit_counts(r#"counted_by="shared""#).await;
+    for (i, (name, _)) in replicas.iter().enumerate() {
+        assert!(
+            shared_after[i] > shared_before[i],
+            "replica {name} counted none of the requests in Redis: {shared_before:?} -> {shared_after:?}"
+        );
+    }
+    let fallbacks = rate_limit_counts(r#"counted_by="local_fallback""#).await;
+    assert_eq!(fallbacks, [0.0, 0.0], "counts that missed Redis");
+
+    // (c) Redis down: every request is still decided (no 502 from Envoy), with the drops
+    // and the local counting in the metrics, and each replica's decisions API answers.
+    redis.stop();
+    let subject = format!("down.{}.{}", std::process::id(), unix_millis_now());
+    let writer = token(&Claims {
+        sub: &subject,
+        ..GOOD
+    });
+    let path = format!("{API}/users/{subject}/reactions");
+    let mut during = Vec::new();
+    for i in 0..8 {
+        let answer = if i % 2 == 0 {
+            client.call("GET", &leaderboard, Some(&player), &[]).await
+        } else {
+            client.call("POST", &path, Some(&writer), &[]).await
+        };
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "Redis down, request {i}: {}",
+            answer.describe()
+        );
+        during.push(decision_id(&answer));
+    }
+    assert_eq!(
+        rate_limit_counts(r#"counted_by="local_fallback""#)
+            .await
+            .iter()
+            .sum::<f64>(),
+        4.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut dropped = 0.0;
+        for (_, at) in replicas {
+            dropped += metric(
+                http,
+                at,
+                "portcullis_shared_trace_records_total",
+                r#"result="dropped_unavailable""#,
+            )
+            .await;
+        }
+        if dropped > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dropped shared trace records counted while Redis is down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, at) in replicas {
+        let listing = replica_listing(http, at, "?limit=100").await;
+        assert_eq!(
+            listing["sharedStore"], "unavailable",
+            "replica {name}: {listing}"
+        );
+        assert_eq!(
+            metric(http, at, "portcullis_shared_store_up", "").await,
+            0.0,
+            "replica {name}"
+        );
+    }
+    // A replica still finds its own decisions.
+    for id in &during {
+        let mut found = false;
+        for (_, at) in replicas {
+            found |= replica_decision(http, at, id).await.is_some();
+        }
+        assert!(
+            found,
+            "decision {id}, made while Redis was down, is in no replica"
+        );
+    }
+
+    // (d) A replica down: Envoy sends every request to the other one (no 502).
+    b.proc.kill();
+    for i in 0..6 {
+        let answer = client.call("GET", &leaderboard, Some(&player), &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "replica B down, request {i}: {}",
+            answer.describe()
+        );
+    }
+    drop(gateway);
+    drop(a);
 }
