@@ -122,6 +122,12 @@ async fn every_replica_answers_for_the_decisions_of_all() {
         assert_eq!(from_a, from_b, "replicas disagree on {id}");
         assert_eq!(from_a["id"], id.as_str());
     }
+    // An id no replica made is not found (one index lookup, no scan).
+    let unknown = "01KAAAAAAAAAAAAAAAAAAAAAAA";
+    for server in [&a, &b] {
+        let (status, body) = get_json(server, &format!("/v1/decisions/{unknown}")).await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    }
     let shown = wait_for_decision(&b, &made[0].1).await;
     assert_eq!(shown["request"]["url"], "https://api.test/app/v1/items/1");
     assert_eq!(shown["token"]["sub"], "shared.alice");
@@ -332,5 +338,23 @@ fn a_trace_store_that_is_neither_memory_nor_redis_is_refused_at_start() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("--trace-store"), "{text}");
+    assert!(!text.contains("secret"), "the password is shown: {text}");
+
+    // TLS is refused rather than silently keeping the state local.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--policies"])
+        .arg(support::fixtures().join("policies"))
+        .args(["--trace-store", "rediss://:secret@127.0.0.1:6380/0"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("not supported yet"), "{text}");
     assert!(!text.contains("secret"), "the password is shown: {text}");
 }

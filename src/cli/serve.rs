@@ -55,7 +55,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     /// Where recent decisions are kept: `memory` (this process only), or a Redis URL
-    /// (`redis://127.0.0.1:6379/0`, `rediss://…` for TLS) whose stream every replica writes
+    /// (`redis://127.0.0.1:6379/0`; TLS is not supported yet) whose stream every replica writes
     /// to and reads from; each replica's own memory store keeps serving too.
     #[arg(long, env = "PORTCULLIS_TRACE_STORE", default_value = "memory")]
     trace_store: String,

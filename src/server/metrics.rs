@@ -183,7 +183,7 @@ impl Metrics {
         let shared_up = Gauge::default();
         registry.register(
             "shared_store_up",
-            "1 while the shared (Redis) store answers, 0 while it does not; absent without one",
+            "1 while the shared (Redis) store answers, 0 while it does not (or before it first answered); always 0 without one",
             shared_up.clone(),
         );
         let rate_limit_counts = Family::<CountedByLabels, Counter>::default();

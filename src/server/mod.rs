@@ -87,9 +87,17 @@ impl SharedStores {
         prefix: &str,
     ) -> anyhow::Result<Self> {
         let redis = |flag: &str, url: &str| -> anyhow::Result<shared::SharedConfig> {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                anyhow::bail!("`--{flag}` must be `redis://host:port/db` or `rediss://…`");
+            if url.starts_with("rediss://") {
+                anyhow::bail!(
+                    "`--{flag}`: TLS to Redis (`rediss://`) is not supported yet; reach Redis over a private network or a TLS tunnel (e.g. stunnel) with `redis://`"
+                );
             }
+            if !url.starts_with("redis://") {
+                anyhow::bail!("`--{flag}` must be `memory`/`local` or `redis://host:port/db`");
+            }
+            // Refused here, so that a replica never starts with its state silently local.
+            redis::Client::open(url)
+                .map_err(|e| anyhow::anyhow!("`--{flag} {}`: {e}", shared::shown_url(url)))?;
             Ok(shared::SharedConfig {
                 url: url.to_owned(),
                 timeout,
@@ -99,12 +107,7 @@ impl SharedStores {
         };
         let decisions = match trace_store {
             "memory" => None,
-            url => Some(redis("trace-store", url).map_err(|e| {
-                e.context(format!(
-                    "`--trace-store {}` is neither `memory` nor a Redis URL",
-                    shared::shown_url(url)
-                ))
-            })?),
+            url => Some(redis("trace-store", url)?),
         };
         let limits = match rate_limits {
             None => decisions.clone(),

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
@@ -30,15 +30,25 @@ const BATCH: usize = 512;
 /// Stream entries read per round trip when listing.
 const PAGE: usize = 256;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
-/// much further, and a lookup by id searches this far around the id's time.
+/// much further; rate-limit counters live this much past their window.
 const CLOCK_SKEW_MILLIS: i64 = 5_000;
+/// How long the writer waits for a batch to be written (it is off the decision path).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// With nothing to write for this long, the writer pings Redis, so that the connection and
+/// `portcullis_shared_store_up` follow Redis even when traffic is idle.
+const IDLE_PING: Duration = Duration::from_secs(2);
+/// How often the writer measures the time the stream spans, for the id index's expiry.
+const SPAN_CHECK: Duration = Duration::from_secs(10);
+/// Bounds of an id index entry's lifetime.
+const MIN_INDEX_TTL: Duration = Duration::from_secs(60);
+const MAX_INDEX_TTL: Duration = Duration::from_secs(6 * 3600);
 /// Longest shared decision read back; longer entries are skipped (not ours, or hostile).
 const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 /// Where the shared state lives and how long Redis may take to answer.
 #[derive(Debug, Clone)]
 pub struct SharedConfig {
-    /// `redis://host:port/db` (or `rediss://` for TLS).
+    /// `redis://[:password@]host:port/db`.
     pub url: String,
     /// Each command's deadline; a rate limit that is not counted by then is counted locally.
     pub timeout: Duration,
@@ -158,27 +168,36 @@ impl RedisLink {
         }
     }
 
-    /// Runs `pipe` with the deadline; a failure drops the connection.
+    /// Runs `pipe` within the configured timeout.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, SharedError> {
+        self.query_within(pipe, self.timeout).await
+    }
+
+    /// Runs `pipe` within `timeout`. A lost connection or a timeout drops the connection and
+    /// marks the store down; an error reply (Redis answered) does neither.
+    pub async fn query_within<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        timeout: Duration,
+    ) -> Result<T, SharedError> {
         let mut conn = self.connection().await?;
-        let result = tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await;
-        match result {
+        match tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => {
                 self.mark(true);
                 Ok(value)
             }
             Ok(Err(e)) => {
-                if e.is_io_error()
+                let lost = e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_unrecoverable_error()
-                    || e.is_timeout()
-                {
+                    || e.is_timeout();
+                if lost {
                     self.conn.store(None);
                 }
-                self.mark(false);
+                self.mark(!lost);
                 Err(e.into())
             }
             Err(_) => {
@@ -186,7 +205,7 @@ impl RedisLink {
                 // than matching them up.
                 self.conn.store(None);
                 self.mark(false);
-                Err(SharedError::Timeout(self.timeout))
+                Err(SharedError::Timeout(timeout))
             }
         }
     }
@@ -207,15 +226,18 @@ pub(crate) fn shown_url(url: &str) -> String {
 }
 
 /// Recent decisions of every replica: a Redis stream capped at about
-/// [`SharedConfig::stream_length`] entries, each holding a decision's id and JSON.
+/// [`SharedConfig::stream_length`] entries, each holding a decision's JSON, and an index
+/// from decision id to stream entry (a small key per decision) for lookups in two commands.
 ///
-/// Lookups by id search the stream around the id's time rather than keep a key per decision:
-/// memory then stays bounded by the stream's length whatever the request rate.
+/// The index keys expire once the stream no longer holds their entries: their lifetime
+/// follows the time the stream spans (measured by the writer), so that their number stays
+/// about the stream's length whatever the request rate.
 #[derive(Debug)]
 pub struct SharedDecisions {
     link: Arc<RedisLink>,
     queue: mpsc::Sender<Arc<StoredDecision>>,
     stream: String,
+    index_prefix: String,
     metrics: Arc<Metrics>,
 }
 
@@ -224,17 +246,22 @@ impl SharedDecisions {
     pub fn start(link: Arc<RedisLink>, config: &SharedConfig, metrics: Arc<Metrics>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stream = format!("{}decisions", config.prefix);
-        tokio::spawn(write_batches(
-            rx,
-            link.clone(),
-            stream.clone(),
-            config.stream_length.max(1),
-            metrics.clone(),
-        ));
+        let index_prefix = format!("{}decision:", config.prefix);
+        tokio::spawn(
+            Writer {
+                link: link.clone(),
+                stream: stream.clone(),
+                index_prefix: index_prefix.clone(),
+                stream_length: config.stream_length.max(1),
+                metrics: metrics.clone(),
+            }
+            .run(rx),
+        );
         Self {
             link,
             queue,
             stream,
+            index_prefix,
             metrics,
         }
     }
@@ -297,32 +324,20 @@ impl SharedDecisions {
         let Ok(ulid) = ulid::Ulid::from_string(id) else {
             return Ok(None);
         };
-        let at = i64::try_from(ulid.timestamp_ms()).unwrap_or(i64::MAX);
-        let mut start = (at - CLOCK_SKEW_MILLIS).max(0).to_string();
-        let end = at.saturating_add(CLOCK_SKEW_MILLIS).to_string();
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("XRANGE")
-                .arg(&self.stream)
-                .arg(&start)
-                .arg(&end)
-                .arg("COUNT")
-                .arg(PAGE);
-            let (page,): (redis::Value,) = self.link.query(&pipe).await?;
-            let entries = stream_entries(page)?;
-            let full = entries.len() == PAGE;
-            for (_, json) in &entries {
-                if let Some(record) = read_entry(json)
-                    && record.id().eq_ignore_ascii_case(id)
-                {
-                    return Ok(Some(Arc::new(record)));
-                }
-            }
-            match entries.last() {
-                Some((last_id, _)) if full => start = format!("({last_id}"),
-                _ => return Ok(None),
-            }
-        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{}{ulid}", self.index_prefix));
+        let (entry,): (Option<String>,) = self.link.query(&pipe).await?;
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&self.stream).arg(&entry).arg(&entry);
+        let (page,): (redis::Value,) = self.link.query(&pipe).await?;
+        Ok(stream_entries(page)?
+            .iter()
+            .filter_map(|(_, json)| read_entry(json))
+            .find(|record| record.id().eq_ignore_ascii_case(id))
+            .map(Arc::new))
     }
 }
 
@@ -370,52 +385,123 @@ fn stream_entries(value: redis::Value) -> Result<Vec<(String, Vec<u8>)>, SharedE
     Ok(out)
 }
 
-/// The writer: sends queued decisions in pipelines of up to [`BATCH`]; a failed batch is
-/// dropped and counted, with a warning at most every ten seconds.
-async fn write_batches(
-    mut rx: mpsc::Receiver<Arc<StoredDecision>>,
+/// The background writer of [`SharedDecisions`].
+struct Writer {
     link: Arc<RedisLink>,
     stream: String,
+    index_prefix: String,
     stream_length: usize,
     metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut dropped_since_warning = 0u64;
-    let mut last_warning: Option<std::time::Instant> = None;
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+}
+
+impl Writer {
+    /// Sends queued decisions in pipelines of up to [`BATCH`]; a failed batch is dropped and
+    /// counted, with a warning at most every ten seconds. Ends when the queue closes.
+    async fn run(self, mut rx: mpsc::Receiver<Arc<StoredDecision>>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut dropped_since_warning = 0u64;
+        let mut last_warning: Option<Instant> = None;
+        let mut index_ttl = MIN_INDEX_TTL;
+        let mut span_checked: Option<Instant> = None;
+        self.ping().await;
+        loop {
+            match tokio::time::timeout(IDLE_PING, rx.recv_many(&mut batch, BATCH)).await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(_) => {
+                    self.ping().await;
+                    continue;
+                }
+            }
+            let n = batch.len() as u64;
+            let result = self.write(&batch, index_ttl).await;
+            batch.clear();
+            match result {
+                Ok(()) => self.metrics.count_shared_records("written", n),
+                Err(e) => {
+                    self.metrics.count_shared_records("dropped_unavailable", n);
+                    dropped_since_warning += n;
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            dropped = dropped_since_warning,
+                            error = %e,
+                            "decisions not written to the shared store (the replica's own store keeps them)"
+                        );
+                        dropped_since_warning = 0;
+                        last_warning = Some(Instant::now());
+                    }
+                    continue;
+                }
+            }
+            if span_checked.is_none_or(|t| t.elapsed() >= SPAN_CHECK) {
+                span_checked = Some(Instant::now());
+                if let Ok(span) = self.stream_span().await {
+                    index_ttl = (span + MIN_INDEX_TTL).clamp(MIN_INDEX_TTL, MAX_INDEX_TTL);
+                }
+            }
+        }
+    }
+
+    /// Appends `batch` to the stream, then indexes the entries by decision id: two round
+    /// trips per batch.
+    async fn write(
+        &self,
+        batch: &[Arc<StoredDecision>],
+        index_ttl: Duration,
+    ) -> Result<(), SharedError> {
         let mut pipe = redis::pipe();
-        for record in &batch {
+        let mut ids = Vec::with_capacity(batch.len());
+        for record in batch {
             let Ok(json) = serde_json::to_vec(&record.decision()) else {
                 continue;
             };
             pipe.cmd("XADD")
-                .arg(&stream)
+                .arg(&self.stream)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(stream_length)
+                .arg(self.stream_length)
                 .arg("*")
                 .arg("d")
-                .arg(json)
+                .arg(json);
+            ids.push(record.id().to_ascii_uppercase());
+        }
+        let entries: Vec<String> = self.link.query_within(&pipe, WRITE_TIMEOUT).await?;
+        let mut pipe = redis::pipe();
+        let ttl = index_ttl.as_millis() as u64;
+        for (id, entry) in ids.iter().zip(&entries) {
+            pipe.cmd("SET")
+                .arg(format!("{}{id}", self.index_prefix))
+                .arg(entry)
+                .arg("PX")
+                .arg(ttl)
                 .ignore();
         }
-        let n = batch.len() as u64;
-        batch.clear();
-        match link.query::<()>(&pipe).await {
-            Ok(()) => metrics.count_shared_records("written", n),
-            Err(e) => {
-                metrics.count_shared_records("dropped_unavailable", n);
-                dropped_since_warning += n;
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(
-                        dropped = dropped_since_warning,
-                        error = %e,
-                        "decisions not written to the shared store (the replica's own store keeps them)"
-                    );
-                    dropped_since_warning = 0;
-                    last_warning = Some(std::time::Instant::now());
-                }
-            }
-        }
+        self.link.query_within(&pipe, WRITE_TIMEOUT).await
+    }
+
+    /// How far back the stream reaches: now minus its oldest entry's time.
+    async fn stream_span(&self) -> Result<Duration, SharedError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let (page,): (redis::Value,) = self.link.query_within(&pipe, WRITE_TIMEOUT).await?;
+        let oldest = stream_entries(page)?
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok())
+            .unwrap_or_else(now_millis);
+        Ok(Duration::from_millis(
+            now_millis().saturating_sub(oldest).max(0) as u64,
+        ))
+    }
+
+    async fn ping(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING").ignore();
+        let _ = self.link.query_within::<()>(&pipe, WRITE_TIMEOUT).await;
     }
 }
 
