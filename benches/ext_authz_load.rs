@@ -23,8 +23,11 @@
 //! `LOAD_AUDIT` [`devnull`]: where the audit log goes (`devnull`, `off` for no log subscriber,
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
-//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS` [`ceiling,portcullis`] (e.g. `portcullis` alone
-//! under `perf record`).
+//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS` [`ceiling,portcullis,redis`] (e.g. `portcullis`
+//! alone under `perf record`), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
+//! `redis-server` on a free loopback port; with it, a second Portcullis with
+//! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
+//! is compared with the memory store's.
 //!
 //! The ceiling copies one transport setting from Portcullis at run time: whether the gRPC
 //! server sets `TCP_NODELAY` on the connections it accepts (read from Portcullis' own sockets
@@ -101,8 +104,11 @@ struct Settings {
     envoy_seconds: f64,
     envoy_concurrency: Vec<usize>,
     envoy_workers: usize,
-    /// Which gRPC targets to load: `ceiling`, `portcullis` (both by default).
+    /// Which gRPC targets to load: `ceiling`, `portcullis`, `redis` (all by default; `redis`
+    /// only with `LOAD_REDIS`).
     targets: String,
+    /// `LOAD_REDIS`: a Redis URL or `auto`.
+    redis: Option<String>,
 }
 
 impl Settings {
@@ -137,7 +143,8 @@ impl Settings {
                 })
                 .collect(),
             envoy_workers: env_or("ENVOY_WORKERS", 1usize).max(1),
-            targets: env_or("LOAD_TARGETS", "ceiling,portcullis".to_owned()),
+            targets: env_or("LOAD_TARGETS", "ceiling,portcullis,redis".to_owned()),
+            redis: std::env::var("LOAD_REDIS").ok().filter(|r| !r.is_empty()),
         }
     }
 }
@@ -431,8 +438,52 @@ fn accepted_nodelay(port: u16) -> Option<bool> {
     (!found.is_empty()).then(|| found.iter().all(|n| *n))
 }
 
+/// What a gRPC target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Ceiling,
+    /// Portcullis with the in-memory trace store.
+    Memory,
+    /// Portcullis writing its decisions to Redis too.
+    Redis,
+}
+
+/// A `redis-server` the bench started, killed on drop.
+struct RedisServer(Child);
+
+impl RedisServer {
+    /// Starts one on a free loopback port without persistence; its URL once it answers.
+    fn start() -> (Self, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (apt-get install -y redis-server)");
+        let deadline = Instant::now() + STARTUP;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (Self(child), format!("redis://127.0.0.1:{port}/0"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Servers {
     portcullis: SocketAddr,
+    /// Portcullis with the Redis trace store, if one was asked for.
+    portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
     ceiling: SocketAddr,
     /// Whether the ceiling sets `TCP_NODELAY` on the connections it accepts from now on.
     ceiling_nodelay: Arc<AtomicBool>,
@@ -442,7 +493,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(threads: usize) -> Self {
+    fn start(threads: usize, redis: Option<String>) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let ceiling_nodelay = Arc::new(AtomicBool::new(false));
@@ -470,6 +521,30 @@ impl Servers {
                     let portcullis_task = tokio::spawn(bound.run(async {
                         let _ = p_stop_rx.await;
                     }));
+                    let (r_stop_tx, r_stop_rx) = oneshot::channel::<()>();
+                    let mut redis_task = None;
+                    let mut with_redis = None;
+                    if let Some(url) = redis {
+                        let mut config = ServerConfig::new(POLICY_DIR.into());
+                        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.shutdown_grace = Duration::from_secs(2);
+                        config.shared = portcullis::server::SharedStores::from_flags(
+                            &url,
+                            None,
+                            Duration::from_millis(50),
+                            100_000,
+                            "bench:",
+                        )
+                        .expect("a usable Redis URL");
+                        let bound = portcullis::server::bind(config)
+                            .await
+                            .unwrap_or_else(|e| panic!("Portcullis (Redis) does not start: {e}"));
+                        with_redis = Some((bound.grpc_addr, bound.state()));
+                        redis_task = Some(tokio::spawn(bound.run(async {
+                            let _ = r_stop_rx.await;
+                        })));
+                    }
                     let listener = TcpListener::bind("127.0.0.1:0")
                         .await
                         .expect("a loopback port for the ceiling");
@@ -479,14 +554,18 @@ impl Servers {
                         let _ = c_stop_rx.await;
                     }));
                     ready_tx
-                        .send((portcullis, ceiling, state))
+                        .send((portcullis, ceiling, state, with_redis))
                         .expect("the bench waits for the servers");
                     let _ = stop_rx.await;
                     let _ = p_stop_tx.send(());
                     let _ = c_stop_tx.send(());
+                    let _ = r_stop_tx.send(());
                     let stopped = async {
                         let _ = portcullis_task.await;
                         let _ = ceiling_task.await;
+                        if let Some(task) = redis_task {
+                            let _ = task.await;
+                        }
                     };
                     if tokio::time::timeout(Duration::from_secs(5), stopped)
                         .await
@@ -497,11 +576,12 @@ impl Servers {
                 });
             })
             .expect("the servers' thread starts");
-        let (portcullis, ceiling, state) = ready_rx
+        let (portcullis, ceiling, state, portcullis_redis) = ready_rx
             .recv_timeout(STARTUP)
             .expect("the servers start within 30 s");
         Self {
             portcullis,
+            portcullis_redis,
             ceiling,
             ceiling_nodelay,
             state,
@@ -1292,7 +1372,15 @@ fn main() {
         settings.audit,
     );
 
-    let servers = Servers::start(settings.server_threads);
+    let (_redis_server, redis_url) = match settings.redis.as_deref() {
+        None => (None, None),
+        Some("auto") => {
+            let (server, url) = RedisServer::start();
+            (Some(server), Some(url))
+        }
+        Some(url) => (None, Some(url.to_owned())),
+    };
+    let servers = Servers::start(settings.server_threads, redis_url);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.client_threads)
         .thread_name("load-worker")
@@ -1300,14 +1388,28 @@ fn main() {
         .build()
         .expect("the load generator's runtime starts");
 
-    let targets: Vec<(&str, SocketAddr, bool)> = [
-        ("ceiling (always OK)", servers.ceiling, true),
-        ("Portcullis", servers.portcullis, false),
+    let targets: Vec<(&str, SocketAddr, Target)> = [
+        (
+            "ceiling (always OK)",
+            Some(servers.ceiling),
+            Target::Ceiling,
+        ),
+        ("Portcullis", Some(servers.portcullis), Target::Memory),
+        (
+            "Portcullis, Redis trace store",
+            servers.portcullis_redis.as_ref().map(|(addr, _)| *addr),
+            Target::Redis,
+        ),
     ]
     .into_iter()
-    .filter(|(_, _, ceiling)| {
-        let name = if *ceiling { "ceiling" } else { "portcullis" };
-        settings.targets.split(',').any(|t| t.trim() == name)
+    .filter_map(|(label, addr, target)| {
+        let name = match target {
+            Target::Ceiling => "ceiling",
+            Target::Memory => "portcullis",
+            Target::Redis => "redis",
+        };
+        let wanted = settings.targets.split(',').any(|t| t.trim() == name);
+        Some((label, addr.filter(|_| wanted)?, target))
     })
     .collect();
 
@@ -1330,6 +1432,9 @@ fn main() {
             }
         );
         verify(servers.ceiling, &probes, true).await;
+        if let Some((addr, _)) = &servers.portcullis_redis {
+            verify(*addr, &probes, false).await;
+        }
         let mut runs = Vec::new();
         for round in 1..=settings.rounds {
             let suffix = if settings.rounds > 1 {
@@ -1337,7 +1442,8 @@ fn main() {
             } else {
                 String::new()
             };
-            for &(label, addr, ceiling) in &targets {
+            for &(label, addr, target) in &targets {
+                let ceiling = target == Target::Ceiling;
                 let writes_before = audit
                     .as_ref()
                     .map_or(0, |a| a.writes.load(Ordering::Relaxed));
@@ -1364,7 +1470,7 @@ fn main() {
                         );
                     }
                 }
-                runs.push((ceiling, run));
+                runs.push((target, run));
             }
         }
         let envoy_runs = through_envoy(&settings, &servers, &tokens, ticks).await;
@@ -1388,14 +1494,15 @@ fn main() {
             run.client_cpu * 1e6 / calls
         );
     }
-    let sum = |ceiling: bool| -> f64 {
+    let sum = |target: Target| -> f64 {
         grpc_runs
             .iter()
-            .filter(|(c, _)| *c == ceiling)
+            .filter(|(t, _)| *t == target)
             .map(|(_, r)| r.rate())
             .sum::<f64>()
     };
-    let ratio = sum(false) / sum(true);
+    let ratio = sum(Target::Memory) / sum(Target::Ceiling);
+    let redis_ratio = sum(Target::Redis) / sum(Target::Memory);
     let ratio_known = ratio.is_finite() && ratio > 0.0;
     let store = &servers.state.store;
     println!(
@@ -1405,9 +1512,23 @@ fn main() {
         store.approx_bytes() as f64 / (1024.0 * 1024.0)
     );
 
+    if let Some((_, state)) = &servers.portcullis_redis {
+        let shared: Vec<String> = state
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("portcullis_shared_trace_records_total"))
+            .map(str::to_owned)
+            .collect();
+        println!(
+            "Redis-backed Portcullis, shared records: {}",
+            shared.join("; ")
+        );
+    }
+
     let portcullis: Vec<&Measurement> = grpc_runs
         .iter()
-        .filter(|(c, _)| !*c)
+        .filter(|(t, _)| *t == Target::Memory)
         .map(|(_, r)| r)
         .collect();
     let worst_rate = portcullis
@@ -1432,6 +1553,13 @@ fn main() {
             "  2. ≥ 80% of the ceiling's throughput: {:.1}% → {}",
             ratio * 100.0,
             verdict(ratio >= 0.8)
+        );
+    }
+    if redis_ratio.is_finite() && redis_ratio > 0.0 {
+        println!(
+            "  Issue 9: Redis trace store ≥ 90% of the memory store's throughput: {:.1}% → {}",
+            redis_ratio * 100.0,
+            verdict(redis_ratio >= 0.9)
         );
     }
 

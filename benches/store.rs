@@ -372,6 +372,21 @@ fn bench_store(c: &mut Criterion) {
     group.bench_function("list_100_filtered", |b| {
         b.iter(|| store.list(black_box(&filter), 100))
     });
+
+    // 3. What the Redis writer does per decision: the stored record rebuilt and written as
+    //    JSON, and what a reading replica does: the JSON read back and capped.
+    let shared = store.list(&DecisionFilter::default(), 1).remove(0);
+    group.bench_function("shared_json_write", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&*shared)).unwrap())
+    });
+    group.bench_function("rebuild_decision", |b| b.iter(|| black_box(&*shared).decision()));
+    let json = serde_json::to_vec(&*shared).unwrap();
+    group.bench_function("shared_json_read", |b| {
+        b.iter(|| {
+            let d: Decision = serde_json::from_slice(black_box(&json)).unwrap();
+            portcullis::trace::StoredDecision::of(&d)
+        })
+    });
     group.finish();
 }
 

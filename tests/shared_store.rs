@@ -24,7 +24,9 @@ fn client() -> reqwest::Client {
 
 fn replica(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
-    let mut args = vec!["--trace-store", url.as_str()];
+    // A generous deadline: a debug build on a busy machine must not fall back to local
+    // counting by accident (the fallback has its own test, with Redis stopped).
+    let mut args = vec!["--trace-store", url.as_str(), "--redis-timeout", "2s"];
     args.extend_from_slice(extra);
     Server::start(&support::fixtures().join("policies"), &args)
 }
@@ -179,6 +181,43 @@ async fn every_replica_answers_for_the_decisions_of_all() {
             >= 2.0
     );
     assert_eq!(metric(&a, "portcullis_shared_store_up").await, 1.0);
+
+    // A burst, written in batches (many decisions per stream entry): every one is listed
+    // and found on the other replica.
+    let burst = support::app_token(json!({"sub": "shared.burst"}));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let (endpoint, bearer) = (a.http_url("/v1/authorize"), format!("Bearer {burst}"));
+        tasks.spawn(async move {
+            let answer = client()
+                .get(endpoint)
+                .header("X-Original-Method", "GET")
+                .header(
+                    "X-Original-URL",
+                    format!("https://api.test/app/v1/items/b{i}"),
+                )
+                .header("Authorization", bearer)
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status(), 200);
+            answer.headers()["x-decision-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        });
+    }
+    let burst_ids: Vec<String> = tasks.join_all().await;
+    wait_for_decision(&b, burst_ids.last().unwrap()).await;
+    for id in burst_ids.iter().step_by(37) {
+        wait_for_decision(&b, id).await;
+    }
+    let (_, listed) = get_json(&b, "/v1/decisions?subject=shared.burst&limit=1000").await;
+    let mut listed = ids(&listed);
+    listed.sort();
+    let mut expected = burst_ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
 }
 
 #[tokio::test]

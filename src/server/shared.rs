@@ -7,6 +7,7 @@
 //! and opened again on later use, at most once per [`RECONNECT_INTERVAL`], so that writing
 //! resumes by itself when Redis is back.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,8 +28,11 @@ pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 const QUEUE: usize = 8192;
 /// Most decisions written in one pipeline.
 const BATCH: usize = 512;
+/// Decisions in one stream entry, at most: one XADD carries many decisions, which is most of
+/// what keeps Redis' share of the CPU small.
+const PER_ENTRY: usize = 64;
 /// Stream entries read per round trip when listing.
-const PAGE: usize = 256;
+const PAGE: usize = 32;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
 /// much further; rate-limit counters live this much past their window.
 const CLOCK_SKEW_MILLIS: i64 = 5_000;
@@ -42,8 +46,9 @@ const SPAN_CHECK: Duration = Duration::from_secs(10);
 /// Bounds of an id index entry's lifetime.
 const MIN_INDEX_TTL: Duration = Duration::from_secs(60);
 const MAX_INDEX_TTL: Duration = Duration::from_secs(6 * 3600);
-/// Longest shared decision read back; longer entries are skipped (not ours, or hostile).
-const MAX_ENTRY_BYTES: usize = 64 * 1024;
+/// Longest stream entry read back (a batch of capped decisions); longer entries are skipped
+/// (not ours, or hostile).
+const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where the shared state lives and how long Redis may take to answer.
 #[derive(Debug, Clone)]
@@ -103,7 +108,8 @@ impl RedisLink {
             client,
             config: redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-                .set_response_timeout(Some(timeout)),
+                // Each query sets its own deadline (the writer's is longer).
+                .set_response_timeout(None),
             conn: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             next_attempt_millis: AtomicI64::new(0),
@@ -225,13 +231,15 @@ pub(crate) fn shown_url(url: &str) -> String {
     }
 }
 
-/// Recent decisions of every replica: a Redis stream capped at about
-/// [`SharedConfig::stream_length`] entries, each holding a decision's JSON, and an index
-/// from decision id to stream entry (a small key per decision) for lookups in two commands.
+/// Recent decisions of every replica: a Redis stream whose entries each hold a JSON array of
+/// up to [`PER_ENTRY`] decisions, trimmed to about [`SharedConfig::stream_length`]
+/// decisions, and an index from decision id to stream entry for lookups in two commands: one
+/// hash per minute of decision ids (the minute of the id's ULID time), so that a batch is
+/// indexed with one command per minute it spans.
 ///
-/// The index keys expire once the stream no longer holds their entries: their lifetime
-/// follows the time the stream spans (measured by the writer), so that their number stays
-/// about the stream's length whatever the request rate.
+/// The index hashes expire once the stream no longer reaches back to them: their lifetime
+/// follows the time the stream spans (measured by the writer), so that they hold about the
+/// stream's length of ids whatever the request rate.
 #[derive(Debug)]
 pub struct SharedDecisions {
     link: Arc<RedisLink>,
@@ -246,7 +254,7 @@ impl SharedDecisions {
     pub fn start(link: Arc<RedisLink>, config: &SharedConfig, metrics: Arc<Metrics>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stream = format!("{}decisions", config.prefix);
-        let index_prefix = format!("{}decision:", config.prefix);
+        let index_prefix = format!("{}ids:", config.prefix);
         tokio::spawn(
             Writer {
                 link: link.clone(),
@@ -302,10 +310,12 @@ impl SharedDecisions {
             };
             end = format!("({last_id}");
             let full = entries.len() == PAGE;
-            for (_, json) in entries {
-                if let Some(record) = read_entry(&json)
-                    && filter.matches(&record)
-                {
+            // Within an entry, decisions are oldest first.
+            let newest_first = entries
+                .iter()
+                .flat_map(|(_, json)| read_entry(json).into_iter().rev());
+            for record in newest_first {
+                if filter.matches(&record) {
                     found.push(Arc::new(record));
                     if found.len() == limit {
                         break;
@@ -324,8 +334,11 @@ impl SharedDecisions {
         let Ok(ulid) = ulid::Ulid::from_string(id) else {
             return Ok(None);
         };
+        let minute = ulid.timestamp_ms() / 60_000;
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(format!("{}{ulid}", self.index_prefix));
+        pipe.cmd("HGET")
+            .arg(format!("{}{minute}", self.index_prefix))
+            .arg(ulid.to_string());
         let (entry,): (Option<String>,) = self.link.query(&pipe).await?;
         let Some(entry) = entry else {
             return Ok(None);
@@ -335,20 +348,21 @@ impl SharedDecisions {
         let (page,): (redis::Value,) = self.link.query(&pipe).await?;
         Ok(stream_entries(page)?
             .iter()
-            .filter_map(|(_, json)| read_entry(json))
+            .flat_map(|(_, json)| read_entry(json))
             .find(|record| record.id().eq_ignore_ascii_case(id))
             .map(Arc::new))
     }
 }
 
-/// A shared entry as a stored decision, capped as this replica caps its own; `None` for an
-/// entry that is not a decision.
-fn read_entry(json: &[u8]) -> Option<StoredDecision> {
+/// The decisions of a stream entry (a JSON array of decisions), each capped as this replica
+/// caps its own; none for an entry that is not such an array.
+fn read_entry(json: &[u8]) -> Vec<StoredDecision> {
     if json.len() > MAX_ENTRY_BYTES {
-        return None;
+        return Vec::new();
     }
-    let decision: Decision = serde_json::from_slice(json).ok()?;
-    Some(StoredDecision::of(&decision))
+    serde_json::from_slice::<Vec<Decision>>(json)
+        .map(|decisions| decisions.iter().map(StoredDecision::of).collect())
+        .unwrap_or_default()
 }
 
 /// The `(entry id, field d)` pairs of an XRANGE/XREVRANGE answer.
@@ -402,6 +416,8 @@ impl Writer {
         let mut dropped_since_warning = 0u64;
         let mut last_warning: Option<Instant> = None;
         let mut index_ttl = MIN_INDEX_TTL;
+        // Running average of decisions per stream entry (0.9 of the last value each batch).
+        let mut per_entry = 1.0f64;
         let mut span_checked: Option<Instant> = None;
         self.ping().await;
         loop {
@@ -414,7 +430,9 @@ impl Writer {
                 }
             }
             let n = batch.len() as u64;
-            let result = self.write(&batch, index_ttl).await;
+            let entries = batch.len().div_ceil(PER_ENTRY);
+            per_entry = 0.9 * per_entry + 0.1 * (batch.len() as f64 / entries as f64);
+            let result = self.write(&batch, index_ttl, per_entry).await;
             batch.clear();
             match result {
                 Ok(()) => self.metrics.count_shared_records("written", n),
@@ -442,39 +460,56 @@ impl Writer {
         }
     }
 
-    /// Appends `batch` to the stream, then indexes the entries by decision id: two round
-    /// trips per batch.
+    /// Appends `batch` to the stream in entries of up to [`PER_ENTRY`] decisions, then indexes
+    /// them by decision id: two round trips per batch. `per_entry` is the running average of
+    /// decisions per entry, which turns the stream's length in decisions into entries.
     async fn write(
         &self,
         batch: &[Arc<StoredDecision>],
         index_ttl: Duration,
+        per_entry: f64,
     ) -> Result<(), SharedError> {
+        let max_entries = (self.stream_length as f64 / per_entry.max(1.0)).ceil() as u64;
         let mut pipe = redis::pipe();
-        let mut ids = Vec::with_capacity(batch.len());
-        for record in batch {
-            let Ok(json) = serde_json::to_vec(&record.decision()) else {
+        let mut chunks = Vec::new();
+        for chunk in batch.chunks(PER_ENTRY) {
+            let Ok(json) = serde_json::to_vec(chunk) else {
                 continue;
             };
             pipe.cmd("XADD")
                 .arg(&self.stream)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(self.stream_length)
+                .arg(max_entries.max(1))
                 .arg("*")
                 .arg("d")
                 .arg(json);
-            ids.push(record.id().to_ascii_uppercase());
+            chunks.push(chunk);
         }
         let entries: Vec<String> = self.link.query_within(&pipe, WRITE_TIMEOUT).await?;
+        // One HSET per index hash: ids grouped by the minute of their time.
+        let mut by_minute: BTreeMap<u64, Vec<(String, &str)>> = BTreeMap::new();
+        for (chunk, entry) in chunks.iter().zip(&entries) {
+            for record in *chunk {
+                if let Ok(ulid) = ulid::Ulid::from_string(record.id()) {
+                    by_minute
+                        .entry(ulid.timestamp_ms() / 60_000)
+                        .or_default()
+                        .push((ulid.to_string(), entry));
+                }
+            }
+        }
         let mut pipe = redis::pipe();
-        let ttl = index_ttl.as_millis() as u64;
-        for (id, entry) in ids.iter().zip(&entries) {
-            pipe.cmd("SET")
-                .arg(format!("{}{id}", self.index_prefix))
-                .arg(entry)
-                .arg("PX")
-                .arg(ttl)
-                .ignore();
+        // The hash of a minute lives until its last id is older than the stream's span.
+        let ttl = (index_ttl + Duration::from_secs(60)).as_millis() as u64;
+        for (minute, ids) in &by_minute {
+            let key = format!("{}{minute}", self.index_prefix);
+            let cmd = pipe.cmd("HSET").arg(&key);
+            for (id, entry) in ids {
+                cmd.arg(id).arg(*entry);
+            }
+            cmd.ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
         }
         self.link.query_within(&pipe, WRITE_TIMEOUT).await
     }
@@ -581,7 +616,9 @@ mod tests {
             [("1-0".to_owned(), b"{}".to_vec())]
         );
         assert!(stream_entries(Int(1)).is_err());
-        assert!(read_entry(b"{}").is_none());
-        assert!(read_entry(&vec![b' '; MAX_ENTRY_BYTES + 1]).is_none());
+        // Not an array of decisions: nothing, never a half-read record.
+        assert!(read_entry(b"{}").is_empty());
+        assert!(read_entry(b"[{\"id\": 1}]").is_empty());
+        assert!(read_entry(&vec![b' '; MAX_ENTRY_BYTES + 1]).is_empty());
     }
 }
