@@ -379,7 +379,9 @@ fn bench_store(c: &mut Criterion) {
     group.bench_function("shared_json_write", |b| {
         b.iter(|| serde_json::to_vec(black_box(&*shared)).unwrap())
     });
-    group.bench_function("rebuild_decision", |b| b.iter(|| black_box(&*shared).decision()));
+    group.bench_function("rebuild_decision", |b| {
+        b.iter(|| black_box(&*shared).decision())
+    });
     let json = serde_json::to_vec(&*shared).unwrap();
     group.bench_function("shared_json_read", |b| {
         b.iter(|| {
