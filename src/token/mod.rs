@@ -254,7 +254,7 @@ pub fn verify_signature_cached(
             &*remote
         }
     };
-    let cache_key = TokenCache::key(&keys.fingerprint, token);
+    let cache_key = cache.key(&keys.fingerprint, token);
     if let Some(verified) = cache.get(&cache_key, now) {
         // The key set is the same, but the algorithm allow-list is the service's own.
         if !reqs.algorithms.contains(&verified.alg) {
