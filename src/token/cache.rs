@@ -162,9 +162,15 @@ mod tests {
         let key = cache.key(b"fp", "token-a");
         cache.insert(key, token(Some(100)), 50);
         // Another token (or key set) forced onto the same hash: not answered from the entry.
-        let forged = CacheKey { token: "token-b", ..key };
+        let forged = CacheKey {
+            token: "token-b",
+            ..key
+        };
         assert!(cache.get(&forged, 60).is_none());
-        let other_keys = CacheKey { fingerprint: b"other", ..key };
+        let other_keys = CacheKey {
+            fingerprint: b"other",
+            ..key
+        };
         assert!(cache.get(&other_keys, 60).is_none());
         assert!(cache.get(&key, 60).is_some());
     }
