@@ -65,6 +65,11 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
 /// The allocator `portcullis serve` uses, so that figures match the server binary.
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -446,38 +451,6 @@ enum Target {
     Memory,
     /// Portcullis writing its decisions to Redis too.
     Redis,
-}
-
-/// A `redis-server` the bench started, killed on drop.
-struct RedisServer(Child);
-
-impl RedisServer {
-    /// Starts one on a free loopback port without persistence; its URL once it answers.
-    fn start() -> (Self, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (apt-get install -y redis-server)");
-        let deadline = Instant::now() + STARTUP;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (Self(child), format!("redis://127.0.0.1:{port}/0"))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Servers {
@@ -1375,7 +1348,8 @@ fn main() {
     let (_redis_server, redis_url) = match settings.redis.as_deref() {
         None => (None, None),
         Some("auto") => {
-            let (server, url) = RedisServer::start();
+            let server = RedisServer::start();
+            let url = server.url();
             (Some(server), Some(url))
         }
         Some(url) => (None, Some(url.to_owned())),

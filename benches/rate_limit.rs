@@ -10,9 +10,8 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -20,55 +19,16 @@ use portcullis::DecisionRequest;
 use portcullis::server::{AppState, ServerConfig, SharedStores};
 
 /// The allocator `portcullis serve` uses, so that figures match the server binary.
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const URL: &str = "https://localhost:8443/meme-game/api/v1/users/user.0/reactions";
 const LIMIT_LINE: &str = "rateLimit: { key: subject, requests: 30, per: 1m }";
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct Redis(Child, u16);
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (apt-get install -y redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis(child, port)
-    }
-
-    /// `calls` of `cmdstat_<command>` in INFO commandstats.
-    fn calls(&self, command: &str) -> u64 {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.1.to_string(), "INFO", "commandstats"])
-            .output()
-            .expect("redis-cli runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The shipped policies in a temporary directory, with `send-reaction`'s limit replaced by
 /// `limit` (`None`: no `rateLimit` at all).
@@ -117,7 +77,7 @@ fn token() -> String {
 }
 
 /// A server state (listeners bound, nothing served) on `dir`, counting in `redis` if given.
-fn state(rt: &tokio::runtime::Runtime, dir: &Path, redis: Option<&Redis>) -> Arc<AppState> {
+fn state(rt: &tokio::runtime::Runtime, dir: &Path, redis: Option<&RedisServer>) -> Arc<AppState> {
     rt.block_on(async {
         let mut config = ServerConfig::new(dir.to_path_buf());
         config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -125,7 +85,7 @@ fn state(rt: &tokio::runtime::Runtime, dir: &Path, redis: Option<&Redis>) -> Arc
         if let Some(redis) = redis {
             config.shared = SharedStores::from_flags(
                 "memory",
-                Some(&format!("redis://127.0.0.1:{}/0", redis.1)),
+                Some(&redis.url()),
                 Duration::from_secs(1),
                 100_000,
                 "bench:",
@@ -142,7 +102,7 @@ fn bench_rate_limit(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let high = "rateLimit: { key: subject, requests: 1000000000, per: 1h }";
     let limited = policies(Some(high));
     let unlimited = policies(None);

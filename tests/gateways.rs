@@ -967,27 +967,28 @@ async fn envoy_in_front_of_portcullis() {
         "port_value: 50051",
         &format!("port_value: {}", portcullis.grpc.port()),
     );
-    let config_path = dir.path().join("envoy.yaml");
-    std::fs::write(&config_path, config).unwrap();
-
-    let mut command = Command::new(&envoy);
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "info",
-        ])
-        .stdout(Stdio::null());
-    let mut gateway = Proc::spawn("envoy", &mut command, dir.path().join("envoy.log"));
-    wait_for_envoy(&mut gateway, admin).await;
+    let gateway = start_envoy(&envoy, dir.path(), &config, admin).await;
 
     let client = Client::new(listen, portcullis.http);
     exercise(Kind::Envoy, &client, &upstream, &mut portcullis).await;
     drop(gateway);
+}
+
+/// Envoy (one worker) on `config`, written into `dir`; returns once its admin port on
+/// `admin` says it is ready.
+async fn start_envoy(envoy: &Path, dir: &Path, config: &str, admin: u16) -> Proc {
+    let config_path = dir.join("envoy.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut command = Command::new(envoy);
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null());
+    let mut gateway = Proc::spawn("envoy", &mut command, dir.join("envoy.log"));
+    wait_for_envoy(&mut gateway, admin).await;
+    gateway
 }
 
 /// Envoy's admin `/ready` answers 200 once the listeners are up.
@@ -1220,22 +1221,7 @@ async fn two_replicas_behind_envoy_share_decisions_and_rate_limits() {
             &format!("port_value: {to} "),
         );
     }
-    let config_path = dir.path().join("envoy.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut command = Command::new(&envoy);
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "info",
-        ])
-        .stdout(Stdio::null());
-    let mut gateway = Proc::spawn("envoy", &mut command, dir.path().join("envoy.log"));
-    wait_for_envoy(&mut gateway, admin).await;
+    let mut gateway = start_envoy(&envoy, dir.path(), &config, admin).await;
     wait_for_healthy_endpoints(&mut gateway, admin, &[a.grpc.port(), b.grpc.port()]).await;
 
     let client = Client::new(listen, a.http);

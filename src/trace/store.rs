@@ -304,31 +304,25 @@ pub(super) trait NamesKey {
     fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>);
 }
 
-impl NamesKey for EntryNames {
-    fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>) {
-        (
-            self.step as u8,
-            self.depth,
-            self.rule.as_deref(),
-            &self.attribute,
-            &self.operator,
-            self.location.as_deref(),
-        )
-    }
+/// Both kinds name their parts alike.
+macro_rules! names_key {
+    ($($kind:ty),*) => {$(
+        impl NamesKey for $kind {
+            fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>) {
+                (
+                    self.step as u8,
+                    self.depth,
+                    self.rule.as_deref(),
+                    &self.attribute,
+                    &self.operator,
+                    self.location.as_deref(),
+                )
+            }
+        }
+    )*};
 }
 
-impl NamesKey for TraceEntry {
-    fn key(&self) -> (u8, u8, Option<&str>, &str, &str, Option<&str>) {
-        (
-            self.step as u8,
-            self.depth,
-            self.rule.as_deref(),
-            &self.attribute,
-            &self.operator,
-            self.location.as_deref(),
-        )
-    }
-}
+names_key!(EntryNames, TraceEntry);
 
 impl<'a> Borrow<dyn NamesKey + 'a> for Arc<EntryNames> {
     fn borrow(&self) -> &(dyn NamesKey + 'a) {
