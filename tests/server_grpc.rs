@@ -585,3 +585,81 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_a_shutdown_delay_sigterm_reports_not_serving_while_still_deciding() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let server = Server::start(
+        &support::fixtures().join("policies"),
+        &["--jwks-start-timeout", "0s", "--shutdown-delay", "3s"],
+    );
+    let channel = channel(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut authz = AuthorizationClient::new(channel);
+    let status = |health: &mut HealthClient<Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "envoy.service.auth.v3.Authorization".into(),
+                })
+                .await
+                .expect("health answers")
+                .into_inner()
+                .status
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status(&mut health).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let pid = server.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Within the delay: NOT_SERVING (2) on gRPC, 503 draining on HTTP, and still deciding.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while status(&mut health).await != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still SERVING after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let readyz = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(body["draining"], true);
+    let answer = authz
+        .check(check_request(
+            "GET",
+            "api.test",
+            "/app/v1/items/1",
+            &[],
+            None,
+        ))
+        .await
+        .expect("a Check is still decided while draining")
+        .into_inner();
+    assert_eq!(answer.status.unwrap().code, 16, "401 → UNAUTHENTICATED");
+
+    // Then it stops by itself, with exit status 0.
+    let mut server = server;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not stop after the delay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -34,6 +34,11 @@ pub(crate) struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// After SIGTERM or SIGINT, how long to keep serving while reporting not ready (gRPC
+    /// health NOT_SERVING, /readyz 503) before stopping, so that load balancers and
+    /// Kubernetes stop sending requests first; e.g. `5s` behind Envoy health checks.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
     /// Do not watch the policy files; reload only on SIGHUP.
     #[arg(long, env = "PORTCULLIS_NO_WATCH")]
     no_watch: bool,
@@ -105,6 +110,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     )?;
     config.token_cache_capacity = args.token_cache;
     config.shutdown_grace = args.shutdown_grace;
+    config.shutdown_delay = args.shutdown_delay;
     config.policy_options = args.flags.options();
     config.watch_events = !args.no_watch;
     config.jwks_start_timeout = args.jwks_start_timeout;

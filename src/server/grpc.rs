@@ -187,16 +187,30 @@ pub async fn serve(
     health
         .set_not_serving::<DecisionServiceServer<Decisions>>()
         .await;
-    let ready = state.clone();
+    // SERVING while ready; NOT_SERVING again once shutting down.
+    let mut ready = state.ready.subscribe();
     let readiness = tokio::spawn(async move {
-        ready.wait_ready().await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
-        health
-            .set_serving::<DecisionServiceServer<Decisions>>()
-            .await;
+        for (wanted, status) in [
+            (true, tonic_health::ServingStatus::Serving),
+            (false, tonic_health::ServingStatus::NotServing),
+        ] {
+            if ready.wait_for(|r| *r == wanted).await.is_err() {
+                return;
+            }
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <AuthorizationServer<ExtAuthz> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            health
+                .set_service_status(
+                    <DecisionServiceServer<Decisions> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
     });
     let _abort_readiness = super::AbortOnDrop(readiness);
     let reflection_v1 = tonic_reflection::server::Builder::configure()

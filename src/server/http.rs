@@ -300,6 +300,12 @@ async fn healthz() -> &'static str {
 /// Ready once policies are loaded (they are before the listeners open). A failed reload
 /// does not make the server unready — the last good set serves — but is reported here.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "draining": true }).to_string(),
+        );
+    }
     if !state.is_ready() {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

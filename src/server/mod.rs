@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub token_cache_capacity: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// After a shutdown signal, how long to go on serving while reporting not ready (gRPC
+    /// health NOT_SERVING, `/readyz` 503), so that load balancers stop sending requests first.
+    pub shutdown_delay: Duration,
     pub policy_options: PolicyOptions,
     /// Reload on file events in the policy directory.
     pub watch_events: bool,
@@ -127,6 +130,7 @@ impl ServerConfig {
             trace_capacity: crate::trace::DEFAULT_CAPACITY,
             token_cache_capacity: crate::token::DEFAULT_CACHE_CAPACITY,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             policy_options: PolicyOptions::default(),
             watch_events: true,
             reload_poll: Some(Duration::from_secs(2)),
@@ -149,8 +153,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     reload_status: std::sync::Mutex<reload::ReloadStatus>,
     pub keys: Arc<keys::KeyFetchers>,
-    /// False until policies and remote key sets are loaded (or the key wait timed out).
+    /// False until policies and remote key sets are loaded (or the key wait timed out), and
+    /// again once shutting down.
     ready: watch::Sender<bool>,
+    /// Shutting down: never ready again.
+    draining: std::sync::atomic::AtomicBool,
     /// Who may read decisions and metrics on each listener.
     pub admin_http: admin::AdminAccess,
     pub admin_grpc: admin::AdminAccess,
@@ -222,6 +229,7 @@ impl AppState {
             )
             .0,
             keys,
+            draining: std::sync::atomic::AtomicBool::new(false),
             admin_http: admin::AdminAccess::Loopback,
             admin_grpc: admin::AdminAccess::Loopback,
             shared_decisions,
@@ -231,6 +239,25 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// Whether the server is shutting down (and so reports not ready).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reports not ready from now on, while requests are still served.
+    fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ready.send_replace(false);
+    }
+
+    /// Becomes ready, unless shutting down.
+    fn become_ready(&self) {
+        if !self.is_draining() {
+            self.ready.send_replace(true);
+        }
     }
 
     /// Completes once the server is ready.
@@ -496,7 +523,7 @@ impl BoundServer {
                         "key sets not loaded within {wait:?}; serving anyway, tokens they sign are refused until they load"
                     );
                 }
-                state.ready.send_replace(true);
+                state.become_ready();
             })
         };
         let _abort_readiness = AbortOnDrop(readiness);
@@ -534,6 +561,18 @@ impl BoundServer {
                 return Ok(());
             }
             () = shutdown => {
+                let delay = self.config.shutdown_delay;
+                if !delay.is_zero() {
+                    tracing::info!(delay_seconds = delay.as_secs_f64(), "shutting down: reporting not ready, still serving");
+                    self.state.start_draining();
+                    if let Ok(result) = tokio::time::timeout(delay, &mut servers).await {
+                        // A listener failed meanwhile.
+                        let (g, h) = result?;
+                        g?;
+                        h?;
+                        return Ok(());
+                    }
+                }
                 tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down; finishing in-flight requests");
                 stop_tx.send_replace(true);
             }
