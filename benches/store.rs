@@ -382,6 +382,24 @@ fn bench_store(c: &mut Criterion) {
     group.bench_function("rebuild_decision", |b| {
         b.iter(|| black_box(&*shared).decision())
     });
+    // A writer batch as the Redis client sends it: 64 records as one JSON array in one
+    // XADD, packed into the wire form.
+    let chunk: Vec<_> = (0..64).map(|_| shared.clone()).collect();
+    group.bench_function("shared_batch_of_64_packed", |b| {
+        b.iter(|| {
+            let json = serde_json::to_vec(black_box(&chunk)).unwrap();
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD")
+                .arg("s")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1000)
+                .arg("*")
+                .arg("d")
+                .arg(json);
+            pipe.get_packed_pipeline()
+        })
+    });
     let json = serde_json::to_vec(&*shared).unwrap();
     group.bench_function("shared_json_read", |b| {
         b.iter(|| {
