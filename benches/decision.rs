@@ -16,16 +16,19 @@
 
 use std::cell::Cell;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::decision::Step;
 use portcullis::route::OperationLookup;
-use portcullis::{
-    Decision, DecisionRequest, Engine, Outcome, PolicyOptions, PolicySet, SourceFile,
-};
+use portcullis::{Decision, DecisionRequest, Engine, Outcome, PolicyOptions, PolicySet};
+
+#[path = "support/generated.rs"]
+mod generated;
+
+use generated::OPERATIONS;
 
 /// The allocator `portcullis serve` uses, so that figures match the server binary.
 #[global_allocator]
@@ -44,8 +47,6 @@ const FRESH_TOKENS: usize = 4096;
 const FRESH_CACHE_CAPACITY: usize = 64;
 /// Request URLs cycled through by the matching benchmarks.
 const MATCH_URLS: usize = 1000;
-/// Operations per generated service.
-const OPERATIONS: usize = 10;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -207,114 +208,9 @@ fn bench_decide(c: &mut Criterion) {
     group.finish();
 }
 
-/// The base URL of generated service `i`: even services each have their own host, odd
-/// services share one host and differ by path prefix (two levels: team, then service).
-fn base_url(i: usize) -> String {
-    if i.is_multiple_of(2) {
-        format!("https://api{i}.example.com/svc{i}/v1")
-    } else {
-        format!("https://gateway.example.com/team{}/svc{i}/v1", i % 97)
-    }
-}
-
-/// (methods, path template, a concrete request path, the request method) per operation.
-const GENERATED_OPERATIONS: [(&str, &str, &str, &str); OPERATIONS] = [
-    ("[GET]", "/users", "/users", "GET"),
-    ("[GET, PUT]", "/users/{userId}", "/users/u-17", "PUT"),
-    (
-        "[POST]",
-        "/users/{userId}/answers",
-        "/users/u-17/answers",
-        "POST",
-    ),
-    (
-        "[GET]",
-        "/users/{userId}/answers/{answerId}",
-        "/users/u-17/answers/a-9",
-        "GET",
-    ),
-    ("[GET, HEAD]", "/memes", "/memes", "GET"),
-    ("[GET]", "/memes/{memeId}", "/memes/m-3", "GET"),
-    (
-        "[POST, PUT, DELETE]",
-        "/memes/**",
-        "/memes/m-3/tags/x",
-        "DELETE",
-    ),
-    ("[GET]", "/leaderboard", "/leaderboard", "GET"),
-    ("[GET]", "/internal/**", "/internal/metrics/cpu", "GET"),
-    (
-        "[GET]",
-        "/games/{gameId}/rounds/{round}",
-        "/games/g-1/rounds/3",
-        "GET",
-    ),
-];
-
-fn service_yaml(i: usize) -> String {
-    let mut yaml = format!(
-        "service: svc-{i}\n\
-         baseUrls:\n  - {}\n\
-         token:\n  issuer: https://auth.example.com\n  audiences: [svc-{i}]\n  \
-         algorithms: [RS256, ES256]\n  jwks:\n    file: keys/meme-game.jwks.json\n\
-         operations:\n",
-        base_url(i)
-    );
-    for (j, (methods, path, _, _)) in GENERATED_OPERATIONS.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  - name: op-{j}\n    methods: {methods}\n    paths: [\"{path}\"]\n"
-        ));
-        if j % 3 == 0 {
-            yaml.push_str("    rules:\n      - scopes: { anyOf: [\"read\"] }\n");
-        }
-    }
-    yaml
-}
-
-/// `services` services, 100 per file.
-fn generated_sources(services: usize) -> Vec<SourceFile> {
-    (0..services)
-        .step_by(100)
-        .map(|first| SourceFile {
-            path: PathBuf::from(format!("generated/services-{first:05}.yaml")),
-            text: (first..(first + 100).min(services))
-                .map(service_yaml)
-                .collect::<Vec<_>>()
-                .join("---\n"),
-        })
-        .collect()
-}
-
-/// Request URLs spread over `targets` of the services (far apart in the set) and over the
-/// operations, with the service and operation each must match.
-fn request_urls(services: usize, targets: usize) -> Vec<(String, &'static str, usize, usize)> {
-    (0..MATCH_URLS)
-        .map(|k| {
-            // 7919 is prime, so consecutive URLs land on services far apart.
-            let service = ((k * 7919) % targets) * (services / targets);
-            let operation = k % OPERATIONS;
-            let (_, _, path, method) = GENERATED_OPERATIONS[operation];
-            let url = format!("{}{path}?page={k}", base_url(service));
-            (url, method, service, operation)
-        })
-        .collect()
-}
-
 fn compile_generated(services: usize) -> PolicySet {
-    let sources = generated_sources(services);
-    let jwks = std::fs::read(JWKS).expect("the example JWKS is readable");
-    let read_file = |path: &Path| -> std::io::Result<Vec<u8>> {
-        assert!(
-            path.ends_with("keys/meme-game.jwks.json"),
-            "{}",
-            path.display()
-        );
-        Ok(jwks.clone())
-    };
-    let started = Instant::now();
-    let set = portcullis::compile(&sources, &read_file, &PolicyOptions::default())
-        .unwrap_or_else(|e| panic!("the generated policies compile:\n{e}"));
-    let elapsed = started.elapsed();
+    let sources = generated::sources(services);
+    let (set, elapsed) = generated::compile(&sources, Path::new(JWKS));
     let bytes: usize = sources.iter().map(|s| s.text.len()).sum();
     eprintln!(
         "compiled {services} services x {OPERATIONS} operations ({} files, {:.1} MiB of YAML) in {elapsed:.2?}",
@@ -346,14 +242,19 @@ fn bench_match(c: &mut Criterion) {
             .entry(services)
             .or_insert_with(|| compile_generated(services));
         let set = &*set;
-        let urls = request_urls(services, targets);
-        for (url, method, service, operation) in &urls {
-            let parsed = portcullis::parse_request_url(url).expect("the URL parses");
+        let urls = generated::requests(services, targets, MATCH_URLS);
+        for r in &urls {
+            let parsed = portcullis::parse_request_url(&r.url).expect("the URL parses");
             let base = set.match_service(&parsed).expect("a service matches");
-            assert_eq!(&*set.services[base.service].name, format!("svc-{service}"));
-            match set.match_operation(base, method, &parsed) {
-                OperationLookup::Found(found) => assert_eq!(found.operation, *operation, "{url}"),
-                other => panic!("{method} {url}: {other:?}"),
+            assert_eq!(
+                &*set.services[base.service].name,
+                format!("svc-{}", r.service)
+            );
+            match set.match_operation(base, r.method, &parsed) {
+                OperationLookup::Found(found) => {
+                    assert_eq!(found.operation, r.operation, "{}", r.url)
+                }
+                other => panic!("{} {}: {other:?}", r.method, r.url),
             }
         }
         let next = Cell::new(0usize);
@@ -361,8 +262,8 @@ fn bench_match(c: &mut Criterion) {
             b.iter(|| {
                 let i = next.get();
                 next.set((i + 1) % urls.len());
-                let (url, method, _, _) = &urls[i];
-                match_one(set, black_box(url), black_box(method))
+                let r = &urls[i];
+                match_one(set, black_box(&r.url), black_box(r.method))
             })
         });
     }
@@ -371,9 +272,8 @@ fn bench_match(c: &mut Criterion) {
 
 /// Compiling a large policy set: what a reload costs (issue 4: ≤ 1 s for 10,000 × 10).
 fn bench_compile(c: &mut Criterion) {
-    let sources = generated_sources(10_000);
-    let jwks = std::fs::read(JWKS).expect("the example JWKS is readable");
-    let read_file = |_: &Path| -> std::io::Result<Vec<u8>> { Ok(jwks.clone()) };
+    let sources = generated::sources(10_000);
+    let read_file = generated::key_file_reader(Path::new(JWKS));
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
     group.bench_function("services_10000", |b| {

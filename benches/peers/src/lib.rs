@@ -6,4 +6,5 @@
 
 pub mod corpus;
 pub mod engines;
+#[path = "../../support/generated.rs"]
 pub mod generated;

@@ -504,17 +504,21 @@ fn scaling(rounds: usize) {
         "services", "compile", "requests to 10 services", "requests to ≤1,000 services"
     );
     for services in [10, 100, 1_000, 10_000] {
-        let (set, compile_time) = generated::compile(services);
+        let (set, compile_time) = generated::compile(
+            &generated::sources(services),
+            &corpus::policies_dir().join("keys/meme-game.jwks.json"),
+        );
+        assert_eq!(set.services.len(), services);
         let engine = portcullis::Engine::default();
         let mut cells = Vec::new();
         for targets in [10, services.min(1000)] {
             let reqs = generated::requests(services, targets, REQUESTS);
-            let decide = |(method, url, _): &(&str, String, usize)| {
+            let decide = |r: &generated::GeneratedRequest| {
                 engine.decide(
                     &set,
                     &portcullis::DecisionRequest {
-                        method,
-                        url,
+                        method: r.method,
+                        url: &r.url,
                         headers: &headers,
                         client: None,
                     },
@@ -523,8 +527,8 @@ fn scaling(rounds: usize) {
             };
             for r in &reqs {
                 let d = decide(r);
-                assert!(d.is_allowed(), "{} {}: {}", r.0, r.1, d.audit);
-                assert_eq!(&*d.service.unwrap(), format!("svc-{}", r.2));
+                assert!(d.is_allowed(), "{} {}: {}", r.method, r.url, d.audit);
+                assert_eq!(&*d.service.unwrap(), format!("svc-{}", r.service));
             }
             let mut times = Vec::with_capacity(rounds);
             for _ in 0..rounds {

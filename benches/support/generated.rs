@@ -1,5 +1,5 @@
-//! Generated policy sets of many services (the generator of the main crate's
-//! `benches/decision.rs`), for the decision-time-against-services curve.
+//! Generated policy sets of many services, for the matching and compile benchmarks
+//! (`benches/decision.rs`) and the decision-time-against-services curve (`benches/peers`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use portcullis::{PolicyOptions, PolicySet, SourceFile};
 /// Operations per generated service.
 pub const OPERATIONS: usize = 10;
 /// Every generated service accepts this audience, so that one token (one cache entry)
-/// serves all of them and the curve measures routing, not token verification.
+/// serves all of them and a decision curve measures routing, not token verification.
 pub const AUDIENCE: &str = "bench";
 
 /// The base URL of generated service `i`: even services each have their own host, odd
@@ -90,40 +90,51 @@ pub fn sources(services: usize) -> Vec<SourceFile> {
         .collect()
 }
 
-/// Compiles `services` generated services; returns the set and the compile time.
-pub fn compile(services: usize) -> (PolicySet, Duration) {
-    let sources = sources(services);
-    let jwks_path = crate::corpus::policies_dir().join("keys/meme-game.jwks.json");
-    let jwks = std::fs::read(&jwks_path).expect("the example JWKS is readable");
-    let read_file = |path: &Path| -> std::io::Result<Vec<u8>> {
+/// Reads the example JWKS at `jwks` once and serves it as every service's key file.
+pub fn key_file_reader(jwks: &Path) -> impl Fn(&Path) -> std::io::Result<Vec<u8>> + use<> {
+    let bytes = std::fs::read(jwks).expect("the example JWKS is readable");
+    move |path: &Path| {
         assert!(
             path.ends_with("keys/meme-game.jwks.json"),
             "{}",
             path.display()
         );
-        Ok(jwks.clone())
-    };
-    let started = Instant::now();
-    let set = portcullis::compile(&sources, &read_file, &PolicyOptions::default())
-        .unwrap_or_else(|e| panic!("the generated policies compile:\n{e}"));
-    let elapsed = started.elapsed();
-    assert_eq!(set.services.len(), services);
-    (set, elapsed)
+        Ok(bytes.clone())
+    }
 }
 
-/// `n` request (method, URL, service index) spread over `targets` of the `services`
-/// services (far apart in the set) and over the operations.
-pub fn requests(services: usize, targets: usize, n: usize) -> Vec<(&'static str, String, usize)> {
+/// Compiles `sources` with the example JWKS at `jwks`; returns the set and the compile time.
+pub fn compile(sources: &[SourceFile], jwks: &Path) -> (PolicySet, Duration) {
+    let read_file = key_file_reader(jwks);
+    let started = Instant::now();
+    let set = portcullis::compile(sources, &read_file, &PolicyOptions::default())
+        .unwrap_or_else(|e| panic!("the generated policies compile:\n{e}"));
+    (set, started.elapsed())
+}
+
+/// One request to a generated set, and what it must match.
+pub struct GeneratedRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub service: usize,
+    pub operation: usize,
+}
+
+/// `n` requests spread over `targets` of the `services` services (far apart in the set) and
+/// over the operations.
+pub fn requests(services: usize, targets: usize, n: usize) -> Vec<GeneratedRequest> {
     (0..n)
         .map(|k| {
             // 7919 is prime, so consecutive URLs land on services far apart.
             let service = ((k * 7919) % targets) * (services / targets);
-            let (_, _, path, method) = GENERATED_OPERATIONS[k % OPERATIONS];
-            (
+            let operation = k % OPERATIONS;
+            let (_, _, path, method) = GENERATED_OPERATIONS[operation];
+            GeneratedRequest {
                 method,
-                format!("{}{path}?page={k}", base_url(service)),
+                url: format!("{}{path}?page={k}", base_url(service)),
                 service,
-            )
+                operation,
+            }
         })
         .collect()
 }
