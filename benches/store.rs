@@ -14,10 +14,9 @@
 //! - `store/list_100_filtered`: a list with a service and outcome filter and a limit of 100,
 //!   on a full store of 10,000 where one record in four matches.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
@@ -37,62 +36,13 @@ const CAPACITY: usize = 10_000;
 const MEMORY_CAPACITIES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 const MEMORY_TIME_LIMIT: Duration = Duration::from_secs(20);
 
-/// Counts live heap bytes while [`COUNTING`] is on; otherwise costs one relaxed load.
-struct CountingAllocator;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-static FREED: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static DEALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+use counting_alloc::{CountingAllocator, live, set_counting};
 
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn count(counter: &AtomicUsize, bytes: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        counter.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is passed on to `System` unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(&ALLOCATED, layout.size());
-        count(&ALLOCATIONS, 1);
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(&ALLOCATED, layout.size());
-        count(&ALLOCATIONS, 1);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(&FREED, layout.size());
-        count(&DEALLOCATIONS, 1);
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(&FREED, layout.size());
-        count(&ALLOCATED, new_size);
-        // SAFETY: as for `alloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-/// Live heap bytes and allocations counted so far (allocated minus freed while counting).
-fn live() -> (isize, isize) {
-    let bytes = ALLOCATED.load(Ordering::Relaxed) as isize - FREED.load(Ordering::Relaxed) as isize;
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) as isize
-        - DEALLOCATIONS.load(Ordering::Relaxed) as isize;
-    (bytes, allocations)
-}
+static ALLOCATOR: CountingAllocator<System> = CountingAllocator(System);
 
 /// Bytes glibc's `malloc` has handed out, its chunk headers and rounding included.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -274,7 +224,7 @@ fn memory_table() {
     ] {
         check(&decider.decide(kind, n), kind);
     }
-    COUNTING.store(true, Ordering::Relaxed);
+    set_counting(true);
     eprintln!(
         "\ntrace store memory per record, slots and index included: approx = the store's own \
          accounting (TraceStore::approx_bytes); heap = bytes allocated minus freed while \
@@ -317,7 +267,7 @@ fn memory_table() {
     memory_row(&decider, "200 allow", &[Kind::Allow], CAPACITY);
     memory_row(&decider, "401 no token", &[Kind::NoToken], CAPACITY);
     eprintln!();
-    COUNTING.store(false, Ordering::Relaxed);
+    set_counting(false);
 }
 
 /// A ULID for insert `n`: the current time and `n` as the random part, so every id differs.

@@ -6,71 +6,20 @@
 //!
 //! `cargo run --release --bin store_memory [-- CAPACITY...]`
 
-use std::alloc::{GlobalAlloc, Layout};
-
-use mimalloc::MiMalloc as System;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use portcullis::trace::TraceStore;
 use portcullis_peers::corpus;
 use portcullis_peers::engines::Portcullis;
 
-struct CountingAllocator;
+#[path = "../../../support/counting_alloc.rs"]
+mod counting_alloc;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-static FREED: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static DEALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+use counting_alloc::{CountingAllocator, live, set_counting};
 
+// mimalloc underneath: the allocator of `portcullis serve`.
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn count(counter: &AtomicUsize, n: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is passed on to mimalloc (the allocator of `portcullis serve`)
-// unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(&ALLOCATED, layout.size());
-        count(&ALLOCATIONS, 1);
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(&ALLOCATED, layout.size());
-        count(&ALLOCATIONS, 1);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(&FREED, layout.size());
-        count(&DEALLOCATIONS, 1);
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(&FREED, layout.size());
-        count(&ALLOCATED, new_size);
-        // SAFETY: as for `alloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-fn live() -> (isize, isize) {
-    let bytes = ALLOCATED.load(Ordering::Relaxed) as isize - FREED.load(Ordering::Relaxed) as isize;
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) as isize
-        - DEALLOCATIONS.load(Ordering::Relaxed) as isize;
-    (bytes, allocations)
-}
+static ALLOCATOR: CountingAllocator<mimalloc::MiMalloc> = CountingAllocator(mimalloc::MiMalloc);
 
 fn main() {
     let capacities: Vec<usize> = {
@@ -143,7 +92,7 @@ fn main() {
 /// Fills a store of `capacity` with decisions on `requests` (cycled, each URL made distinct)
 /// and prints what it took.
 fn row(portcullis: &Portcullis, label: &str, requests: &[corpus::Request], capacity: usize) {
-    COUNTING.store(true, Ordering::Relaxed);
+    set_counting(true);
     let started = Instant::now();
     let (bytes_before, allocs_before) = live();
     let store = TraceStore::new(capacity);
@@ -168,5 +117,5 @@ fn row(portcullis: &Portcullis, label: &str, requests: &[corpus::Request], capac
         elapsed
     );
     drop(store);
-    COUNTING.store(false, Ordering::Relaxed);
+    set_counting(false);
 }
