@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use portcullis::proto;
 use portcullis::proto::decision_service_client::DecisionServiceClient;
@@ -471,37 +471,44 @@ async fn decision_api_decides_lists_filters_and_gets() {
     );
 }
 
-#[tokio::test]
-async fn health_reports_serving() {
+/// Polls the health of `service` until it is `wanted` (1 SERVING, 2 NOT_SERVING), for at
+/// most `within`.
+async fn wait_for_health(channel: &Channel, service: &str, wanted: i32, within: Duration) {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of `{service}`: {e}"))
+            .into_inner()
+            .status;
+        if status == wanted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{service}` is {status}, not {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
     let server = server();
-    let mut health = HealthClient::new(channel(&server).await);
+    let channel = channel(&server).await;
     for service in [
         "",
         "envoy.service.auth.v3.Authorization",
         "portcullis.v1.DecisionService",
     ] {
         // SERVING once the (zero-second) wait for the unreachable remote key set is over.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let status = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("health of `{service}`: {e}"))
-                .into_inner()
-                .status;
-            if status == 1 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "`{service}` is not SERVING: {status}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_health(&channel, service, 1, Duration::from_secs(5)).await;
     }
 }
 
@@ -588,49 +595,18 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
 
 #[tokio::test]
 async fn with_a_shutdown_delay_sigterm_reports_not_serving_while_still_deciding() {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let server = Server::start(
+    const EXT_AUTHZ: &str = "envoy.service.auth.v3.Authorization";
+    let mut server = Server::start(
         &support::fixtures().join("policies"),
         &["--jwks-start-timeout", "0s", "--shutdown-delay", "3s"],
     );
     let channel = channel(&server).await;
-    let mut health = HealthClient::new(channel.clone());
-    let mut authz = AuthorizationClient::new(channel);
-    let status = |health: &mut HealthClient<Channel>| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: "envoy.service.auth.v3.Authorization".into(),
-                })
-                .await
-                .expect("health answers")
-                .into_inner()
-                .status
-        }
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while status(&mut health).await != 1 {
-        assert!(std::time::Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let mut authz = AuthorizationClient::new(channel.clone());
+    wait_for_health(&channel, EXT_AUTHZ, 1, Duration::from_secs(5)).await;
 
-    let pid = server.child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.send_sigterm();
     // Within the delay: NOT_SERVING (2) on gRPC, 503 draining on HTTP, and still deciding.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while status(&mut health).await != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still SERVING after SIGTERM"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_health(&channel, EXT_AUTHZ, 2, Duration::from_secs(2)).await;
     let readyz = reqwest::get(server.http_url("/readyz")).await.unwrap();
     assert_eq!(readyz.status(), 503);
     let body: serde_json::Value = readyz.json().await.unwrap();
@@ -648,9 +624,9 @@ async fn with_a_shutdown_delay_sigterm_reports_not_serving_while_still_deciding(
         .into_inner();
     assert_eq!(answer.status.unwrap().code, 16, "401 → UNAUTHENTICATED");
 
-    // Then it stops by itself, with exit status 0.
-    let mut server = server;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Then it stops by itself, with exit status 0. (Waiting without blocking the runtime:
+    // this test's connections must be able to see the server's GOAWAY.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(exit) = server.child.try_wait().unwrap() {
             break exit;
@@ -659,7 +635,7 @@ async fn with_a_shutdown_delay_sigterm_reports_not_serving_while_still_deciding(
             std::time::Instant::now() < deadline,
             "did not stop after the delay"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit:?}");
 }

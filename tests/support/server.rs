@@ -113,18 +113,29 @@ impl Server {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_for_exit()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
-        Command::new("kill")
+        let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits (at most 10 s) for the server to exit.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the server did not stop within 10 s of SIGTERM");
+        panic!("the server did not stop within 10 s");
     }
 }
 
