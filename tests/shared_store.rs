@@ -366,6 +366,10 @@ fn a_trace_store_that_is_neither_memory_nor_redis_is_refused_at_start() {
     for (url, says) in [
         ("postgres://user:secret@db/x", "--trace-store"),
         ("rediss://:secret@127.0.0.1:6380/0", "not supported yet"),
+        (
+            "redis://:secret@127.0.0.1:notaport/0",
+            "cannot use the shared store",
+        ),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--policies"])

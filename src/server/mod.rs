@@ -98,9 +98,6 @@ impl SharedStores {
             if !url.starts_with("redis://") {
                 anyhow::bail!("`--{flag}` must be `memory`/`local` or `redis://host:port/db`");
             }
-            // Refused here, so that a replica never starts with its state silently local.
-            redis::Client::open(url)
-                .map_err(|e| anyhow::anyhow!("`--{flag} {}`: {e}", shared::shown_url(url)))?;
             Ok(shared::SharedConfig {
                 url: url.to_owned(),
                 timeout,
@@ -177,40 +174,39 @@ pub struct Listing {
 }
 
 impl AppState {
-    pub fn new(policies: PolicySet, config: &ServerConfig, keys: Arc<keys::KeyFetchers>) -> Self {
+    /// Fails only on a shared store (Redis) URL that cannot be used: a replica must never
+    /// keep to itself state it was told to share.
+    pub fn new(
+        policies: PolicySet,
+        config: &ServerConfig,
+        keys: Arc<keys::KeyFetchers>,
+    ) -> Result<Self, BindError> {
         let metrics = Arc::new(Metrics::new());
         // One connection serves both uses when they name the same Redis.
         let mut links: Vec<(String, Arc<shared::RedisLink>)> = Vec::new();
-        let mut link = |c: &shared::SharedConfig| -> Option<Arc<shared::RedisLink>> {
+        let mut link = |c: &shared::SharedConfig| -> Result<Arc<shared::RedisLink>, BindError> {
             if let Some((_, l)) = links.iter().find(|(url, _)| *url == c.url) {
-                return Some(l.clone());
+                return Ok(l.clone());
             }
-            match shared::RedisLink::new(&c.url, c.timeout, metrics.clone()) {
-                Ok(l) => {
-                    let l = Arc::new(l);
-                    links.push((c.url.clone(), l.clone()));
-                    Some(l)
-                }
-                Err(e) => {
-                    tracing::error!("cannot use Redis {e}; keeping state in this process");
-                    None
-                }
-            }
+            let l = Arc::new(
+                shared::RedisLink::new(&c.url, c.timeout, metrics.clone())
+                    .map_err(BindError::Shared)?,
+            );
+            links.push((c.url.clone(), l.clone()));
+            Ok(l)
         };
-        let shared_decisions = config
-            .shared
-            .decisions
-            .as_ref()
-            .and_then(|c| Some(shared::SharedDecisions::start(link(c)?, c, metrics.clone())));
-        let shared_limits = config
-            .shared
-            .limits
-            .as_ref()
-            .and_then(|c| Some(shared::SharedLimits::new(link(c)?, &c.prefix)));
+        let shared_decisions = match &config.shared.decisions {
+            Some(c) => Some(shared::SharedDecisions::start(link(c)?, c, metrics.clone())),
+            None => None,
+        };
+        let shared_limits = match &config.shared.limits {
+            Some(c) => Some(shared::SharedLimits::new(link(c)?, &c.prefix)),
+            None => None,
+        };
         metrics.set_policy(policies.revision(), policies.services.len());
         let loaded = reload::unix_millis();
         metrics.count_reload("success", loaded);
-        Self {
+        Ok(Self {
             policies: ArcSwap::from_pointee(policies),
             engine: match &config.panic_marker {
                 Some(marker) => Engine::new(config.token_cache_capacity).with_panic_marker(marker),
@@ -234,7 +230,7 @@ impl AppState {
             admin_grpc: admin::AdminAccess::Loopback,
             shared_decisions,
             shared_limits,
-        }
+        })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -447,7 +443,7 @@ pub async fn bind(mut config: ServerConfig) -> Result<BoundServer, BindError> {
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| BindError::Listen(config.http_listen, e))?;
-    let mut state = AppState::new(policies, &config, Arc::new(fetchers));
+    let mut state = AppState::new(policies, &config, Arc::new(fetchers))?;
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| BindError::Listen(config.grpc_listen, e))?;
@@ -478,6 +474,8 @@ pub enum BindError {
     Client(anyhow::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(transport::TlsError),
+    #[error("cannot use the shared store: {0}")]
+    Shared(String),
 }
 
 /// A server with its listeners bound and policies loaded.

@@ -103,7 +103,6 @@ impl RedisLink {
     /// A link to `url`; nothing is connected until first use. Fails only on a malformed URL.
     pub fn new(url: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("`{}`: {e}", shown_url(url)))?;
-        metrics.set_shared_up(false);
         Ok(Self {
             client,
             config: redis::AsyncConnectionConfig::new()
