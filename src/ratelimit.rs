@@ -170,15 +170,16 @@ impl Count {
     }
 }
 
-/// Counters kept buckets most by default.
+/// Buckets kept at most by default.
 pub const DEFAULT_MAX_BUCKETS: usize = 100_000;
 
-#[derive(Debug, Clone, Copy)]
+/// The count of one bucket in one window.
+#[derive(Debug, Clone, Copy, Default)]
 struct Counter {
-    window: u64,
-    count: u64,
-    /// When the window ends (milliseconds since the epoch): after it the counter is dead.
+    /// When the counted window ends (milliseconds since the epoch), which names the window;
+    /// after it the counter is dead.
     ends_millis: u64,
+    count: u64,
 }
 
 /// This process' counters: one per bucket, for the current window only. Bounded: when full,
@@ -209,9 +210,9 @@ impl LocalCounters {
 
     /// Counts one request against `check` at `now_millis` and returns the window's count.
     pub fn hit(&self, check: &LimitCheck, now_millis: u64, counted_by: CountedBy) -> Count {
-        let window = check.window(now_millis);
+        let ends_millis = now_millis + check.millis_left(now_millis);
         let count = if let Some(mut counter) = self.counters.get_mut(check.bucket.as_str()) {
-            bump(&mut counter, window, check, now_millis)
+            bump(&mut counter, ends_millis)
         } else {
             let bucket = if self.counters.len() < self.max_buckets || self.sweep(now_millis) {
                 check.bucket.as_str()
@@ -220,16 +221,12 @@ impl LocalCounters {
                 let cut = check.bucket.rfind('\u{1f}').unwrap_or(check.bucket.len());
                 &check.bucket[..cut]
             };
-            let mut counter = self.counters.entry(bucket.into()).or_insert(Counter {
-                window,
-                count: 0,
-                ends_millis: 0,
-            });
-            bump(&mut counter, window, check, now_millis)
+            let mut counter = self.counters.entry(bucket.into()).or_default();
+            bump(&mut counter, ends_millis)
         };
         Count {
             count,
-            millis_left: check.millis_left(now_millis),
+            millis_left: ends_millis - now_millis,
             counted_by,
         }
     }
@@ -258,16 +255,16 @@ impl LocalCounters {
     }
 }
 
-fn bump(counter: &mut Counter, window: u64, check: &LimitCheck, now_millis: u64) -> u64 {
-    if counter.window != window {
+/// Counts one request in the window ending at `ends_millis`, starting that window's count if
+/// the counter still holds an earlier one.
+fn bump(counter: &mut Counter, ends_millis: u64) -> u64 {
+    if counter.ends_millis != ends_millis {
         *counter = Counter {
-            window,
+            ends_millis,
             count: 0,
-            ends_millis: 0,
         };
     }
     counter.count = counter.count.saturating_add(1);
-    counter.ends_millis = now_millis + check.millis_left(now_millis);
     counter.count
 }
 
