@@ -395,7 +395,6 @@ impl PendingDecision {
         ));
         decision.trace.push(entry);
         if !within {
-            decision.headers = Headers::default();
             Denial::RateLimited { check, count }.render(&mut decision, None);
         }
         decision
@@ -741,6 +740,9 @@ fn token_check(e: &TokenError) -> &'static str {
 impl Denial {
     /// The one mapping from a denial to what the gateway returns.
     fn render(self, decision: &mut Decision, service: Option<&ApiService>) {
+        // A denial's headers are exactly those set here, even on a decision that was allowed
+        // until its rate limit was counted.
+        decision.headers = Headers::default();
         let realm = service.map_or("portcullis", |s| &s.name);
         let url = decision.request.url.clone();
         let (status, code, message, target, details, audit): (u16, &'static str, String, String, Vec<ErrorDetail>, String) = match self {
