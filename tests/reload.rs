@@ -31,6 +31,16 @@ fn token(key: &str, claims: Value) -> String {
     )
 }
 
+/// A policy directory holding `probe.yaml` at revision 0 (host `probe.test`), and that
+/// file's path.
+fn probe_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    policy_dir(dir.path());
+    let file = dir.path().join("probe.yaml");
+    std::fs::write(&file, probe_policy(0, "probe.test")).unwrap();
+    (dir, file)
+}
+
 /// A policy directory with the fixture key sets under `keys/`.
 fn policy_dir(at: &Path) {
     std::fs::create_dir_all(at.join("keys")).unwrap();
@@ -136,10 +146,7 @@ fn edit_of(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> Opt
 
 #[tokio::test]
 async fn fifty_edits_under_load_fail_no_request_and_never_mix_revisions() {
-    let dir = tempfile::tempdir().unwrap();
-    policy_dir(dir.path());
-    let file = dir.path().join("probe.yaml");
-    std::fs::write(&file, probe_policy(0, "probe.test")).unwrap();
+    let (dir, file) = probe_dir();
     let server = Server::start(dir.path(), &[]);
     let http = client();
     let token = token("rsa-a", json!({"even": "yes"}));
@@ -271,10 +278,7 @@ async fn fifty_edits_under_load_fail_no_request_and_never_mix_revisions() {
 
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_last_good_set_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    policy_dir(dir.path());
-    let file = dir.path().join("probe.yaml");
-    std::fs::write(&file, probe_policy(0, "probe.test")).unwrap();
+    let (dir, file) = probe_dir();
     let server = Server::start(dir.path(), &[]);
     let http = client();
     let token = token("rsa-a", json!({"even": "yes"}));
@@ -427,9 +431,7 @@ async fn a_swapped_directory_symlink_is_picked_up() {
 
 #[tokio::test]
 async fn a_rotated_key_file_is_picked_up() {
-    let dir = tempfile::tempdir().unwrap();
-    policy_dir(dir.path());
-    std::fs::write(dir.path().join("probe.yaml"), probe_policy(0, "probe.test")).unwrap();
+    let (dir, _) = probe_dir();
     let server = Server::start(dir.path(), &[]);
     let http = client();
     let old = token("rsa-a", json!({"even": "yes"}));
@@ -485,10 +487,7 @@ async fn a_rotated_key_file_is_picked_up() {
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_forces_a_reload_when_watching_is_off() {
-    let dir = tempfile::tempdir().unwrap();
-    policy_dir(dir.path());
-    let file = dir.path().join("probe.yaml");
-    std::fs::write(&file, probe_policy(0, "probe.test")).unwrap();
+    let (dir, file) = probe_dir();
     let server = Server::start(dir.path(), &["--no-watch"]);
     let http = client();
     let token = token("rsa-a", json!({"even": "yes"}));
