@@ -6,9 +6,12 @@
 //! 1. **gRPC load**: `LOAD_STREAMS` concurrent tasks, round-robin over `LOAD_CONNECTIONS`
 //!    HTTP/2 connections, each looping `Check` calls for `LOAD_SECONDS` after
 //!    `LOAD_WARMUP_SECONDS`, against (a) a trivial always-OK ext_authz server built on the same
-//!    tonic server settings (the ceiling) and (b) Portcullis, started in-process with the
-//!    shipped example policies. The requests are a fixed, shuffled mix of allows and denials
-//!    (401, 403, 404) with tokens that are in the verified-token cache after the first call.
+//!    tonic server settings (the ceiling), (b) the replay: the same server answering each
+//!    Check with a copy of Portcullis' answer to that request, deciding nothing (so the load
+//!    generator handles exactly the messages it gets from Portcullis), and (c) Portcullis,
+//!    started in-process with the shipped example policies. The requests are a fixed, shuffled
+//!    mix of allows and denials (401, 403, 404) with tokens that are in the verified-token
+//!    cache after the first call.
 //! 2. **Through Envoy** (when an Envoy binary is found): HTTP/1.1 keep-alive requests through
 //!    Envoy to a tiny upstream, with and without the ext_authz filter pointing at Portcullis,
 //!    at each concurrency of `ENVOY_CONCURRENCY`; the difference is what ext_authz adds.
@@ -18,16 +21,17 @@
 //!
 //! Settings (environment variables; defaults in brackets):
 //! `LOAD_SECONDS` [10], `LOAD_WARMUP_SECONDS` [2], `LOAD_STREAMS` [64], `LOAD_CONNECTIONS` [4],
-//! `LOAD_ROUNDS` [1] (ceiling then Portcullis, repeated), `LOAD_SERVER_THREADS` [2] (workers of
+//! `LOAD_ROUNDS` [1] (the targets in turn, repeated), `LOAD_SERVER_THREADS` [2] (workers of
 //! the servers' runtime), `LOAD_CLIENT_THREADS` [2] (workers of the load generator's runtime),
 //! `LOAD_AUDIT` [`devnull`]: where the audit log goes (`devnull`, `off` for no log subscriber,
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
-//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS` [`ceiling,portcullis,redis`] (e.g. `portcullis`
+//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS` [`ceiling,replay,portcullis,redis`] (e.g. `portcullis`
 //! alone under `perf record`), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
-//! is compared with the memory store's.
+//! is compared with the memory store's; `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
+//! before answering (a busy wait), to see how throughput falls with work per call.
 //!
 //! The ceiling copies one transport setting from Portcullis at run time: whether the gRPC
 //! server sets `TCP_NODELAY` on the connections it accepts (read from Portcullis' own sockets
@@ -109,11 +113,12 @@ struct Settings {
     envoy_seconds: f64,
     envoy_concurrency: Vec<usize>,
     envoy_workers: usize,
-    /// Which gRPC targets to load: `ceiling`, `portcullis`, `redis` (all by default; `redis`
+    /// Which gRPC targets to load: `ceiling`, `replay`, `portcullis`, `redis` (all by default; `redis`
     /// only with `LOAD_REDIS`).
     targets: String,
     /// `LOAD_REDIS`: a Redis URL or `auto`.
     redis: Option<String>,
+    replay_busy: Duration,
 }
 
 impl Settings {
@@ -148,8 +153,9 @@ impl Settings {
                 })
                 .collect(),
             envoy_workers: env_or("ENVOY_WORKERS", 1usize).max(1),
-            targets: env_or("LOAD_TARGETS", "ceiling,portcullis,redis".to_owned()),
+            targets: env_or("LOAD_TARGETS", "ceiling,replay,portcullis,redis".to_owned()),
             redis: std::env::var("LOAD_REDIS").ok().filter(|r| !r.is_empty()),
+            replay_busy: Duration::from_nanos(env_or("REPLAY_BUSY_NS", 0)),
         }
     }
 }
@@ -375,10 +381,59 @@ impl Authorization for AlwaysOk {
     }
 }
 
+/// What identifies a probe in a Check: method, host, path and `authorization` header.
+fn probe_key(request: &CheckRequest) -> Option<(&str, &str, &str, Option<&str>)> {
+    let http = request
+        .attributes
+        .as_ref()?
+        .request
+        .as_ref()?
+        .http
+        .as_ref()?;
+    Some((
+        &http.method,
+        &http.host,
+        &http.path,
+        http.headers.get("authorization").map(String::as_str),
+    ))
+}
+
+/// Portcullis' answers to the probes, recorded once by [`verify`], for [`Replay`].
+type Answers = Arc<std::sync::OnceLock<Vec<(CheckRequest, CheckResponse)>>>;
+
+/// The second ceiling: answers every Check with a copy of the answer Portcullis gave to the same
+/// request, without deciding anything. The load generator receives and checks the same
+/// messages as from Portcullis, so what separates the two is the decision work alone.
+struct Replay {
+    answers: Answers,
+    /// `REPLAY_BUSY_NS`: CPU burnt per call before answering, standing in for a decision's work.
+    busy: Duration,
+}
+
+#[tonic::async_trait]
+impl Authorization for Replay {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let key = probe_key(request.get_ref());
+        let started = Instant::now();
+        while started.elapsed() < self.busy {
+            std::hint::spin_loop();
+        }
+        self.answers
+            .get()
+            .and_then(|answers| answers.iter().find(|(r, _)| probe_key(r) == key))
+            .map(|(_, answer)| tonic::Response::new(answer.clone()))
+            .ok_or_else(|| tonic::Status::internal("no recorded answer for this request"))
+    }
+}
+
 /// Serves the ceiling with tonic's default `Server::builder()` (hyper's HTTP/2 server and
 /// tonic's codec, as Portcullis), the same decoding limit, on a bound listener; `TCP_NODELAY`
 /// on accepted connections when `nodelay` says so at accept time (see [`accepted_nodelay`]).
-async fn serve_ceiling(
+async fn serve_ceiling<S: Authorization>(
+    service: S,
     listener: TcpListener,
     nodelay: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -393,7 +448,7 @@ async fn serve_ceiling(
         accepted
     });
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AlwaysOk).max_decoding_message_size(MAX_GRPC_MESSAGE))
+        .add_service(AuthorizationServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .expect("the ceiling server runs");
@@ -447,6 +502,8 @@ fn accepted_nodelay(port: u16) -> Option<bool> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Ceiling,
+    /// [`Replay`]: Portcullis' answers without deciding.
+    Replay,
     /// Portcullis with the in-memory trace store.
     Memory,
     /// Portcullis writing its decisions to Redis too.
@@ -458,7 +515,10 @@ struct Servers {
     /// Portcullis with the Redis trace store, if one was asked for.
     portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
     ceiling: SocketAddr,
-    /// Whether the ceiling sets `TCP_NODELAY` on the connections it accepts from now on.
+    replay: SocketAddr,
+    /// Portcullis' answers for [`Replay`], set by the first [`verify`] of Portcullis.
+    answers: Answers,
+    /// Whether the ceiling (and the replay) sets `TCP_NODELAY` on the connections it accepts from now on.
     ceiling_nodelay: Arc<AtomicBool>,
     state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
@@ -466,11 +526,13 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(threads: usize, redis: Option<String>) -> Self {
+    fn start(threads: usize, redis: Option<String>, replay_busy: Duration) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let ceiling_nodelay = Arc::new(AtomicBool::new(false));
         let nodelay = ceiling_nodelay.clone();
+        let answers = Answers::default();
+        let replay_answers = answers.clone();
         let thread = std::thread::Builder::new()
             .name("servers".into())
             .spawn(move || {
@@ -523,19 +585,35 @@ impl Servers {
                         .expect("a loopback port for the ceiling");
                     let ceiling = listener.local_addr().unwrap();
                     let (c_stop_tx, c_stop_rx) = oneshot::channel::<()>();
-                    let ceiling_task = tokio::spawn(serve_ceiling(listener, nodelay, async {
-                        let _ = c_stop_rx.await;
-                    }));
+                    let ceiling_task =
+                        tokio::spawn(serve_ceiling(AlwaysOk, listener, nodelay.clone(), async {
+                            let _ = c_stop_rx.await;
+                        }));
+                    let listener = TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("a loopback port for the replay");
+                    let replay = listener.local_addr().unwrap();
+                    let (rp_stop_tx, rp_stop_rx) = oneshot::channel::<()>();
+                    let replay_service = Replay {
+                        answers: replay_answers,
+                        busy: replay_busy,
+                    };
+                    let replay_task =
+                        tokio::spawn(serve_ceiling(replay_service, listener, nodelay, async {
+                            let _ = rp_stop_rx.await;
+                        }));
                     ready_tx
-                        .send((portcullis, ceiling, state, with_redis))
+                        .send((portcullis, ceiling, replay, state, with_redis))
                         .expect("the bench waits for the servers");
                     let _ = stop_rx.await;
                     let _ = p_stop_tx.send(());
                     let _ = c_stop_tx.send(());
+                    let _ = rp_stop_tx.send(());
                     let _ = r_stop_tx.send(());
                     let stopped = async {
                         let _ = portcullis_task.await;
                         let _ = ceiling_task.await;
+                        let _ = replay_task.await;
                         if let Some(task) = redis_task {
                             let _ = task.await;
                         }
@@ -549,13 +627,15 @@ impl Servers {
                 });
             })
             .expect("the servers' thread starts");
-        let (portcullis, ceiling, state, portcullis_redis) = ready_rx
+        let (portcullis, ceiling, replay, state, portcullis_redis) = ready_rx
             .recv_timeout(STARTUP)
             .expect("the servers start within 30 s");
         Self {
             portcullis,
             portcullis_redis,
             ceiling,
+            replay,
+            answers,
             ceiling_nodelay,
             state,
             stop: Some(stop_tx),
@@ -747,9 +827,14 @@ async fn connect(addr: SocketAddr) -> Channel {
 }
 
 /// Sends each probe once and panics unless it is answered as expected; for Portcullis this
-/// also puts both tokens in the verified-token cache.
-async fn verify(addr: SocketAddr, probes: &[(Probe, usize)], ceiling: bool) {
+/// also puts both tokens in the verified-token cache. Returns the answers, in probe order.
+async fn verify(
+    addr: SocketAddr,
+    probes: &[(Probe, usize)],
+    ceiling: bool,
+) -> Vec<(CheckRequest, CheckResponse)> {
     let mut client = AuthorizationClient::new(connect(addr).await);
+    let mut answers = Vec::new();
     for (probe, _) in probes {
         let response =
             tokio::time::timeout(Duration::from_secs(10), client.check(probe.request.clone()))
@@ -777,7 +862,9 @@ async fn verify(addr: SocketAddr, probes: &[(Probe, usize)], ceiling: bool) {
                 prost::Message::encoded_len(&response),
             );
         }
+        answers.push((probe.request.clone(), response));
     }
+    answers
 }
 
 /// `streams` tasks over `connections` HTTP/2 connections, each looping Check calls.
@@ -1354,7 +1441,7 @@ fn main() {
         }
         Some(url) => (None, Some(url.to_owned())),
     };
-    let servers = Servers::start(settings.server_threads, redis_url);
+    let servers = Servers::start(settings.server_threads, redis_url, settings.replay_busy);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.client_threads)
         .thread_name("load-worker")
@@ -1368,6 +1455,11 @@ fn main() {
             Some(servers.ceiling),
             Target::Ceiling,
         ),
+        (
+            "replay (Portcullis' answers)",
+            Some(servers.replay),
+            Target::Replay,
+        ),
         ("Portcullis", Some(servers.portcullis), Target::Memory),
         (
             "Portcullis, Redis trace store",
@@ -1379,6 +1471,7 @@ fn main() {
     .filter_map(|(label, addr, target)| {
         let name = match target {
             Target::Ceiling => "ceiling",
+            Target::Replay => "replay",
             Target::Memory => "portcullis",
             Target::Redis => "redis",
         };
@@ -1391,7 +1484,8 @@ fn main() {
         // Portcullis first: its answers are checked and its token cache warmed, and while the
         // checking connection is open, its socket options are read for the ceiling to copy.
         let client = AuthorizationClient::new(connect(servers.portcullis).await);
-        verify(servers.portcullis, &probes, false).await;
+        let answers = verify(servers.portcullis, &probes, false).await;
+        let _ = servers.answers.set(answers);
         let nodelay = accepted_nodelay(servers.portcullis.port());
         drop(client);
         servers
@@ -1406,6 +1500,7 @@ fn main() {
             }
         );
         verify(servers.ceiling, &probes, true).await;
+        verify(servers.replay, &probes, false).await;
         if let Some((addr, _)) = &servers.portcullis_redis {
             verify(*addr, &probes, false).await;
         }
@@ -1476,6 +1571,8 @@ fn main() {
             .sum::<f64>()
     };
     let ratio = sum(Target::Memory) / sum(Target::Ceiling);
+    let replay_ratio = sum(Target::Replay) / sum(Target::Ceiling);
+    let decision_ratio = sum(Target::Memory) / sum(Target::Replay);
     let redis_ratio = sum(Target::Redis) / sum(Target::Memory);
     let ratio_known = ratio.is_finite() && ratio > 0.0;
     let store = &servers.state.store;
@@ -1515,18 +1612,34 @@ fn main() {
         .fold(0.0, f64::max);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!("\nTargets (issue 3):");
-    println!(
-        "  1. ≥ 25,000 decisions/s with p99 ≤ 5 ms at {} streams: {:.0}/s, p99 {:.3} ms → {}",
-        settings.streams,
-        worst_rate,
-        worst_p99,
-        verdict(worst_rate >= 25_000.0 && worst_p99 <= 5.0)
-    );
+    if !portcullis.is_empty() {
+        println!(
+            "  1. ≥ 25,000 decisions/s with p99 ≤ 5 ms at {} streams: {:.0}/s, p99 {:.3} ms → {}",
+            settings.streams,
+            worst_rate,
+            worst_p99,
+            verdict(worst_rate >= 25_000.0 && worst_p99 <= 5.0)
+        );
+    }
     if ratio_known {
         println!(
             "  2. ≥ 80% of the ceiling's throughput: {:.1}% → {}",
             ratio * 100.0,
             verdict(ratio >= 0.8)
+        );
+    }
+    let known = |r: f64| r.is_finite() && r > 0.0;
+    if known(replay_ratio) {
+        println!(
+            "     the replay (Portcullis' answers, no decision) reaches {:.1}% of the ceiling: \
+             the most any server sending these answers reaches here",
+            replay_ratio * 100.0
+        );
+    }
+    if known(decision_ratio) {
+        println!(
+            "     Portcullis reaches {:.1}% of the replay: what deciding costs",
+            decision_ratio * 100.0
         );
     }
     if redis_ratio.is_finite() && redis_ratio > 0.0 {
