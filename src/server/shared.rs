@@ -31,6 +31,10 @@ const BATCH: usize = 512;
 /// Decisions in one stream entry, at most: one XADD carries many decisions, which is most of
 /// what keeps Redis' share of the CPU small.
 const PER_ENTRY: usize = 64;
+/// Once a decision is queued, the writer waits this long for more before writing, unless a
+/// whole batch is waiting: under load, full entries and few wake-ups; a decision reaches the
+/// other replicas this much later at most.
+const LINGER: Duration = Duration::from_millis(5);
 /// Stream entries read per round trip when listing.
 const PAGE: usize = 32;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
@@ -422,7 +426,17 @@ impl Writer {
         loop {
             match tokio::time::timeout(IDLE_PING, rx.recv_many(&mut batch, BATCH)).await {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(_) => {
+                    if batch.len() < BATCH {
+                        tokio::time::sleep(LINGER).await;
+                        // Closed or not, what is queued is written; an empty, closed queue
+                        // ends the loop at the next receive.
+                        while batch.len() < BATCH {
+                            let Ok(record) = rx.try_recv() else { break };
+                            batch.push(record);
+                        }
+                    }
+                }
                 Err(_) => {
                     self.ping().await;
                     continue;
