@@ -63,6 +63,7 @@ use portcullis::proto::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
 };
 use portcullis::proto::google::rpc;
+use portcullis::server::log::LogGuard;
 use portcullis::server::{AppState, MAX_GRPC_MESSAGE, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -691,7 +692,8 @@ fn cpu_snapshot(others: &[(&'static str, u32)]) -> BTreeMap<&'static str, u64> {
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let group = if comm.starts_with("srv-") {
+            // The log writer thread does the servers' logging, as in `portcullis serve`.
+            let group = if comm.starts_with("srv-") || comm.starts_with("log-writer") {
                 "servers"
             } else if comm.starts_with("load-") {
                 "load generator"
@@ -957,50 +959,62 @@ async fn load(
 #[derive(Default)]
 struct AuditCounter {
     bytes: AtomicU64,
+    lines: AtomicU64,
     writes: AtomicU64,
 }
 
 struct AuditWriter {
-    file: Arc<File>,
+    file: File,
     counter: Arc<AuditCounter>,
+}
+
+impl AuditCounter {
+    /// Lines, bytes and writes so far.
+    fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.lines.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl std::io::Write for AuditWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (&*self.file).write(buf)?;
+        let n = self.file.write(buf)?;
+        let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
         self.counter.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.counter
+            .lines
+            .fetch_add(lines as u64, Ordering::Relaxed);
         self.counter.writes.fetch_add(1, Ordering::Relaxed);
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        (&*self.file).flush()
+        self.file.flush()
     }
 }
 
-/// Installs the server's log subscriber (JSON lines at `info`, the audit events among them)
-/// writing to `/dev/null` or a file; `None` with `off`.
-fn install_audit_log(setting: &str) -> Option<Arc<AuditCounter>> {
+/// Installs the server's log subscriber (`portcullis serve`'s: JSON lines at `info`, the audit
+/// events among them, written in batches by a background thread) writing to `/dev/null` or a
+/// file; `None` with `off`.
+fn install_audit_log(setting: &str) -> Option<(Arc<AuditCounter>, LogGuard)> {
     let path = match setting {
         "off" => return None,
         "devnull" => PathBuf::from("/dev/null"),
         path => PathBuf::from(path),
     };
-    let file = Arc::new(
-        File::create(&path)
-            .unwrap_or_else(|e| panic!("cannot open {} for the audit log: {e}", path.display())),
-    );
+    let file = File::create(&path)
+        .unwrap_or_else(|e| panic!("cannot open {} for the audit log: {e}", path.display()));
     let counter = Arc::new(AuditCounter::default());
-    let writer_counter = counter.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || AuditWriter {
-            file: file.clone(),
-            counter: writer_counter.clone(),
-        })
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .init();
-    Some(counter)
+    let writer = AuditWriter {
+        file,
+        counter: counter.clone(),
+    };
+    let guard =
+        portcullis::server::log::install_json(writer, tracing_subscriber::EnvFilter::new("info"));
+    Some((counter, guard))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1513,12 +1527,7 @@ fn main() {
             };
             for &(label, addr, target) in &targets {
                 let ceiling = target == Target::Ceiling;
-                let writes_before = audit
-                    .as_ref()
-                    .map_or(0, |a| a.writes.load(Ordering::Relaxed));
-                let bytes_before = audit
-                    .as_ref()
-                    .map_or(0, |a| a.bytes.load(Ordering::Relaxed));
+                let audit_before = audit.as_ref().map(|(a, _)| a.snapshot());
                 let run = load(
                     &format!("{label}{suffix}"),
                     addr,
@@ -1529,13 +1538,14 @@ fn main() {
                 )
                 .await;
                 eprintln!("  {}   [cores: {}]", run.row(), run.cores);
-                if let Some(audit) = &audit {
-                    let writes = audit.writes.load(Ordering::Relaxed) - writes_before;
-                    let bytes = audit.bytes.load(Ordering::Relaxed) - bytes_before;
-                    if writes > 0 {
+                if let (Some((audit, _)), Some((lines0, bytes0, writes0))) = (&audit, audit_before) {
+                    let (lines, bytes, writes) = audit.snapshot();
+                    let (lines, bytes, writes) = (lines - lines0, bytes - bytes0, writes - writes0);
+                    if lines > 0 {
                         eprintln!(
-                            "  audit log: {writes} lines, {:.0} bytes per line",
-                            bytes as f64 / writes as f64
+                            "  audit log: {lines} lines, {:.0} bytes per line, {:.0} lines per write",
+                            bytes as f64 / lines as f64,
+                            lines as f64 / writes.max(1) as f64
                         );
                     }
                 }

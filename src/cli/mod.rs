@@ -75,19 +75,20 @@ pub fn run() -> ExitCode {
     let filter = |default: &str| {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into())
     };
-    if matches!(cli.command, Command::Serve(_)) {
-        // The server logs JSON lines (the audit events among them) for log pipelines.
-        tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter("info"))
-            .init();
+    // The server logs JSON lines (the audit events among them) for log pipelines, written in
+    // batches off the decision path; the guard writes out what is buffered when `run` ends.
+    let log = if matches!(cli.command, Command::Serve(_)) {
+        Some(portcullis::server::log::install_json(
+            std::io::stderr(),
+            filter("info"),
+        ))
     } else {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(filter("warn"))
             .init();
-    }
+        None
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args),
         Command::Check { dir, flags } => check::run(&dir, &flags),
@@ -96,6 +97,8 @@ pub fn run() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Schema => schema::run(),
     };
+    // Buffered log lines first, then the error that ends the process.
+    drop(log);
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -53,6 +53,7 @@ pub struct Metrics {
     shared_records: Family<ResultLabels, Counter>,
     shared_up: Gauge,
     rate_limit_counts: Family<CountedByLabels, Counter>,
+    log_lines_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,11 +193,18 @@ impl Metrics {
             "Requests counted against rate limits, by counter: local (no shared store), shared (Redis), local_fallback (Redis did not answer)",
             rate_limit_counts.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log and audit lines dropped because the log reader did not keep up",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry,
             shared_records,
             shared_up,
             rate_limit_counts,
+            log_lines_dropped,
             panics,
             refused,
             key_fetches,
@@ -297,6 +305,10 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        // The log buffer counts for the whole process; the counter catches up here.
+        let dropped = super::log::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

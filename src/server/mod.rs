@@ -8,6 +8,7 @@ mod ext_authz;
 mod grpc;
 mod http;
 pub mod keys;
+pub mod log;
 pub mod metrics;
 pub mod reload;
 pub mod shared;
