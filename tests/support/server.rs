@@ -111,6 +111,23 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it contains `needle` (the server writes its log in batches, a few
+    /// milliseconds after the event); panics with the log after 10 s.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} never logged:\n{log}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.send_sigterm();
