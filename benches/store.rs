@@ -332,21 +332,17 @@ fn bench_store(c: &mut Criterion) {
     group.bench_function("rebuild_decision", |b| {
         b.iter(|| black_box(&*shared).decision())
     });
-    // A writer batch as the Redis client sends it: 64 records as one JSON array in one
-    // XADD, packed into the wire form.
+    // A writer batch as the Redis client sends it: 64 records as one JSON array in the
+    // writer's own XADD, packed into the wire form.
     let chunk: Vec<_> = (0..64).map(|_| shared.clone()).collect();
     group.bench_function("shared_batch_of_64_packed", |b| {
         b.iter(|| {
-            let json = serde_json::to_vec(black_box(&chunk)).unwrap();
             let mut pipe = redis::pipe();
-            pipe.cmd("XADD")
-                .arg("s")
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(1000)
-                .arg("*")
-                .arg("d")
-                .arg(json);
+            pipe.add_command(portcullis::server::shared::append_command(
+                "s",
+                1000,
+                black_box(&chunk),
+            ));
             pipe.get_packed_pipeline()
         })
     });

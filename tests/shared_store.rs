@@ -182,12 +182,14 @@ async fn every_replica_answers_for_the_decisions_of_all() {
     );
     assert_eq!(metric(&a, "portcullis_shared_store_up").await, 1.0);
 
-    // A burst, written in batches (many decisions per stream entry): every one is listed
-    // and found on the other replica.
+    // A burst on both replicas at once, written in batches (many decisions per stream entry,
+    // entries of the two replicas interleaved in time): every one is listed, and found by id
+    // on the replica that did not make it.
     let burst = support::app_token(json!({"sub": "shared.burst"}));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..150 {
-        let (endpoint, bearer) = (a.http_url("/v1/authorize"), format!("Bearer {burst}"));
+        let maker = if i % 2 == 0 { &a } else { &b };
+        let (endpoint, bearer) = (maker.http_url("/v1/authorize"), format!("Bearer {burst}"));
         tasks.spawn(async move {
             let answer = client()
                 .get(endpoint)
@@ -201,17 +203,18 @@ async fn every_replica_answers_for_the_decisions_of_all() {
                 .await
                 .expect("an answer");
             assert_eq!(answer.status(), 200);
-            answer.headers()["x-decision-id"]
+            let id = answer.headers()["x-decision-id"]
                 .to_str()
                 .unwrap()
-                .to_owned()
+                .to_owned();
+            (i, id)
         });
     }
-    let burst_ids: Vec<String> = tasks.join_all().await;
-    wait_for_decision(&b, burst_ids.last().unwrap()).await;
-    for id in burst_ids.iter().step_by(37) {
-        wait_for_decision(&b, id).await;
+    let made: Vec<(usize, String)> = tasks.join_all().await;
+    for (i, id) in &made {
+        wait_for_decision(if i % 2 == 0 { &b } else { &a }, id).await;
     }
+    let burst_ids: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
     let (_, listed) = get_json(&b, "/v1/decisions?subject=shared.burst&limit=1000").await;
     let mut listed = ids(&listed);
     listed.sort();

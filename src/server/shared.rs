@@ -7,7 +7,6 @@
 //! and opened again on later use, at most once per [`RECONNECT_INTERVAL`], so that writing
 //! resumes by itself when Redis is back.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,6 +34,8 @@ const PER_ENTRY: usize = 64;
 /// whole batch is waiting: under load, full entries and few wake-ups; a decision reaches the
 /// other replicas this much later at most.
 const LINGER: Duration = Duration::from_millis(5);
+/// A decision's usual size in an entry's JSON, to size the command once.
+const ENTRY_BYTES_PER_DECISION: usize = 1600;
 /// Stream entries read per round trip when listing.
 const PAGE: usize = 32;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
@@ -45,11 +46,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// With nothing to write for this long, the writer pings Redis, so that the connection and
 /// `portcullis_shared_store_up` follow Redis even when traffic is idle.
 const IDLE_PING: Duration = Duration::from_secs(2);
-/// How often the writer measures the time the stream spans, for the id index's expiry.
-const SPAN_CHECK: Duration = Duration::from_secs(10);
-/// Bounds of an id index entry's lifetime.
-const MIN_INDEX_TTL: Duration = Duration::from_secs(60);
-const MAX_INDEX_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Index members read per round trip when looking a decision up, and most round trips: with
+/// many replicas, or one writing a backlog, the entry holding a decision may come after
+/// entries of other replicas that end later than the decision.
+const LOOKUP_PAGE: usize = 64;
+const LOOKUP_PAGES: usize = 8;
 /// Longest stream entry read back (a batch of capped decisions); longer entries are skipped
 /// (not ours, or hostile).
 const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
@@ -236,19 +237,19 @@ pub(crate) fn shown_url(url: &str) -> String {
 
 /// Recent decisions of every replica: a Redis stream whose entries each hold a JSON array of
 /// up to [`PER_ENTRY`] decisions, trimmed to about [`SharedConfig::stream_length`]
-/// decisions, and an index from decision id to stream entry for lookups in two commands: one
-/// hash per minute of decision ids (the minute of the id's ULID time), so that a batch is
-/// indexed with one command per minute it spans.
+/// decisions, and an index of the stream's entries by the times of the decisions they hold.
 ///
-/// The index hashes expire once the stream no longer reaches back to them: their lifetime
-/// follows the time the stream spans (measured by the writer), so that they hold about the
-/// stream's length of ids whatever the request rate.
+/// The index is a sorted set with one member per entry, `"{first} {last} {entry id}"` scored
+/// by `last` (the ULID times, in milliseconds, of the entry's earliest and latest decision):
+/// indexing costs one `ZADD` per entry, not one field per decision. A decision id carries its
+/// time, so a lookup reads the entries whose span holds that time (about one per replica) and
+/// picks the decision from them. It keeps about twice the stream's entries.
 #[derive(Debug)]
 pub struct SharedDecisions {
     link: Arc<RedisLink>,
     queue: mpsc::Sender<Arc<StoredDecision>>,
     stream: String,
-    index_prefix: String,
+    index: String,
     metrics: Arc<Metrics>,
 }
 
@@ -257,12 +258,12 @@ impl SharedDecisions {
     pub fn start(link: Arc<RedisLink>, config: &SharedConfig, metrics: Arc<Metrics>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stream = format!("{}decisions", config.prefix);
-        let index_prefix = format!("{}ids:", config.prefix);
+        let index = format!("{}entries", config.prefix);
         tokio::spawn(
             Writer {
                 link: link.clone(),
                 stream: stream.clone(),
-                index_prefix: index_prefix.clone(),
+                index: index.clone(),
                 stream_length: config.stream_length.max(1),
                 metrics: metrics.clone(),
             }
@@ -272,7 +273,7 @@ impl SharedDecisions {
             link,
             queue,
             stream,
-            index_prefix,
+            index,
             metrics,
         }
     }
@@ -337,23 +338,53 @@ impl SharedDecisions {
         let Ok(ulid) = ulid::Ulid::from_string(id) else {
             return Ok(None);
         };
-        let minute = ulid.timestamp_ms() / 60_000;
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGET")
-            .arg(format!("{}{minute}", self.index_prefix))
-            .arg(ulid.to_string());
-        let (entry,): (Option<String>,) = self.link.query(&pipe).await?;
-        let Some(entry) = entry else {
-            return Ok(None);
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("XRANGE").arg(&self.stream).arg(&entry).arg(&entry);
-        let (page,): (redis::Value,) = self.link.query(&pipe).await?;
-        Ok(stream_entries(page)?
-            .iter()
-            .flat_map(|(_, json)| read_entry(json))
-            .find(|record| record.id().eq_ignore_ascii_case(id))
-            .map(Arc::new))
+        let time = ulid.timestamp_ms();
+        // As written in the entries' JSON.
+        let id = ulid.to_string();
+        // Entries whose span ends at or after the decision, earliest first; those whose span
+        // starts after it are passed over. Bounded: a decision not in the first pages is gone.
+        for page in 0..LOOKUP_PAGES {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(&self.index)
+                .arg(time)
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(page * LOOKUP_PAGE)
+                .arg(LOOKUP_PAGE);
+            let (members,): (Vec<String>,) = self.link.query(&pipe).await?;
+            let holding: Vec<&str> = members
+                .iter()
+                .filter_map(|member| {
+                    let mut parts = member.splitn(3, ' ');
+                    let first: u64 = parts.next()?.parse().ok()?;
+                    let last: u64 = parts.next()?.parse().ok()?;
+                    (first <= time && time <= last).then_some(parts.next()?)
+                })
+                .collect();
+            if !holding.is_empty() {
+                let mut pipe = redis::pipe();
+                for entry in &holding {
+                    pipe.cmd("XRANGE").arg(&self.stream).arg(*entry).arg(*entry);
+                }
+                let pages: Vec<redis::Value> = self.link.query(&pipe).await?;
+                for page in pages {
+                    for (_, json) in stream_entries(page)? {
+                        // Most entries do not hold the id: look for it before parsing.
+                        if memchr::memmem::find(&json, id.as_bytes()).is_none() {
+                            continue;
+                        }
+                        if let Some(record) = read_entry(&json).into_iter().find(|r| r.id() == id) {
+                            return Ok(Some(Arc::new(record)));
+                        }
+                    }
+                }
+            }
+            if members.len() < LOOKUP_PAGE {
+                break;
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -402,11 +433,52 @@ fn stream_entries(value: redis::Value) -> Result<Vec<(String, Vec<u8>)>, SharedE
     Ok(out)
 }
 
+/// The `XADD` that appends `chunk` to `stream` as one entry (field `d`, the decisions' JSON
+/// array), trimming the stream to about `max_entries` entries.
+pub fn append_command(stream: &str, max_entries: u64, chunk: &[Arc<StoredDecision>]) -> redis::Cmd {
+    // Sized for the whole entry up front: the JSON is written into the command itself.
+    let mut xadd = redis::Cmd::with_capacity(8, 256 + chunk.len() * ENTRY_BYTES_PER_DECISION);
+    xadd.arg("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_entries)
+        .arg("*")
+        .arg("d")
+        .arg(JsonArray(chunk));
+    xadd
+}
+
+/// Decisions as one Redis argument: their JSON array, serialised straight into the command
+/// (no intermediate buffer to copy from).
+struct JsonArray<'a>(&'a [Arc<StoredDecision>]);
+
+impl redis::ToRedisArgs for JsonArray<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        // Decisions always serialise (string keys, no floats); were one not to, the entry
+        // would not parse and readers skip it.
+        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
+    }
+}
+
+/// The ULID times (ms) of the earliest and latest decision of `chunk`; `None` for none.
+fn time_span(chunk: &[Arc<StoredDecision>]) -> Option<(u64, u64)> {
+    chunk
+        .iter()
+        .filter_map(|record| ulid::Ulid::from_string(record.id()).ok())
+        .map(|ulid| ulid.timestamp_ms())
+        .fold(None, |span, t| {
+            Some(span.map_or((t, t), |(first, last): (u64, u64)| {
+                (first.min(t), last.max(t))
+            }))
+        })
+}
+
 /// The background writer of [`SharedDecisions`].
 struct Writer {
     link: Arc<RedisLink>,
     stream: String,
-    index_prefix: String,
+    index: String,
     stream_length: usize,
     metrics: Arc<Metrics>,
 }
@@ -418,10 +490,8 @@ impl Writer {
         let mut batch = Vec::with_capacity(BATCH);
         let mut dropped_since_warning = 0u64;
         let mut last_warning: Option<Instant> = None;
-        let mut index_ttl = MIN_INDEX_TTL;
         // Running average of decisions per stream entry (0.9 of the last value each batch).
         let mut per_entry = 1.0f64;
-        let mut span_checked: Option<Instant> = None;
         self.ping().await;
         loop {
             match tokio::time::timeout(IDLE_PING, rx.recv_many(&mut batch, BATCH)).await {
@@ -445,7 +515,7 @@ impl Writer {
             let n = batch.len() as u64;
             let entries = batch.len().div_ceil(PER_ENTRY);
             per_entry = 0.9 * per_entry + 0.1 * (batch.len() as f64 / entries as f64);
-            let result = self.write(&batch, index_ttl, per_entry).await;
+            let result = self.write(&batch, per_entry).await;
             batch.clear();
             match result {
                 Ok(()) => self.metrics.count_shared_records("written", n),
@@ -461,89 +531,46 @@ impl Writer {
                         dropped_since_warning = 0;
                         last_warning = Some(Instant::now());
                     }
-                    continue;
-                }
-            }
-            if span_checked.is_none_or(|t| t.elapsed() >= SPAN_CHECK) {
-                span_checked = Some(Instant::now());
-                if let Ok(span) = self.stream_span().await {
-                    index_ttl = (span + MIN_INDEX_TTL).clamp(MIN_INDEX_TTL, MAX_INDEX_TTL);
                 }
             }
         }
     }
 
     /// Appends `batch` to the stream in entries of up to [`PER_ENTRY`] decisions, then indexes
-    /// them by decision id: two round trips per batch. `per_entry` is the running average of
-    /// decisions per entry, which turns the stream's length in decisions into entries.
+    /// the entries: two round trips per batch. `per_entry` is the running average of decisions
+    /// per entry, which turns the stream's length in decisions into entries.
     async fn write(
         &self,
         batch: &[Arc<StoredDecision>],
-        index_ttl: Duration,
         per_entry: f64,
     ) -> Result<(), SharedError> {
         let max_entries = (self.stream_length as f64 / per_entry.max(1.0)).ceil() as u64;
         let mut pipe = redis::pipe();
-        let mut chunks = Vec::new();
+        let mut spans = Vec::new();
         for chunk in batch.chunks(PER_ENTRY) {
-            let Ok(json) = serde_json::to_vec(chunk) else {
+            let Some(span) = time_span(chunk) else {
                 continue;
             };
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(max_entries.max(1))
-                .arg("*")
-                .arg("d")
-                .arg(json);
-            chunks.push(chunk);
+            pipe.add_command(append_command(&self.stream, max_entries.max(1), chunk));
+            spans.push(span);
         }
         let entries: Vec<String> = self.link.query_within(&pipe, WRITE_TIMEOUT).await?;
-        // One HSET per index hash: ids grouped by the minute of their time.
-        let mut by_minute: BTreeMap<u64, Vec<(String, &str)>> = BTreeMap::new();
-        for (chunk, entry) in chunks.iter().zip(&entries) {
-            for record in *chunk {
-                if let Ok(ulid) = ulid::Ulid::from_string(record.id()) {
-                    by_minute
-                        .entry(ulid.timestamp_ms() / 60_000)
-                        .or_default()
-                        .push((ulid.to_string(), entry));
-                }
-            }
-        }
         let mut pipe = redis::pipe();
-        // The hash of a minute lives until its last id is older than the stream's span.
-        let ttl = (index_ttl + Duration::from_secs(60)).as_millis() as u64;
-        for (minute, ids) in &by_minute {
-            let key = format!("{}{minute}", self.index_prefix);
-            let cmd = pipe.cmd("HSET").arg(&key);
-            for (id, entry) in ids {
-                cmd.arg(id).arg(*entry);
-            }
-            cmd.ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        for ((first, last), entry) in spans.iter().zip(&entries) {
+            pipe.cmd("ZADD")
+                .arg(&self.index)
+                .arg(*last)
+                .arg(format!("{first} {last} {entry}"))
+                .ignore();
         }
+        // The stream's trimming is approximate: the index keeps twice its entries.
+        let keep = 2 * max_entries.max(1) + 16;
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&self.index)
+            .arg(0)
+            .arg(-(keep as i64) - 1)
+            .ignore();
         self.link.query_within(&pipe, WRITE_TIMEOUT).await
-    }
-
-    /// How far back the stream reaches: now minus its oldest entry's time.
-    async fn stream_span(&self) -> Result<Duration, SharedError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XRANGE")
-            .arg(&self.stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        let (page,): (redis::Value,) = self.link.query_within(&pipe, WRITE_TIMEOUT).await?;
-        let oldest = stream_entries(page)?
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok())
-            .unwrap_or_else(now_millis);
-        Ok(Duration::from_millis(
-            now_millis().saturating_sub(oldest).max(0) as u64,
-        ))
     }
 
     async fn ping(&self) {
