@@ -309,7 +309,7 @@ impl SharedDecisions {
                 .arg(PAGE);
             let (page,): (redis::Value,) = self.link.query(&pipe).await?;
             let entries = stream_entries(page)?;
-            let Some((last_id, _)) = entries.last() else {
+            let Some((last_id, _, _)) = entries.last() else {
                 break;
             };
             end = format!("({last_id}");
@@ -317,7 +317,7 @@ impl SharedDecisions {
             // Within an entry, decisions are oldest first.
             let newest_first = entries
                 .iter()
-                .flat_map(|(_, json)| read_entry(json).into_iter().rev());
+                .flat_map(|(_, form, data)| read_entry(*form, data).into_iter().rev());
             for record in newest_first {
                 if filter.matches(&record) {
                     found.push(Arc::new(record));
@@ -369,12 +369,14 @@ impl SharedDecisions {
                 }
                 let pages: Vec<redis::Value> = self.link.query(&pipe).await?;
                 for page in pages {
-                    for (_, json) in stream_entries(page)? {
+                    for (_, form, data) in stream_entries(page)? {
                         // Most entries do not hold the id: look for it before parsing.
-                        if memchr::memmem::find(&json, id.as_bytes()).is_none() {
+                        if memchr::memmem::find(&data, id.as_bytes()).is_none() {
                             continue;
                         }
-                        if let Some(record) = read_entry(&json).into_iter().find(|r| r.id() == id) {
+                        if let Some(record) =
+                            read_entry(form, &data).into_iter().find(|r| r.id() == id)
+                        {
                             return Ok(Some(Arc::new(record)));
                         }
                     }
@@ -388,19 +390,32 @@ impl SharedDecisions {
     }
 }
 
-/// The decisions of a stream entry (a JSON array of decisions), each capped as this replica
-/// caps its own; none for an entry that is not such an array.
-fn read_entry(json: &[u8]) -> Vec<StoredDecision> {
-    if json.len() > MAX_ENTRY_BYTES {
-        return Vec::new();
-    }
-    serde_json::from_slice::<Vec<Decision>>(json)
-        .map(|decisions| decisions.iter().map(StoredDecision::of).collect())
-        .unwrap_or_default()
+/// How a stream entry holds its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Field `c`: a batch in the compact form of [`crate::trace::wire`] (this version).
+    Compact,
+    /// Field `d`: a JSON array of decisions as the API shows them (earlier versions, still
+    /// read while replicas are upgraded one by one).
+    Decisions,
 }
 
-/// The `(entry id, field d)` pairs of an XRANGE/XREVRANGE answer.
-fn stream_entries(value: redis::Value) -> Result<Vec<(String, Vec<u8>)>, SharedError> {
+/// The decisions of a stream entry, each capped as this replica caps its own; none for an
+/// entry that is not what its field says.
+fn read_entry(form: Form, data: &[u8]) -> Vec<StoredDecision> {
+    if data.len() > MAX_ENTRY_BYTES {
+        return Vec::new();
+    }
+    match form {
+        Form::Compact => crate::trace::wire::read(data).unwrap_or_default(),
+        Form::Decisions => serde_json::from_slice::<Vec<Decision>>(data)
+            .map(|decisions| decisions.iter().map(StoredDecision::of).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The entries of an XRANGE/XREVRANGE answer: id, form and data.
+fn stream_entries(value: redis::Value) -> Result<Vec<(String, Form, Vec<u8>)>, SharedError> {
     let redis::Value::Array(items) = value else {
         return Err(SharedError::Answer(format!("{value:?}")));
     };
@@ -420,23 +435,25 @@ fn stream_entries(value: redis::Value) -> Result<Vec<(String, Vec<u8>)>, SharedE
         };
         let mut data = None;
         for kv in fields.chunks(2) {
-            if let [redis::Value::BulkString(k), redis::Value::BulkString(v)] = kv
-                && k == b"d"
-            {
-                data = Some(v.clone());
+            if let [redis::Value::BulkString(k), redis::Value::BulkString(v)] = kv {
+                match k.as_slice() {
+                    b"c" => data = Some((Form::Compact, v.clone())),
+                    b"d" => data = Some((Form::Decisions, v.clone())),
+                    _ => {}
+                }
             }
         }
-        if let (Ok(id), Some(data)) = (String::from_utf8(id), data) {
-            out.push((id, data));
+        if let (Ok(id), Some((form, data))) = (String::from_utf8(id), data) {
+            out.push((id, form, data));
         }
     }
     Ok(out)
 }
 
-/// The `XADD` that appends `chunk` to `stream` as one entry (field `d`, the decisions' JSON
-/// array), trimming the stream to about `max_entries` entries.
+/// The `XADD` that appends `chunk` to `stream` as one entry (field `c`, the batch in the
+/// compact form), trimming the stream to about `max_entries` entries.
 pub fn append_command(stream: &str, max_entries: u64, chunk: &[Arc<StoredDecision>]) -> redis::Cmd {
-    // Sized for the whole entry up front: the JSON is written into the command itself.
+    // Sized for the whole entry up front: the batch is written into the command itself.
     let mut xadd = redis::Cmd::with_capacity(8, 256 + chunk.len() * ENTRY_BYTES_PER_DECISION);
     xadd.arg("XADD")
         .arg(stream)
@@ -444,20 +461,20 @@ pub fn append_command(stream: &str, max_entries: u64, chunk: &[Arc<StoredDecisio
         .arg("~")
         .arg(max_entries)
         .arg("*")
-        .arg("d")
-        .arg(JsonArray(chunk));
+        .arg("c")
+        .arg(CompactBatch(chunk));
     xadd
 }
 
-/// Decisions as one Redis argument: their JSON array, serialised straight into the command
-/// (no intermediate buffer to copy from).
-struct JsonArray<'a>(&'a [Arc<StoredDecision>]);
+/// Decisions as one Redis argument: their compact batch, serialised straight into the
+/// command (no intermediate buffer to copy from).
+struct CompactBatch<'a>(&'a [Arc<StoredDecision>]);
 
-impl redis::ToRedisArgs for JsonArray<'_> {
+impl redis::ToRedisArgs for CompactBatch<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        // Decisions always serialise (string keys, no floats); were one not to, the entry
-        // would not parse and readers skip it.
-        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
+        // Stored records always serialise; were one not to, the entry would not parse and
+        // readers would skip it.
+        let _ = crate::trace::wire::write(self.0, out.writer_for_next_arg());
     }
 }
 
@@ -653,12 +670,14 @@ mod tests {
         ]);
         assert_eq!(
             stream_entries(answer).unwrap(),
-            [("1-0".to_owned(), b"{}".to_vec())]
+            [("1-0".to_owned(), Form::Decisions, b"{}".to_vec())]
         );
         assert!(stream_entries(Int(1)).is_err());
-        // Not an array of decisions: nothing, never a half-read record.
-        assert!(read_entry(b"{}").is_empty());
-        assert!(read_entry(b"[{\"id\": 1}]").is_empty());
-        assert!(read_entry(&vec![b' '; MAX_ENTRY_BYTES + 1]).is_empty());
+        // Not what the field says: nothing, never a half-read record.
+        for form in [Form::Compact, Form::Decisions] {
+            assert!(read_entry(form, b"{}").is_empty());
+            assert!(read_entry(form, b"[{\"id\": 1}]").is_empty());
+            assert!(read_entry(form, &vec![b' '; MAX_ENTRY_BYTES + 1]).is_empty());
+        }
     }
 }

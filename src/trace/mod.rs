@@ -9,6 +9,7 @@ mod cap;
 mod store;
 
 pub use cap::MAX_RECORD_BYTES;
+pub use store::wire;
 pub use store::{
     DEFAULT_CAPACITY, DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT, StoredDecision,
     TraceStore,

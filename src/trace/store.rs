@@ -16,6 +16,8 @@ use dashmap::DashMap;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+pub mod wire;
+
 use super::cap::{
     ARC_HEADER, Capped, Interner, MAX_AUDIT_BYTES, cap_decision, cut_middle, redact_jwts,
     within_caps,
@@ -1719,6 +1721,118 @@ mod tests {
     /// itself when nothing was over a cap.
     #[test]
     fn a_record_rebuilds_its_decision_exactly() {
+        let (engine_made, others) = every_kind();
+        let store = TraceStore::new(100);
+        for (i, d) in engine_made.iter().chain(&others).enumerate() {
+            let capped = cap_decision(d).decision;
+            if i < engine_made.len() + 3 {
+                assert!(within_caps(d), "decision {i}");
+                assert_eq!(capped, *d, "nothing of decision {i} is over a cap");
+            } else {
+                assert!(!within_caps(d), "decision {i}");
+            }
+            let first = store.record(d);
+            // The second record of a decision shares names with the first.
+            let again = store.record(d);
+            for stored in [&StoredDecision::of(d), &*first, &*again] {
+                assert_eq!(stored.decision(), capped, "decision {i}");
+                assert_eq!(
+                    serde_json::to_value(stored).unwrap(),
+                    serde_json::to_value(&capped).unwrap(),
+                    "decision {i}"
+                );
+            }
+            assert!(again.approx_bytes <= first.approx_bytes, "decision {i}");
+        }
+        // What the engine's decisions repeat of themselves is not stored.
+        let near_limit = &others[3];
+        for d in engine_made.iter().chain([near_limit]) {
+            let stored = store.get(&d.id).unwrap();
+            assert!(matches!(stored.audit, Audit::Rendered(_)), "{}", d.audit);
+            assert!(stored.time.is_none(), "{}", d.time);
+            assert!(stored.headers.iter().any(|(_, value)| value.is_none()));
+            assert!(stored.body.as_ref().is_none_or(|b| b.id.is_none()));
+        }
+        assert!(near_limit.audit.len() > MAX_AUDIT_BYTES);
+        assert!(
+            store
+                .get(&near_limit.id)
+                .unwrap()
+                .decision()
+                .audit
+                .contains("…(truncated"),
+            "the audit message of a long URL is rebuilt cut"
+        );
+    }
+
+    #[test]
+    fn the_shared_compact_form_reads_back_every_kind_exactly_and_is_smaller() {
+        let (engine_made, others) = every_kind();
+        let store = TraceStore::new(100);
+        // Recorded twice over: a batch repeats names, as a writer's batches do.
+        let records: Vec<Arc<StoredDecision>> = engine_made
+            .iter()
+            .chain(&others)
+            .chain(&engine_made)
+            .map(|d| store.record(d))
+            .collect();
+        let mut compact = Vec::new();
+        wire::write(&records, &mut compact).unwrap();
+        let full = serde_json::to_vec(&records).unwrap();
+        // Unique long URLs (2,000 bytes and more) are much of this set, and are written whole.
+        assert!(
+            compact.len() * 10 < full.len() * 6,
+            "compact {} bytes, decisions' JSON {}",
+            compact.len(),
+            full.len()
+        );
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read.len(), records.len());
+        for (i, (read, record)) in read.iter().zip(&records).enumerate() {
+            assert_eq!(read.decision(), record.decision(), "decision {i}");
+            assert_eq!(read.id(), record.id());
+            assert_eq!(read.unix_millis, record.unix_millis);
+        }
+    }
+
+    #[test]
+    fn a_malformed_compact_batch_is_refused_whole() {
+        let records: Vec<Arc<StoredDecision>> =
+            vec![Arc::new(StoredDecision::of(&full_trace_deny(1)))];
+        let mut compact = Vec::new();
+        wire::write(&records, &mut compact).unwrap();
+        let batch: Value = serde_json::from_slice(&compact).unwrap();
+        let tampered = |change: &dyn Fn(&mut Value)| {
+            let mut b = batch.clone();
+            change(&mut b);
+            wire::read(&serde_json::to_vec(&b).unwrap())
+        };
+        assert!(tampered(&|_| {}).is_some());
+        assert!(
+            tampered(&|b| b["v"] = json!(2)).is_none(),
+            "another version"
+        );
+        assert!(tampered(&|b| b["d"][0]["method"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["d"][0]["trace"][0]["n"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["n"][0]["attribute"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["d"][0]["sentence"] = json!(99)).is_none());
+        assert!(tampered(&|b| b["d"][0]["audit"] = json!("both")).is_none());
+        assert!(wire::read(b"[]").is_none());
+        assert!(wire::read(b"{\"v\":1}").is_none());
+        // A value nested far past serde_json's limit: refused, not a stack overflow.
+        let mut b = batch.clone();
+        b["d"][0]["trace"][0]["a"] = json!("DEEP");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let raw = b.to_string().replace("\"DEEP\"", &deep);
+        assert!(raw.len() > 200_000);
+        assert!(wire::read(raw.as_bytes()).is_none());
+    }
+
+    /// Decisions of every kind the store keeps differently: the engine's own (allow, each
+    /// denial, long URL, invalid URL, internal error) and others (read back from another
+    /// replica's JSON, a foreign id and time, an odd audit text and values, a URL past the
+    /// audit cap).
+    fn every_kind() -> (Vec<Decision>, Vec<Decision>) {
         let invalid_url = decide("GET", "https://api.test/app/v1/files/..%5Citems", &[]);
         assert_eq!(invalid_url.status, 400, "{}", invalid_url.audit);
         let mut internal = unauthorised(5);
@@ -1761,51 +1875,10 @@ mod tests {
             "Request to the URL \"{}\" denied due to an invalid OAuth access token.",
             near_limit.request.url
         );
-
-        let store = TraceStore::new(100);
-        for (i, d) in engine_made
-            .iter()
-            .chain([&replica, &other_id, &odd, &near_limit])
-            .enumerate()
-        {
-            let capped = cap_decision(d).decision;
-            if i < engine_made.len() + 3 {
-                assert!(within_caps(d), "decision {i}");
-                assert_eq!(capped, *d, "nothing of decision {i} is over a cap");
-            } else {
-                assert!(!within_caps(d), "decision {i}");
-            }
-            let first = store.record(d);
-            // The second record of a decision shares names with the first.
-            let again = store.record(d);
-            for stored in [&StoredDecision::of(d), &*first, &*again] {
-                assert_eq!(stored.decision(), capped, "decision {i}");
-                assert_eq!(
-                    serde_json::to_value(stored).unwrap(),
-                    serde_json::to_value(&capped).unwrap(),
-                    "decision {i}"
-                );
-            }
-            assert!(again.approx_bytes <= first.approx_bytes, "decision {i}");
-        }
-        // What the engine's decisions repeat of themselves is not stored.
-        for d in engine_made.iter().chain([&near_limit]) {
-            let stored = store.get(&d.id).unwrap();
-            assert!(matches!(stored.audit, Audit::Rendered(_)), "{}", d.audit);
-            assert!(stored.time.is_none(), "{}", d.time);
-            assert!(stored.headers.iter().any(|(_, value)| value.is_none()));
-            assert!(stored.body.as_ref().is_none_or(|b| b.id.is_none()));
-        }
-        assert!(near_limit.audit.len() > MAX_AUDIT_BYTES);
-        assert!(
-            store
-                .get(&near_limit.id)
-                .unwrap()
-                .decision()
-                .audit
-                .contains("…(truncated"),
-            "the audit message of a long URL is rebuilt cut"
-        );
+        (
+            engine_made.to_vec(),
+            vec![replica, other_id, odd, near_limit],
+        )
     }
 
     #[test]

@@ -1,0 +1,525 @@
+//! The compact form in which replicas share stored decisions (the Redis trace store): a batch
+//! of records as one JSON object whose strings that repeat between decisions (names, rules,
+//! locations, messages, header values: what the store interns) are written once, in a table,
+//! and referred to by index. What a record rebuilds (audit sentence, time, ids in headers and
+//! body) is left out as the memory store leaves it out. Writing it costs a fraction of the
+//! decisions' §6b JSON, and it is a fraction of its size.
+//!
+//! Reading trusts nothing: an index out of range, a malformed value or an unknown version
+//! makes the whole batch unreadable (`None`), and every record read is capped again as this
+//! replica caps its own.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+use super::{
+    Audit, AuditSentence, EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry,
+    StoredToken, encode_value, read_len, tag,
+};
+use crate::decision::{Outcome, Step};
+
+/// The version this build writes and reads.
+const VERSION: u32 = 1;
+
+/// A batch as read.
+#[derive(Deserialize)]
+struct Batch<'a> {
+    v: u32,
+    /// Shared strings.
+    #[serde(borrow)]
+    s: Vec<Cow<'a, str>>,
+    /// Shared `expected` values of trace entries.
+    x: Vec<Value>,
+    /// Shared trace-entry names.
+    n: Vec<Names>,
+    #[serde(borrow)]
+    d: Vec<Record<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Names {
+    step: Step,
+    depth: u8,
+    rule: Option<u32>,
+    attribute: u32,
+    operator: u32,
+    location: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    ms: i64,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    time: Option<Cow<'a, str>>,
+    us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<u32>,
+    revision: u32,
+    method: u32,
+    #[serde(borrow)]
+    url: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    client: Option<Cow<'a, str>>,
+    outcome: Outcome,
+    status: u16,
+    /// Name and value; no value: the decision id.
+    headers: Vec<(u32, Option<u32>)>,
+    #[serde(borrow)]
+    upstream: Vec<(u32, Cow<'a, str>)>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    body: Option<Body<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    token: Option<Token<'a>>,
+    #[serde(borrow)]
+    trace: Vec<Entry<'a>>,
+    /// The engine's sentence (its place in [`AuditSentence::ALL`]) or the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sentence: Option<u8>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    audit: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    id: Option<Cow<'a, str>>,
+    code: u32,
+    message: u32,
+    target: u32,
+    /// Code, target and message (none: the deciding entry's detail).
+    #[serde(borrow)]
+    details: Vec<(u32, u32, Option<Cow<'a, str>>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Token<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    sub: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<u32>,
+    aud: Vec<u32>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    exp: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<u32>,
+    alg: u32,
+    delegated: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    n: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<u32>,
+    /// The actual value as JSON in a one-item array, so that a `null` found is told from no
+    /// value (written from the store's encoding, re-encoded on reading).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "actual_as_json"
+    )]
+    a: Option<ActualValue<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    detail: Option<Cow<'a, str>>,
+    r: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    decisive: bool,
+}
+
+/// An `actual` value: the store's encoding when writing, a JSON value when read.
+enum ActualValue<'a> {
+    Encoded(&'a [u8]),
+    Read(Value),
+}
+
+impl<'de> Deserialize<'de> for ActualValue<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <(Value,)>::deserialize(deserializer).map(|(value,)| ActualValue::Read(value))
+    }
+}
+
+fn actual_as_json<S: Serializer>(
+    value: &Option<ActualValue<'_>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(ActualValue::Encoded(bytes)) => (Encoded(bytes),).serialize(serializer),
+        Some(ActualValue::Read(value)) => (value,).serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Serialises a value of the store's encoding as JSON without building it. Only the store's
+/// own bytes come here; a malformed one is an error, not a panic.
+struct Encoded<'a>(&'a [u8]);
+
+impl Serialize for Encoded<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_encoded(&mut &*self.0, serializer)
+    }
+}
+
+fn malformed<E: serde::ser::Error>() -> E {
+    E::custom("a malformed stored value")
+}
+
+fn serialize_encoded<S: Serializer>(r: &mut &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    let (&tag, rest) = r.split_first().ok_or_else(malformed::<S::Error>)?;
+    *r = rest;
+    match tag {
+        tag::NULL => serializer.serialize_unit(),
+        tag::FALSE => serializer.serialize_bool(false),
+        tag::TRUE => serializer.serialize_bool(true),
+        tag::UNSIGNED | tag::SIGNED | tag::FLOAT => {
+            let (bits, rest) = r
+                .split_first_chunk::<8>()
+                .ok_or_else(malformed::<S::Error>)?;
+            *r = rest;
+            let bits = u64::from_le_bytes(*bits);
+            match tag {
+                tag::UNSIGNED => serializer.serialize_u64(bits),
+                tag::SIGNED => serializer.serialize_i64(bits as i64),
+                _ => match serde_json::Number::from_f64(f64::from_bits(bits)) {
+                    Some(n) => n.serialize(serializer),
+                    None => serializer.serialize_unit(),
+                },
+            }
+        }
+        tag::STRING => serializer.serialize_str(read_str(r).ok_or_else(malformed::<S::Error>)?),
+        tag::ARRAY => {
+            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
+            let mut seq = serializer.serialize_seq(Some(len))?;
+            for _ in 0..len {
+                seq.serialize_element(&Element(RefCell::new(&mut *r)))?;
+            }
+            seq.end()
+        }
+        tag::OBJECT => {
+            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
+            let mut map = serializer.serialize_map(Some(len))?;
+            for _ in 0..len {
+                let key = read_str(r).ok_or_else(malformed::<S::Error>)?;
+                map.serialize_key(key)?;
+                map.serialize_value(&Element(RefCell::new(&mut *r)))?;
+            }
+            map.end()
+        }
+        _ => Err(malformed()),
+    }
+}
+
+/// A string of the store's encoding, borrowed.
+fn read_str<'b>(r: &mut &'b [u8]) -> Option<&'b str> {
+    let len = read_len(r)?;
+    if r.len() < len {
+        return None;
+    }
+    let (text, rest) = r.split_at(len);
+    *r = rest;
+    std::str::from_utf8(text).ok()
+}
+
+/// The next value of an array or object, read from the cursor they share (`Serialize` only
+/// lends `&self`).
+struct Element<'r, 'b>(RefCell<&'r mut &'b [u8]>);
+
+impl Serialize for Element<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut cursor = self.0.borrow_mut();
+        serialize_encoded(&mut cursor, serializer)
+    }
+}
+
+/// Interns what a batch writes once.
+#[derive(Default)]
+struct Tables<'a> {
+    strings: Vec<&'a str>,
+    string_index: HashMap<(*const u8, usize), u32>,
+    values: Vec<&'a Value>,
+    value_index: HashMap<*const Value, u32>,
+    names: Vec<Names>,
+    names_index: HashMap<*const EntryNames, u32>,
+}
+
+impl<'a> Tables<'a> {
+    /// The index of `s`, by address: the store shares each repeated string in one allocation.
+    fn string(&mut self, s: &'a str) -> u32 {
+        let key = (s.as_ptr(), s.len());
+        if let Some(&i) = self.string_index.get(&key) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(s);
+        self.string_index.insert(key, i);
+        i
+    }
+
+    fn value(&mut self, v: &'a Arc<Value>) -> u32 {
+        let key = Arc::as_ptr(v);
+        if let Some(&i) = self.value_index.get(&key) {
+            return i;
+        }
+        let i = self.values.len() as u32;
+        self.values.push(v);
+        self.value_index.insert(key, i);
+        i
+    }
+
+    fn names(&mut self, names: &'a Arc<EntryNames>) -> u32 {
+        let key = Arc::as_ptr(names);
+        if let Some(&i) = self.names_index.get(&key) {
+            return i;
+        }
+        let entry = Names {
+            step: names.step,
+            depth: names.depth,
+            rule: names.rule.as_deref().map(|r| self.string(r)),
+            attribute: self.string(&names.attribute),
+            operator: self.string(&names.operator),
+            location: names.location.as_deref().map(|l| self.string(l)),
+        };
+        let i = self.names.len() as u32;
+        self.names.push(entry);
+        self.names_index.insert(key, i);
+        i
+    }
+}
+
+/// Writes `records` as one batch.
+pub fn write(records: &[Arc<StoredDecision>], out: impl std::io::Write) -> serde_json::Result<()> {
+    let mut t = Tables::default();
+    let d: Vec<Record<'_>> = records.iter().map(|r| record(r, &mut t)).collect();
+    let batch = WriteBatch {
+        v: VERSION,
+        s: &t.strings,
+        x: &t.values,
+        n: &t.names,
+        d: &d,
+    };
+    serde_json::to_writer(out, &batch)
+}
+
+/// [`Batch`] as written: borrowed tables.
+#[derive(Serialize)]
+struct WriteBatch<'t, 'a> {
+    v: u32,
+    s: &'t [&'a str],
+    x: &'t [&'a Value],
+    n: &'t [Names],
+    d: &'t [Record<'a>],
+}
+
+fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
+    let (sentence, audit) = match &r.audit {
+        Audit::Rendered(s) => (
+            AuditSentence::ALL
+                .iter()
+                .position(|a| std::mem::discriminant(a) == std::mem::discriminant(s))
+                .map(|i| i as u8),
+            None,
+        ),
+        Audit::Text(text) => (None, Some(Cow::Borrowed(&**text))),
+    };
+    Record {
+        id: Cow::Borrowed(&r.id),
+        ms: r.unix_millis,
+        time: r.time.as_deref().map(Cow::Borrowed),
+        us: r.duration_micros,
+        service: r.service.as_deref().map(|s| t.string(s)),
+        operation: r.operation.as_deref().map(|s| t.string(s)),
+        revision: t.string(&r.policy_revision),
+        method: t.string(&r.method),
+        url: Cow::Borrowed(&r.url),
+        client: r.client.as_deref().map(Cow::Borrowed),
+        outcome: r.outcome,
+        status: r.status,
+        headers: r
+            .headers
+            .iter()
+            .map(|(name, value)| (t.string(name), value.as_deref().map(|v| t.string(v))))
+            .collect(),
+        upstream: r
+            .upstream_headers
+            .iter()
+            .map(|(name, value)| (t.string(name), Cow::Borrowed(&**value)))
+            .collect(),
+        body: r.body.as_deref().map(|b| Body {
+            id: b.id.as_deref().map(Cow::Borrowed),
+            code: t.string(&b.code),
+            message: t.string(&b.message),
+            target: t.string(&b.target),
+            details: b
+                .details
+                .iter()
+                .map(|d| {
+                    (
+                        t.string(&d.code),
+                        t.string(&d.target),
+                        d.message.as_deref().map(Cow::Borrowed),
+                    )
+                })
+                .collect(),
+        }),
+        token: r.token.as_deref().map(|k| Token {
+            sub: k.sub.as_deref().map(Cow::Borrowed),
+            client_id: k.client_id.as_deref().map(|s| t.string(s)),
+            iss: k.iss.as_deref().map(|s| t.string(s)),
+            aud: k.aud.iter().map(|a| t.string(a)).collect(),
+            exp: k.exp.as_deref().map(Cow::Borrowed),
+            kid: k.kid.as_deref().map(|s| t.string(s)),
+            alg: t.string(&k.alg),
+            delegated: k.delegated,
+        }),
+        trace: r
+            .trace
+            .iter()
+            .map(|e| Entry {
+                n: t.names(&e.names),
+                x: e.expected.as_ref().map(|x| t.value(x)),
+                a: e.actual.as_deref().map(ActualValue::Encoded),
+                detail: e.detail.as_deref().map(Cow::Borrowed),
+                r: e.result,
+                decisive: e.decisive,
+            })
+            .collect(),
+        sentence,
+        audit,
+    }
+}
+
+/// The records of a batch, each capped as this replica caps its own; `None` for anything
+/// that is not a batch this version writes.
+pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
+    let batch: Batch<'_> = serde_json::from_slice(bytes).ok()?;
+    if batch.v != VERSION {
+        return None;
+    }
+    let strings: Vec<Arc<str>> = batch.s.iter().map(|s| Arc::from(&**s)).collect();
+    let string = |i: u32| strings.get(i as usize).cloned();
+    let values: Vec<Arc<Value>> = batch.x.into_iter().map(Arc::new).collect();
+    let names: Vec<Arc<EntryNames>> = batch
+        .n
+        .iter()
+        .map(|n| {
+            Some(Arc::new(EntryNames {
+                step: n.step,
+                depth: n.depth,
+                rule: opt(n.rule, string)?,
+                attribute: string(n.attribute)?,
+                operator: Cow::Owned(string(n.operator)?.to_string()),
+                location: opt(n.location, string)?,
+            }))
+        })
+        .collect::<Option<_>>()?;
+    let mut out = Vec::with_capacity(batch.d.len());
+    for r in batch.d {
+        let uncapped = StoredDecision {
+            unix_millis: r.ms,
+            approx_bytes: 0,
+            truncated: false,
+            id: Box::from(&*r.id),
+            time: r.time.as_deref().map(Box::from),
+            duration_micros: r.us,
+            service: opt(r.service, string)?,
+            operation: opt(r.operation, string)?,
+            policy_revision: string(r.revision)?,
+            method: string(r.method)?,
+            url: Box::from(&*r.url),
+            client: r.client.as_deref().map(Box::from),
+            outcome: r.outcome,
+            status: r.status,
+            headers: r
+                .headers
+                .iter()
+                .map(|&(name, value)| Some((string(name)?, opt(value, string)?)))
+                .collect::<Option<_>>()?,
+            upstream_headers: r
+                .upstream
+                .iter()
+                .map(|(name, value)| Some((string(*name)?, Box::from(&**value))))
+                .collect::<Option<_>>()?,
+            body: match r.body {
+                None => None,
+                Some(b) => Some(Box::new(StoredBody {
+                    id: b.id.as_deref().map(Box::from),
+                    code: Cow::Owned(string(b.code)?.to_string()),
+                    message: string(b.message)?,
+                    target: string(b.target)?,
+                    details: b
+                        .details
+                        .iter()
+                        .map(|(code, target, message)| {
+                            Some(StoredDetail {
+                                code: Cow::Owned(string(*code)?.to_string()),
+                                target: string(*target)?,
+                                message: message.as_deref().map(Box::from),
+                            })
+                        })
+                        .collect::<Option<_>>()?,
+                })),
+            },
+            token: match r.token {
+                None => None,
+                Some(k) => Some(Box::new(StoredToken {
+                    sub: k.sub.as_deref().map(Box::from),
+                    client_id: opt(k.client_id, string)?,
+                    iss: opt(k.iss, string)?,
+                    aud: k.aud.iter().map(|&a| string(a)).collect::<Option<_>>()?,
+                    exp: k.exp.as_deref().map(Box::from),
+                    kid: opt(k.kid, string)?,
+                    alg: string(k.alg)?,
+                    delegated: k.delegated,
+                })),
+            },
+            trace: r
+                .trace
+                .into_iter()
+                .map(|e| {
+                    Some(StoredEntry {
+                        names: names.get(e.n as usize)?.clone(),
+                        expected: match e.x {
+                            None => None,
+                            Some(x) => Some(values.get(x as usize)?.clone()),
+                        },
+                        actual: match e.a {
+                            None => None,
+                            Some(ActualValue::Read(v)) => Some(encode_value(&v)),
+                            Some(ActualValue::Encoded(_)) => return None,
+                        },
+                        detail: e.detail.as_deref().map(Box::from),
+                        result: e.r,
+                        decisive: e.decisive,
+                    })
+                })
+                .collect::<Option<_>>()?,
+            audit: match (r.sentence, r.audit) {
+                (Some(i), None) => Audit::Rendered(*AuditSentence::ALL.get(i as usize)?),
+                (None, Some(text)) => Audit::Text(Box::from(&*text)),
+                _ => return None,
+            },
+        };
+        // Another replica's caps may differ from this one's.
+        out.push(StoredDecision::of(&uncapped.decision()));
+    }
+    Some(out)
+}
+
+/// `Some(None)` for no index, `Some(Some(_))` for a valid one, `None` for one out of range.
+fn opt<T>(index: Option<u32>, get: impl Fn(u32) -> Option<T>) -> Option<Option<T>> {
+    match index {
+        None => Some(None),
+        Some(i) => get(i).map(Some),
+    }
+}
