@@ -26,16 +26,16 @@ pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// Decisions waiting for the writer; past it they are dropped (and counted).
 const QUEUE: usize = 8192;
 /// Most decisions written in one pipeline.
-const BATCH: usize = 512;
+const BATCH: usize = 1024;
 /// Decisions in one stream entry, at most: one XADD carries many decisions, which is most of
 /// what keeps Redis' share of the CPU small.
-const PER_ENTRY: usize = 64;
+const PER_ENTRY: usize = 256;
 /// Once a decision is queued, the writer waits this long for more before writing, unless a
 /// whole batch is waiting: under load, full entries and few wake-ups; a decision reaches the
 /// other replicas this much later at most.
-const LINGER: Duration = Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(10);
 /// A decision's usual size in an entry's JSON, to size the command once.
-const ENTRY_BYTES_PER_DECISION: usize = 1600;
+const ENTRY_BYTES_PER_DECISION: usize = 800;
 /// Stream entries read per round trip when listing.
 const PAGE: usize = 32;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
@@ -53,7 +53,7 @@ const LOOKUP_PAGE: usize = 64;
 const LOOKUP_PAGES: usize = 8;
 /// Longest stream entry read back (a batch of capped decisions); longer entries are skipped
 /// (not ours, or hostile).
-const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+const MAX_ENTRY_BYTES: usize = PER_ENTRY * 2 * crate::trace::MAX_RECORD_BYTES;
 
 /// Where the shared state lives and how long Redis may take to answer.
 #[derive(Debug, Clone)]

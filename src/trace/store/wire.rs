@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 use std::sync::Arc;
 
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -52,40 +54,53 @@ struct Names {
     location: Option<u32>,
 }
 
+/// One decision. Field names are short: they repeat in every record of a batch.
 #[derive(Serialize, Deserialize)]
 struct Record<'a> {
-    #[serde(borrow)]
+    #[serde(rename = "i", borrow)]
     id: Cow<'a, str>,
+    #[serde(rename = "m")]
     ms: i64,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "t", default, borrow, skip_serializing_if = "Option::is_none")]
     time: Option<Cow<'a, str>>,
+    #[serde(rename = "u")]
     us: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     service: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
     operation: Option<u32>,
+    #[serde(rename = "r")]
     revision: u32,
+    #[serde(rename = "me")]
     method: u32,
-    #[serde(borrow)]
+    #[serde(rename = "l", borrow)]
     url: Cow<'a, str>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", default, borrow, skip_serializing_if = "Option::is_none")]
     client: Option<Cow<'a, str>>,
+    #[serde(rename = "oc")]
     outcome: Outcome,
+    #[serde(rename = "st")]
     status: u16,
     /// Name and value; no value: the decision id.
+    #[serde(rename = "h")]
     headers: Vec<(u32, Option<u32>)>,
-    #[serde(borrow)]
+    #[serde(rename = "uh", borrow)]
     upstream: Vec<(u32, Cow<'a, str>)>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "b", default, borrow, skip_serializing_if = "Option::is_none")]
     body: Option<Body<'a>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "k", default, borrow, skip_serializing_if = "Option::is_none")]
     token: Option<Token<'a>>,
-    #[serde(borrow)]
+    #[serde(rename = "tr", borrow)]
     trace: Vec<Entry<'a>>,
     /// The engine's sentence (its place in [`AuditSentence::ALL`]) or the text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "se", default, skip_serializing_if = "Option::is_none")]
     sentence: Option<u8>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "au",
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none"
+    )]
     audit: Option<Cow<'a, str>>,
 }
 
@@ -131,10 +146,15 @@ struct Entry<'a> {
         serialize_with = "actual_as_json"
     )]
     a: Option<ActualValue<'a>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "dt",
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none"
+    )]
     detail: Option<Cow<'a, str>>,
     r: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
     decisive: bool,
 }
 
@@ -246,11 +266,11 @@ impl Serialize for Element<'_, '_> {
 #[derive(Default)]
 struct Tables<'a> {
     strings: Vec<&'a str>,
-    string_index: HashMap<(*const u8, usize), u32>,
+    string_index: HashMap<(*const u8, usize), u32, FixedState>,
     values: Vec<&'a Value>,
-    value_index: HashMap<*const Value, u32>,
+    value_index: HashMap<*const Value, u32, FixedState>,
     names: Vec<Names>,
-    names_index: HashMap<*const EntryNames, u32>,
+    names_index: HashMap<*const EntryNames, u32, FixedState>,
 }
 
 impl<'a> Tables<'a> {
