@@ -455,6 +455,23 @@ async fn serve_ceiling<S: Authorization>(
         .expect("the ceiling server runs");
 }
 
+/// Serves `service` as the ceiling is served, on a loopback port of its own: its address,
+/// the sender that stops it and its task.
+async fn spawn_answering<S: Authorization>(
+    service: S,
+    nodelay: Arc<AtomicBool>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_ceiling(service, listener, nodelay, async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, task)
+}
+
 /// Whether the sockets this process accepted on `port` (Portcullis' gRPC listener) have
 /// `TCP_NODELAY`: `Some(true)` if all do, `Some(false)` if any does not, `None` if none is
 /// found. Reads `/proc/net/tcp` for the established connections' inodes, finds the matching
@@ -581,28 +598,14 @@ impl Servers {
                             let _ = r_stop_rx.await;
                         })));
                     }
-                    let listener = TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("a loopback port for the ceiling");
-                    let ceiling = listener.local_addr().unwrap();
-                    let (c_stop_tx, c_stop_rx) = oneshot::channel::<()>();
-                    let ceiling_task =
-                        tokio::spawn(serve_ceiling(AlwaysOk, listener, nodelay.clone(), async {
-                            let _ = c_stop_rx.await;
-                        }));
-                    let listener = TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("a loopback port for the replay");
-                    let replay = listener.local_addr().unwrap();
-                    let (rp_stop_tx, rp_stop_rx) = oneshot::channel::<()>();
+                    let (ceiling, c_stop_tx, ceiling_task) =
+                        spawn_answering(AlwaysOk, nodelay.clone()).await;
                     let replay_service = Replay {
                         answers: replay_answers,
                         busy: replay_busy,
                     };
-                    let replay_task =
-                        tokio::spawn(serve_ceiling(replay_service, listener, nodelay, async {
-                            let _ = rp_stop_rx.await;
-                        }));
+                    let (replay, rp_stop_tx, replay_task) =
+                        spawn_answering(replay_service, nodelay).await;
                     ready_tx
                         .send((portcullis, ceiling, replay, state, with_redis))
                         .expect("the bench waits for the servers");

@@ -262,44 +262,52 @@ impl Serialize for Element<'_, '_> {
     }
 }
 
-/// Interns what a batch writes once.
+/// Items a batch writes once, each found again by a key.
+struct Table<K, T> {
+    items: Vec<T>,
+    index: HashMap<K, u32, FixedState>,
+}
+
+impl<K, T> Default for Table<K, T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            index: HashMap::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, T> Table<K, T> {
+    /// The index of the item under `key`, made by `item` the first time.
+    fn intern(&mut self, key: K, item: impl FnOnce() -> T) -> u32 {
+        *self.index.entry(key).or_insert_with(|| {
+            self.items.push(item());
+            (self.items.len() - 1) as u32
+        })
+    }
+}
+
+/// Interns what a batch writes once, by address: the store shares each repeated string,
+/// value and set of names in one allocation.
 #[derive(Default)]
 struct Tables<'a> {
-    strings: Vec<&'a str>,
-    string_index: HashMap<(*const u8, usize), u32, FixedState>,
-    values: Vec<&'a Value>,
-    value_index: HashMap<*const Value, u32, FixedState>,
-    names: Vec<Names>,
-    names_index: HashMap<*const EntryNames, u32, FixedState>,
+    strings: Table<(*const u8, usize), &'a str>,
+    values: Table<*const Value, &'a Value>,
+    names: Table<*const EntryNames, Names>,
 }
 
 impl<'a> Tables<'a> {
-    /// The index of `s`, by address: the store shares each repeated string in one allocation.
     fn string(&mut self, s: &'a str) -> u32 {
-        let key = (s.as_ptr(), s.len());
-        if let Some(&i) = self.string_index.get(&key) {
-            return i;
-        }
-        let i = self.strings.len() as u32;
-        self.strings.push(s);
-        self.string_index.insert(key, i);
-        i
+        self.strings.intern((s.as_ptr(), s.len()), || s)
     }
 
     fn value(&mut self, v: &'a Arc<Value>) -> u32 {
-        let key = Arc::as_ptr(v);
-        if let Some(&i) = self.value_index.get(&key) {
-            return i;
-        }
-        let i = self.values.len() as u32;
-        self.values.push(v);
-        self.value_index.insert(key, i);
-        i
+        self.values.intern(Arc::as_ptr(v), || &**v)
     }
 
     fn names(&mut self, names: &'a Arc<EntryNames>) -> u32 {
         let key = Arc::as_ptr(names);
-        if let Some(&i) = self.names_index.get(&key) {
+        if let Some(&i) = self.names.index.get(&key) {
             return i;
         }
         let entry = Names {
@@ -310,10 +318,7 @@ impl<'a> Tables<'a> {
             operator: self.string(&names.operator),
             location: names.location.as_deref().map(|l| self.string(l)),
         };
-        let i = self.names.len() as u32;
-        self.names.push(entry);
-        self.names_index.insert(key, i);
-        i
+        self.names.intern(key, || entry)
     }
 }
 
@@ -323,9 +328,9 @@ pub fn write(records: &[Arc<StoredDecision>], out: impl std::io::Write) -> serde
     let d: Vec<Record<'_>> = records.iter().map(|r| record(r, &mut t)).collect();
     let batch = WriteBatch {
         v: VERSION,
-        s: &t.strings,
-        x: &t.values,
-        n: &t.names,
+        s: &t.strings.items,
+        x: &t.values.items,
+        n: &t.names.items,
         d: &d,
     };
     serde_json::to_writer(out, &batch)
