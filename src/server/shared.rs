@@ -34,10 +34,11 @@ const PER_ENTRY: usize = 256;
 /// whole batch is waiting: under load, full entries and few wake-ups; a decision reaches the
 /// other replicas this much later at most.
 const LINGER: Duration = Duration::from_millis(10);
-/// A decision's usual size in an entry's JSON, to size the command once.
+/// A decision's usual size in an entry's compact form, to size the command once.
 const ENTRY_BYTES_PER_DECISION: usize = 800;
-/// Stream entries read per round trip when listing.
-const PAGE: usize = 32;
+/// Stream entries read per round trip when listing: about a thousand decisions, more than a
+/// listing usually shows, without moving megabytes for a short one.
+const PAGE: usize = 4;
 /// Replicas' clocks may differ this much: a listing that starts at `since` reads back this
 /// much further; rate-limit counters live this much past their window.
 const CLOCK_SKEW_MILLIS: i64 = 5_000;
