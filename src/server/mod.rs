@@ -402,20 +402,21 @@ impl AppState {
 
 /// One JSON line per decision on the `portcullis::audit` target (SPEC §4).
 fn audit(decision: &Decision, transport: &'static str) {
+    // Every value is a `&str` (none formatted with `%`): the JSON formatter writes it as it
+    // is, without formatting it into a string of its own first.
     tracing::info!(
         target: "portcullis::audit",
-        decision_id = %decision.id,
+        decision_id = decision.id.as_str(),
         service = decision.service.as_deref().unwrap_or(""),
         operation = decision.operation.as_deref().unwrap_or(""),
         outcome = decision.outcome.as_str(),
         status = decision.status,
         detail = decision.detail_code().unwrap_or(""),
         subject = decision.token.as_ref().and_then(|t| t.sub.as_deref()).unwrap_or(""),
-        method = %decision.request.method,
-        url = %decision.request.url,
+        method = decision.request.method.as_str(),
+        url = decision.request.url.as_str(),
         transport,
-        "{}",
-        decision.audit
+        message = decision.audit.as_str(),
     );
 }
 
