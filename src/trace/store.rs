@@ -7,12 +7,14 @@
 //! decision of a rule repeats are shared between records (see [`Interner`]).
 
 use std::borrow::{Borrow, Cow};
+use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use dashmap::DashMap;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
@@ -791,51 +793,94 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
 
 /// The value [`encode_value`] wrote.
 fn decode_value(mut bytes: &[u8]) -> Value {
-    let value = read_value(&mut bytes);
+    let value = serialize_encoded(&mut bytes, serde_json::value::Serializer);
     debug_assert!(
-        value.is_some() && bytes.is_empty(),
+        value.is_ok() && bytes.is_empty(),
         "a malformed stored value"
     );
     value.unwrap_or_default()
 }
 
-fn read_value(r: &mut &[u8]) -> Option<Value> {
-    let (&tag, rest) = r.split_first()?;
+/// A value of the store's encoding, serialised by reading the encoding: into a `Value`
+/// ([`decode_value`]) or straight to JSON text without building one (the shared form,
+/// [`wire`]). A malformed one is an error, not a panic.
+struct Encoded<'a>(&'a [u8]);
+
+impl Serialize for Encoded<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_encoded(&mut &*self.0, serializer)
+    }
+}
+
+fn malformed<E: serde::ser::Error>() -> E {
+    E::custom("a malformed stored value")
+}
+
+fn serialize_encoded<S: Serializer>(r: &mut &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    let (&tag, rest) = r.split_first().ok_or_else(malformed::<S::Error>)?;
     *r = rest;
-    Some(match tag {
-        tag::NULL => Value::Null,
-        tag::FALSE => Value::Bool(false),
-        tag::TRUE => Value::Bool(true),
+    match tag {
+        tag::NULL => serializer.serialize_unit(),
+        tag::FALSE => serializer.serialize_bool(false),
+        tag::TRUE => serializer.serialize_bool(true),
         tag::UNSIGNED | tag::SIGNED | tag::FLOAT => {
-            let (bits, rest) = r.split_first_chunk::<8>()?;
+            let (bits, rest) = r
+                .split_first_chunk::<8>()
+                .ok_or_else(malformed::<S::Error>)?;
             *r = rest;
             let bits = u64::from_le_bytes(*bits);
             match tag {
-                tag::UNSIGNED => Value::from(bits),
-                tag::SIGNED => Value::from(bits as i64),
-                _ => serde_json::Number::from_f64(f64::from_bits(bits))
-                    .map_or(Value::Null, Value::Number),
+                tag::UNSIGNED => serializer.serialize_u64(bits),
+                tag::SIGNED => serializer.serialize_i64(bits as i64),
+                _ => match serde_json::Number::from_f64(f64::from_bits(bits)) {
+                    Some(n) => n.serialize(serializer),
+                    None => serializer.serialize_unit(),
+                },
             }
         }
-        tag::STRING => Value::String(read_str(r)?),
+        tag::STRING => serializer.serialize_str(read_str(r).ok_or_else(malformed::<S::Error>)?),
         tag::ARRAY => {
-            let len = read_len(r)?;
-            (0..len)
-                .map(|_| read_value(r))
-                .collect::<Option<Vec<_>>>()
-                .map(Value::Array)?
+            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
+            let mut seq = serializer.serialize_seq(Some(len))?;
+            for _ in 0..len {
+                seq.serialize_element(&Element(RefCell::new(&mut *r)))?;
+            }
+            seq.end()
         }
         tag::OBJECT => {
-            let len = read_len(r)?;
-            let mut map = serde_json::Map::new();
+            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
+            let mut map = serializer.serialize_map(Some(len))?;
             for _ in 0..len {
-                let key = read_str(r)?;
-                map.insert(key, read_value(r)?);
+                let key = read_str(r).ok_or_else(malformed::<S::Error>)?;
+                map.serialize_key(key)?;
+                map.serialize_value(&Element(RefCell::new(&mut *r)))?;
             }
-            Value::Object(map)
+            map.end()
         }
-        _ => return None,
-    })
+        _ => Err(malformed()),
+    }
+}
+
+/// A string of the store's encoding, borrowed.
+fn read_str<'b>(r: &mut &'b [u8]) -> Option<&'b str> {
+    let len = read_len(r)?;
+    if r.len() < len {
+        return None;
+    }
+    let (text, rest) = r.split_at(len);
+    *r = rest;
+    std::str::from_utf8(text).ok()
+}
+
+/// The next value of an array or object, read from the cursor they share (`Serialize` only
+/// lends `&self`).
+struct Element<'r, 'b>(RefCell<&'r mut &'b [u8]>);
+
+impl Serialize for Element<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut cursor = self.0.borrow_mut();
+        serialize_encoded(&mut cursor, serializer)
+    }
 }
 
 fn read_len(r: &mut &[u8]) -> Option<usize> {
@@ -849,16 +894,6 @@ fn read_len(r: &mut &[u8]) -> Option<usize> {
         }
     }
     None
-}
-
-fn read_str(r: &mut &[u8]) -> Option<String> {
-    let len = read_len(r)?;
-    if r.len() < len {
-        return None;
-    }
-    let (text, rest) = r.split_at(len);
-    *r = rest;
-    String::from_utf8(text.to_vec()).ok()
 }
 
 /// Which records [`TraceStore::list`] returns; every field that is set must match.

@@ -10,19 +10,16 @@
 //! replica caps its own.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
-
-use foldhash::fast::FixedState;
 use std::sync::Arc;
 
-use serde::ser::{SerializeMap, SerializeSeq};
+use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use super::{
-    Audit, AuditSentence, EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry,
-    StoredToken, encode_value, read_len, tag,
+    Audit, AuditSentence, Encoded, EntryNames, StoredBody, StoredDecision, StoredDetail,
+    StoredEntry, StoredToken, encode_value,
 };
 use crate::decision::{Outcome, Step};
 
@@ -178,87 +175,6 @@ fn actual_as_json<S: Serializer>(
         Some(ActualValue::Encoded(bytes)) => (Encoded(bytes),).serialize(serializer),
         Some(ActualValue::Read(value)) => (value,).serialize(serializer),
         None => serializer.serialize_none(),
-    }
-}
-
-/// Serialises a value of the store's encoding as JSON without building it. Only the store's
-/// own bytes come here; a malformed one is an error, not a panic.
-struct Encoded<'a>(&'a [u8]);
-
-impl Serialize for Encoded<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_encoded(&mut &*self.0, serializer)
-    }
-}
-
-fn malformed<E: serde::ser::Error>() -> E {
-    E::custom("a malformed stored value")
-}
-
-fn serialize_encoded<S: Serializer>(r: &mut &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    let (&tag, rest) = r.split_first().ok_or_else(malformed::<S::Error>)?;
-    *r = rest;
-    match tag {
-        tag::NULL => serializer.serialize_unit(),
-        tag::FALSE => serializer.serialize_bool(false),
-        tag::TRUE => serializer.serialize_bool(true),
-        tag::UNSIGNED | tag::SIGNED | tag::FLOAT => {
-            let (bits, rest) = r
-                .split_first_chunk::<8>()
-                .ok_or_else(malformed::<S::Error>)?;
-            *r = rest;
-            let bits = u64::from_le_bytes(*bits);
-            match tag {
-                tag::UNSIGNED => serializer.serialize_u64(bits),
-                tag::SIGNED => serializer.serialize_i64(bits as i64),
-                _ => match serde_json::Number::from_f64(f64::from_bits(bits)) {
-                    Some(n) => n.serialize(serializer),
-                    None => serializer.serialize_unit(),
-                },
-            }
-        }
-        tag::STRING => serializer.serialize_str(read_str(r).ok_or_else(malformed::<S::Error>)?),
-        tag::ARRAY => {
-            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
-            let mut seq = serializer.serialize_seq(Some(len))?;
-            for _ in 0..len {
-                seq.serialize_element(&Element(RefCell::new(&mut *r)))?;
-            }
-            seq.end()
-        }
-        tag::OBJECT => {
-            let len = read_len(r).ok_or_else(malformed::<S::Error>)?;
-            let mut map = serializer.serialize_map(Some(len))?;
-            for _ in 0..len {
-                let key = read_str(r).ok_or_else(malformed::<S::Error>)?;
-                map.serialize_key(key)?;
-                map.serialize_value(&Element(RefCell::new(&mut *r)))?;
-            }
-            map.end()
-        }
-        _ => Err(malformed()),
-    }
-}
-
-/// A string of the store's encoding, borrowed.
-fn read_str<'b>(r: &mut &'b [u8]) -> Option<&'b str> {
-    let len = read_len(r)?;
-    if r.len() < len {
-        return None;
-    }
-    let (text, rest) = r.split_at(len);
-    *r = rest;
-    std::str::from_utf8(text).ok()
-}
-
-/// The next value of an array or object, read from the cursor they share (`Serialize` only
-/// lends `&self`).
-struct Element<'r, 'b>(RefCell<&'r mut &'b [u8]>);
-
-impl Serialize for Element<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut cursor = self.0.borrow_mut();
-        serialize_encoded(&mut cursor, serializer)
     }
 }
 
