@@ -479,17 +479,11 @@ impl redis::ToRedisArgs for CompactBatch<'_> {
     }
 }
 
-/// The ULID times (ms) of the earliest and latest decision of `chunk`; `None` for none.
+/// The times (ms) of the earliest and latest decision of `chunk` (its ids' ULID times, which
+/// the records keep as `unix_millis`); `None` for none.
 fn time_span(chunk: &[Arc<StoredDecision>]) -> Option<(u64, u64)> {
-    chunk
-        .iter()
-        .filter_map(|record| ulid::Ulid::from_string(record.id()).ok())
-        .map(|ulid| ulid.timestamp_ms())
-        .fold(None, |span, t| {
-            Some(span.map_or((t, t), |(first, last): (u64, u64)| {
-                (first.min(t), last.max(t))
-            }))
-        })
+    let times = chunk.iter().map(|record| record.unix_millis.max(0) as u64);
+    Some((times.clone().min()?, times.max()?))
 }
 
 /// The background writer of [`SharedDecisions`].
