@@ -24,6 +24,16 @@ pub enum KeyKind {
     Oct { len: usize },
 }
 
+/// What an RSA key signs and verifies: PKCS#1 v1.5 and PSS, each with SHA-256/384/512.
+pub(crate) const RSA_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 impl KeyKind {
     fn name(self) -> &'static str {
         match self {
@@ -39,7 +49,7 @@ impl KeyKind {
     fn algorithms(self) -> &'static [Algorithm] {
         use Algorithm::*;
         match self {
-            KeyKind::Rsa { .. } => &[RS256, RS384, RS512, PS256, PS384, PS512],
+            KeyKind::Rsa { .. } => RSA_ALGORITHMS,
             KeyKind::EcP256 => &[ES256],
             KeyKind::EcP384 => &[ES384],
             KeyKind::Ed25519 => &[EdDSA],

@@ -118,17 +118,7 @@ pub fn signing_key_from_pem(
 ) -> Option<(jsonwebtoken::EncodingKey, &'static [Algorithm])> {
     use jsonwebtoken::EncodingKey;
     if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
-        return Some((
-            key,
-            &[
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-            ],
-        ));
+        return Some((key, jwks::RSA_ALGORITHMS));
     }
     if let Ok(key) = EncodingKey::from_ec_pem(pem) {
         return Some((key, &[Algorithm::ES256, Algorithm::ES384]));
