@@ -20,7 +20,9 @@ use crate::rule::{RuleContext, RuleFailure, evaluate};
 use crate::time::{format_millis, format_unix, unix_millis, unix_seconds};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
 
-/// Every detail code a decision's error body can carry.
+/// Every detail code the pipeline can give a decision's error body. An interface that cannot
+/// read a request adds those of [`InvalidInput`] (`MALFORMED_JSON`, `INVALID_VALUE`, …),
+/// which policy test suites never see.
 pub const DETAIL_CODES: &[&str] = &[
     "URL_TOO_LONG",
     "INVALID_URL",
@@ -268,6 +270,10 @@ pub struct Decision {
     pub request: RequestSummary,
     pub outcome: Outcome,
     pub status: u16,
+    /// The status the upstream answered an allowed request with, when the gateway reported
+    /// it (the Sideband API's response phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
     /// Returned to the client on deny (names lower-case).
     pub headers: Headers,
     /// Added to the forwarded request on allow, replacing headers of the same name.
@@ -316,7 +322,21 @@ enum Denial {
         check: LimitCheck,
         count: Count,
     },
+    /// The interface could not read the request well enough to decide on it.
+    BadInput(InvalidInput),
     Internal,
+}
+
+/// A request an interface could not read: a field of its message missing or malformed. It is
+/// denied with 400 `INVALID_REQUEST` naming the field, and recorded like any decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidInput {
+    /// The detail code: `MALFORMED_JSON`, `REQUIRED_VALUE` or `INVALID_VALUE`.
+    pub code: &'static str,
+    /// The field as the interface names it (`headers[2]`, `source_port`).
+    pub target: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
 }
 
 /// The decision engine: the pipeline with its token cache. Shared by all requests.
@@ -482,6 +502,7 @@ impl Engine {
             },
             outcome: Outcome::Allow,
             status: 200,
+            upstream_status: None,
             headers: Headers::default(),
             upstream_headers: Headers::default(),
             body: None,
@@ -504,6 +525,44 @@ impl Engine {
             limit: progress.limit.filter(|_| decision.is_allowed()),
             decision,
         }
+    }
+
+    /// The decision on a request the interface could not read (see [`InvalidInput`]): a 400
+    /// deny that names the field, made without running the pipeline. `request` holds what
+    /// could be read of the request.
+    pub fn refuse_input(
+        &self,
+        policies: &PolicySet,
+        request: &DecisionRequest<'_>,
+        input: InvalidInput,
+        now: SystemTime,
+    ) -> Decision {
+        let started = Instant::now();
+        let mut decision = Decision {
+            id: ulid::Ulid::from_datetime(now).to_string(),
+            time: format_millis(now),
+            duration_micros: 0,
+            service: None,
+            operation: None,
+            policy_revision: policies.revision().clone(),
+            request: RequestSummary {
+                method: shown_method(request.method),
+                url: shown_url(request.url),
+                client: request.client.map(|ip| ip.to_string()),
+            },
+            outcome: Outcome::Deny,
+            status: 400,
+            upstream_status: None,
+            headers: Headers::default(),
+            upstream_headers: Headers::default(),
+            body: None,
+            token: None,
+            trace: Vec::new(),
+            audit: String::new(),
+        };
+        Denial::BadInput(input).render(&mut decision, None);
+        decision.duration_micros = started.elapsed().as_micros() as u64;
+        decision
     }
 
     fn run<'p>(
@@ -870,6 +929,18 @@ impl Denial {
                     format!("Request to the URL \"{url}\" denied: rate limit exceeded."),
                 )
             }
+            Denial::BadInput(input) => (
+                400,
+                "INVALID_REQUEST",
+                "The request cannot be decided on: a field of it is missing or malformed.".into(),
+                input.target.clone(),
+                vec![ErrorDetail {
+                    code: Cow::Borrowed(input.code),
+                    target: input.target,
+                    message: input.message,
+                }],
+                format!("Request to the URL \"{url}\" denied: the request is malformed."),
+            ),
             Denial::Internal => (
                 500,
                 "UNEXPECTED_ERROR",

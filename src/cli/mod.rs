@@ -59,7 +59,7 @@ enum Command {
         flags: PolicyFlags,
     },
     /// Serve decisions over gRPC (Envoy ext_authz, own API) and HTTP (nginx, decisions API).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Decide on one request and print the decision as JSON; exit 0 allow, 1 deny.
     Decide(decide::DecideArgs),
     /// Sign a development token that the example policies accept (local trial only).

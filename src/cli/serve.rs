@@ -82,6 +82,16 @@ pub(crate) struct ServeArgs {
     /// Prefix of every Redis key, so that deployments can share one Redis.
     #[arg(long, env = "PORTCULLIS_REDIS_PREFIX", default_value = "portcullis:")]
     redis_prefix: String,
+    /// Serve the Sideband API (`/sideband/request`, `/sideband/response`) for the PingOne
+    /// Authorize gateway integration kits (Kong `ping-auth`, …): a file of shared secrets,
+    /// one a line, any of them accepted (rotate by adding the new one, then removing the
+    /// old). Re-read within a second of a change. Without it `/sideband/*` answers 404.
+    #[arg(long, env = "PORTCULLIS_SIDEBAND_SECRET_FILE")]
+    sideband_secret_file: Option<PathBuf>,
+    /// The request header in which the kits send the shared secret (their
+    /// `secret_header_name`; older gateways use `PDG-TOKEN`).
+    #[arg(long, env = "PORTCULLIS_SIDEBAND_SECRET_HEADER", default_value = server::sideband::DEFAULT_SECRET_HEADER, value_parser = parse_header_name)]
+    sideband_secret_header: http::HeaderName,
     #[command(flatten)]
     flags: PolicyFlags,
     #[command(flatten)]
@@ -117,6 +127,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.jwks_refetch_interval = args.jwks_refetch_interval;
     config.transport = args.transport.config();
     config.admin_token = portcullis::server::admin::load_token(args.admin_token_file.as_deref())?;
+    config.sideband =
+        args.sideband_secret_file
+            .clone()
+            .map(|secret_file| server::sideband::SidebandConfig {
+                secret_file,
+                secret_header: args.sideband_secret_header.clone(),
+            });
     if let Ok(marker) = std::env::var("PORTCULLIS_TEST_PANIC_MARKER") {
         tracing::warn!(
             "PORTCULLIS_TEST_PANIC_MARKER is set: requests whose URL contains it panic (a test hook; never set it in production)"
@@ -156,6 +173,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     bound.run(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::try_from(text.trim())
+        .map_err(|_| format!("`{text}` is not an HTTP header name"))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -34,10 +34,14 @@ pub(crate) struct TransportArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     max_headers: u32,
-    /// Size of an HTTP request body: HTTP 413 past it. No endpoint reads a body, so gateways
-    /// should not forward one.
+    /// Size of an HTTP request body: HTTP 413 past it. No endpoint but the Sideband API reads
+    /// a body, so gateways should not forward one.
     #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", default_value = "16KiB", value_parser = parse_size)]
     max_body_bytes: usize,
+    /// Size of a Sideband API call's body (`/sideband/*`, instead of --max-body-bytes): HTTP
+    /// 413 past it, which the kits pass on to the client.
+    #[arg(long, env = "PORTCULLIS_SIDEBAND_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
+    sideband_max_body: usize,
     /// Size of one gRPC request message (a Check carries the original request's headers):
     /// gRPC OUT_OF_RANGE past it.
     #[arg(long, env = "PORTCULLIS_MAX_GRPC_MESSAGE", default_value = "1MiB", value_parser = parse_size)]
@@ -70,6 +74,7 @@ impl TransportArgs {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers as usize,
             max_body_bytes: self.max_body_bytes,
+            max_sideband_body_bytes: self.sideband_max_body,
             max_grpc_message: self.max_grpc_message,
             max_concurrent_streams: self.max_concurrent_streams,
             tls: match (&self.tls_cert, &self.tls_key) {

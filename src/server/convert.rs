@@ -113,6 +113,7 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
         }),
         trace: d.trace.iter().map(trace_entry).collect(),
         audit: d.audit.clone(),
+        upstream_status: d.upstream_status.map_or(0, u32::from),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP listener (SPEC §5): `/v1/authorize` for nginx `auth_request` and other HTTP
-//! gateway kits, the decisions API, the recent-decisions page, health and Prometheus metrics.
+//! gateway kits, the Sideband API (`super::sideband`), the decisions API, the
+//! recent-decisions page, health and Prometheus metrics.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -30,6 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/authorize", any(authorize))
         .route("/v1/authorize/{*rest}", any(authorize))
+        .route("/sideband/request", post(super::sideband::request))
+        .route("/sideband/response", post(super::sideband::response))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(admin)

@@ -12,6 +12,7 @@ pub mod log;
 pub mod metrics;
 pub mod reload;
 pub mod shared;
+pub mod sideband;
 pub mod transport;
 mod ui;
 
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub panic_marker: Option<String>,
     /// State shared with other replicas (Redis), if any.
     pub shared: SharedStores,
+    /// The Sideband API's secrets; without them, `/sideband/*` answers 404.
+    pub sideband: Option<sideband::SidebandConfig>,
 }
 
 /// Which state replicas share through Redis.
@@ -138,6 +141,7 @@ impl ServerConfig {
             admin_token: None,
             panic_marker: None,
             shared: SharedStores::default(),
+            sideband: None,
         }
     }
 }
@@ -163,6 +167,10 @@ pub struct AppState {
     shared_decisions: Option<shared::SharedDecisions>,
     /// Rate-limit counters shared by replicas; without them the engine's local counters count.
     shared_limits: Option<shared::SharedLimits>,
+    /// The secrets that open the Sideband API, when it is on.
+    pub(crate) sideband: Option<Arc<sideband::SidebandSecrets>>,
+    /// Largest body of a Sideband API call.
+    pub(crate) sideband_max_body: usize,
 }
 
 /// A listing of recent decisions, and whether the shared store could be read.
@@ -204,6 +212,12 @@ impl AppState {
             Some(c) => Some(shared::SharedLimits::new(link(c)?, &c.prefix)),
             None => None,
         };
+        let sideband = match &config.sideband {
+            Some(c) => Some(Arc::new(
+                sideband::SidebandSecrets::load(c).map_err(BindError::Sideband)?,
+            )),
+            None => None,
+        };
         metrics.set_policy(policies.revision(), policies.services.len());
         let loaded = reload::unix_millis();
         metrics.count_reload("success", loaded);
@@ -231,6 +245,8 @@ impl AppState {
             admin_grpc: admin::AdminAccess::Loopback,
             shared_decisions,
             shared_limits,
+            sideband,
+            sideband_max_body: config.transport.max_sideband_body_bytes,
         })
     }
 
@@ -298,14 +314,36 @@ impl AppState {
         if decision.detail_code() == Some("INTERNAL_ERROR") {
             self.metrics.count_panic();
         }
-        let record = self.store.record(&decision);
+        self.settle(&decision, transport, started);
+        decision
+    }
+
+    /// Denies a request that `transport` could not read well enough to decide on (400
+    /// `INVALID_REQUEST` naming the field), and records, counts and audits it as
+    /// [`decide`](Self::decide) does, so that an operator finds why a gateway failed.
+    pub fn refuse_input(
+        &self,
+        request: &DecisionRequest<'_>,
+        input: crate::decision::InvalidInput,
+        transport: &'static str,
+    ) -> Decision {
+        let started = Instant::now();
+        let decision =
+            self.engine
+                .refuse_input(&self.policies.load(), request, input, SystemTime::now());
+        self.settle(&decision, transport, started);
+        decision
+    }
+
+    /// What every decision gets once made: its record, its metrics and its audit line.
+    fn settle(&self, decision: &Decision, transport: &'static str, started: Instant) {
+        let record = self.store.record(decision);
         if let Some(shared) = &self.shared_decisions {
             shared.record(record);
         }
         self.metrics
-            .observe(&decision, transport, started.elapsed().as_secs_f64());
-        audit(&decision, transport);
-        decision
+            .observe(decision, transport, started.elapsed().as_secs_f64());
+        audit(decision, transport);
     }
 
     /// Counts a request against its rate limit: in Redis when replicas share counters (this
@@ -381,6 +419,18 @@ impl AppState {
         match &policies.service(name?)?.token.keys {
             crate::token::KeySource::Remote(set) => Some(set.location.clone()),
             crate::token::KeySource::Static { .. } => None,
+        }
+    }
+
+    /// Records the status the upstream answered decision `id`'s request with, if this
+    /// replica still holds the decision. Returns whether it did.
+    pub fn set_upstream_status(&self, id: &str, status: u16) -> bool {
+        match self.store.get(id) {
+            Some(record) => {
+                record.set_upstream_status(status);
+                true
+            }
+            None => false,
         }
     }
 
@@ -478,6 +528,8 @@ pub enum BindError {
     Tls(transport::TlsError),
     #[error("cannot use the shared store: {0}")]
     Shared(String),
+    #[error("cannot serve the Sideband API: {0}")]
+    Sideband(String),
 }
 
 /// A server with its listeners bound and policies loaded.
@@ -537,6 +589,11 @@ impl BoundServer {
             },
         ));
         let _abort_watcher = AbortOnDrop(watcher);
+        let _abort_secrets = self
+            .state
+            .sideband
+            .clone()
+            .map(|secrets| AbortOnDrop(tokio::spawn(secrets.watch())));
         let grpc = tokio::spawn(grpc::serve(
             self.grpc,
             self.state.clone(),

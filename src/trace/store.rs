@@ -10,7 +10,7 @@ use std::borrow::{Borrow, Cow};
 use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use dashmap::DashMap;
@@ -85,12 +85,34 @@ pub struct StoredDecision {
     client: Option<Box<str>>,
     outcome: Outcome,
     status: u16,
+    upstream_status: UpstreamStatus,
     headers: Box<[DecisionHeader]>,
     upstream_headers: Box<[(Arc<str>, Box<str>)]>,
     body: Option<Box<StoredBody>>,
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
     audit: Audit,
+}
+
+/// The status the upstream answered with, reported after the record was made (the Sideband
+/// API's response phase); 0 until then.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamStatus(AtomicU16);
+
+impl UpstreamStatus {
+    pub(super) fn new(status: Option<u16>) -> Self {
+        Self(AtomicU16::new(status.unwrap_or(0)))
+    }
+
+    pub(super) fn get(&self) -> Option<u16> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
+impl Clone for UpstreamStatus {
+    fn clone(&self) -> Self {
+        Self::new(self.get())
+    }
 }
 
 /// A header returned to the client on deny; a value of `None` is the decision id.
@@ -563,6 +585,7 @@ impl StoredDecision {
             client: d.request.client.as_deref().map(|c| p.boxed(c)),
             outcome: d.outcome,
             status: d.status,
+            upstream_status: UpstreamStatus::new(d.upstream_status),
             headers: p.slice(headers),
             upstream_headers: p.slice(upstream_headers),
             body: d.body.as_ref().map(|b| p.body(b, &d.id, decisive_detail)),
@@ -607,6 +630,7 @@ impl StoredDecision {
             },
             outcome: self.outcome,
             status: self.status,
+            upstream_status: self.upstream_status.get(),
             headers: Headers(
                 self.headers
                     .iter()
@@ -660,6 +684,13 @@ impl StoredDecision {
     /// The decision id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Records the status the upstream answered the decided request with (0: none). Best
+    /// effort with a shared store: a record already written there keeps what
+    /// it had.
+    pub fn set_upstream_status(&self, status: u16) {
+        self.upstream_status.0.store(status, Ordering::Relaxed);
     }
 
     fn subject(&self) -> Option<&str> {

@@ -56,7 +56,8 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     fn check_head(request: &Request<Incoming>, config: &TransportConfig) -> Result<(), Refusal>;
     /// The deadline the client asked for, if any.
     fn client_deadline(headers: &HeaderMap) -> Option<Duration>;
-    fn refuse(refusal: &Refusal) -> Response<Self::Body>;
+    /// The answer to a refused request; `sideband`: to the Sideband API.
+    fn refuse(refusal: &Refusal, sideband: bool) -> Response<Self::Body>;
 }
 
 /// The gRPC listener.
@@ -79,7 +80,7 @@ impl Protocol for Grpc {
         parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
     }
 
-    fn refuse(refusal: &Refusal) -> Response<Self::Body> {
+    fn refuse(refusal: &Refusal, _: bool) -> Response<Self::Body> {
         refusal.grpc_status().into_http()
     }
 }
@@ -117,11 +118,13 @@ impl Protocol for Http {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let sideband = super::is_sideband(request.uri().path());
+        let limit = body_limit(config, sideband);
         match declared {
-            Some(bytes) if bytes > config.max_body_bytes as u64 => Err(Refusal::BodyTooLarge {
-                bytes,
-                limit: config.max_body_bytes,
-            }),
+            Some(bytes) if bytes > limit as u64 && sideband => {
+                Err(Refusal::SidebandBodyTooLarge { bytes, limit })
+            }
+            Some(bytes) if bytes > limit as u64 => Err(Refusal::BodyTooLarge { bytes, limit }),
             _ => Ok(()),
         }
     }
@@ -130,8 +133,17 @@ impl Protocol for Http {
         None
     }
 
-    fn refuse(refusal: &Refusal) -> Response<Self::Body> {
-        refusal.http_response()
+    fn refuse(refusal: &Refusal, sideband: bool) -> Response<Self::Body> {
+        refusal.http_response(sideband)
+    }
+}
+
+/// The largest body a request to the HTTP listener may have.
+pub(crate) fn body_limit(config: &TransportConfig, sideband: bool) -> usize {
+    if sideband {
+        config.max_sideband_body_bytes
+    } else {
+        config.max_body_bytes
     }
 }
 
@@ -199,9 +211,10 @@ where
             }
             request.extensions_mut().insert(peer.clone());
         }
+        let sideband = super::is_sideband(request.uri().path());
         let refuse = |refusal: Refusal| -> Self::Future {
             self.metrics.count_refusal(P::NAME, refusal.reason());
-            Box::pin(std::future::ready(Ok(P::refuse(&refusal))))
+            Box::pin(std::future::ready(Ok(P::refuse(&refusal, sideband))))
         };
         if let Err(refusal) = P::check_head(&request, &self.transport.config) {
             return refuse(refusal);
@@ -226,7 +239,7 @@ where
                 Err(_) => {
                     let refusal = Refusal::TimedOut { after: deadline };
                     metrics.count_refusal(P::NAME, refusal.reason());
-                    Ok(P::refuse(&refusal))
+                    Ok(P::refuse(&refusal, sideband))
                 }
             }
         })

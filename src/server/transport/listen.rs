@@ -61,9 +61,10 @@ pub(crate) async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = &transport.config;
-    let max_body = config.max_body_bytes;
+    let limits = config.clone();
     let app = router.map_request(move |request: Request<Incoming>| {
-        request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max_body)))
+        let limit = super::admission::body_limit(&limits, super::is_sideband(request.uri().path()));
+        request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)))
     });
     // The parser's own caps sit at twice the limits, so that a request a little past them
     // gets Portcullis' 431 with a JSON body, and one far past them the parser's bare 431.

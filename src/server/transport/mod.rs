@@ -33,8 +33,10 @@ pub struct TransportConfig {
     pub max_header_bytes: usize,
     /// Header fields in one request.
     pub max_headers: usize,
-    /// Size of an HTTP request body (no endpoint reads one).
+    /// Size of an HTTP request body (no endpoint but the Sideband API's reads one).
     pub max_body_bytes: usize,
+    /// Size of a Sideband API call's body (`/sideband/*`, instead of `max_body_bytes`).
+    pub max_sideband_body_bytes: usize,
     /// Size of one decoded gRPC request message.
     pub max_grpc_message: usize,
     /// Streams open at once on one HTTP/2 connection (both listeners).
@@ -51,6 +53,7 @@ impl Default for TransportConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_body_bytes: 16 * 1024,
+            max_sideband_body_bytes: 1024 * 1024,
             max_grpc_message: super::MAX_GRPC_MESSAGE,
             max_concurrent_streams: 256,
             tls: None,
@@ -117,6 +120,23 @@ pub(crate) enum Refusal {
         bytes: u64,
         limit: usize,
     },
+    /// A Sideband API call's body is past `--sideband-max-body`; `bytes` is 0 when the body
+    /// was cut off while read (no `content-length`).
+    SidebandBodyTooLarge {
+        bytes: u64,
+        limit: usize,
+    },
+}
+
+/// Paths of the Sideband API, whose calls carry a body of their own limit and whose kits
+/// expect 429 with `Retry-After` when Portcullis is busy.
+pub(crate) fn is_sideband(path: &str) -> bool {
+    path.starts_with("/sideband/")
+}
+
+/// The 413 of a Sideband API call whose body went past `limit` while it was read.
+pub(crate) fn sideband_body_too_large(limit: usize) -> axum::response::Response {
+    Refusal::SidebandBodyTooLarge { bytes: 0, limit }.http_response(true)
 }
 
 impl Refusal {
@@ -127,7 +147,7 @@ impl Refusal {
             Refusal::TimedOut { .. } => "REQUEST_TIMEOUT",
             Refusal::TooManyHeaders { .. } => "TOO_MANY_HEADERS",
             Refusal::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
-            Refusal::BodyTooLarge { .. } => "BODY_TOO_LARGE",
+            Refusal::BodyTooLarge { .. } | Refusal::SidebandBodyTooLarge { .. } => "BODY_TOO_LARGE",
         }
     }
 
@@ -139,7 +159,9 @@ impl Refusal {
             Refusal::TooManyHeaders { .. } | Refusal::HeadersTooLarge { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
-            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTooLarge { .. } | Refusal::SidebandBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
         }
     }
 
@@ -195,12 +217,32 @@ impl Refusal {
                      forward it."
                 ),
             ),
+            Refusal::SidebandBodyTooLarge { bytes, limit } => (
+                "INVALID_REQUEST",
+                "body",
+                BAD,
+                match bytes {
+                    0 => format!(
+                        "The Sideband API call's body is over {limit} bytes, the most accepted \
+                         (`--sideband-max-body`); raise it for requests with large bodies."
+                    ),
+                    bytes => format!(
+                        "The Sideband API call's body has {bytes} bytes; at most {limit} are \
+                         accepted (`--sideband-max-body`); raise it for requests with large \
+                         bodies."
+                    ),
+                },
+            ),
         }
     }
 
-    /// The SPEC §3 body (without a decision id: no decision was made).
-    fn body(&self) -> String {
-        let (code, target, message, detail) = self.texts();
+    /// The SPEC §3 body (without a decision id: no decision was made). A busy Sideband API
+    /// answers 429 `TOO_MANY_REQUESTS` instead of 503.
+    fn body(&self, sideband: bool) -> String {
+        let (mut code, target, message, detail) = self.texts();
+        if sideband && self.is_busy() {
+            code = "TOO_MANY_REQUESTS";
+        }
         json!({
             "code": code,
             "message": message,
@@ -210,13 +252,29 @@ impl Refusal {
         .to_string()
     }
 
-    pub(crate) fn http_response(&self) -> axum::response::Response {
-        let mut response = axum::response::Response::new(axum::body::Body::from(self.body()));
-        *response.status_mut() = self.http_status();
-        response.headers_mut().insert(
+    fn is_busy(&self) -> bool {
+        matches!(self, Refusal::Overloaded { .. } | Refusal::TimedOut { .. })
+    }
+
+    /// The answer on the HTTP listener. For a Sideband API call (`sideband`), being busy
+    /// is 429 with `Retry-After: 1`: the kits then pause calling for that long instead of
+    /// failing the client's request with a 502.
+    pub(crate) fn http_response(&self, sideband: bool) -> axum::response::Response {
+        let mut response =
+            axum::response::Response::new(axum::body::Body::from(self.body(sideband)));
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if sideband && self.is_busy() {
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        } else {
+            *response.status_mut() = self.http_status();
+        }
         response
     }
 
@@ -229,7 +287,8 @@ impl Refusal {
             Refusal::TimedOut { .. } => tonic::Status::deadline_exceeded(detail),
             Refusal::TooManyHeaders { .. }
             | Refusal::HeadersTooLarge { .. }
-            | Refusal::BodyTooLarge { .. } => tonic::Status::resource_exhausted(detail),
+            | Refusal::BodyTooLarge { .. }
+            | Refusal::SidebandBodyTooLarge { .. } => tonic::Status::resource_exhausted(detail),
         }
     }
 }
@@ -240,10 +299,10 @@ mod tests {
 
     #[test]
     fn overload_answers_503_with_the_spec_body() {
-        let response = Refusal::Overloaded { limit: 4 }.http_response();
+        let response = Refusal::Overloaded { limit: 4 }.http_response(false);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body: serde_json::Value =
-            serde_json::from_str(&Refusal::Overloaded { limit: 4 }.body()).unwrap();
+            serde_json::from_str(&Refusal::Overloaded { limit: 4 }.body(false)).unwrap();
         assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
         assert_eq!(body["details"][0]["code"], "OVERLOADED");
         assert!(
@@ -277,8 +336,32 @@ mod tests {
             limit: 100,
         };
         assert_eq!(
-            refusal.http_response().status(),
+            refusal.http_response(false).status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn a_busy_sideband_api_answers_429_with_retry_after() {
+        for refusal in [
+            Refusal::Overloaded { limit: 4 },
+            Refusal::TimedOut {
+                after: Duration::from_secs(5),
+            },
+        ] {
+            let response = refusal.http_response(true);
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+            let body: serde_json::Value = serde_json::from_str(&refusal.body(true)).unwrap();
+            assert_eq!(body["code"], "TOO_MANY_REQUESTS");
+            assert_eq!(body["details"][0]["code"], refusal.reason());
+        }
+        // Too large stays too large.
+        let large = Refusal::SidebandBodyTooLarge { bytes: 5, limit: 4 };
+        assert_eq!(
+            large.http_response(true).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert!(large.body(true).contains("--sideband-max-body"));
     }
 }

@@ -640,6 +640,7 @@
         ['Service', d.service || null],
         ['Operation', d.operation || null],
         ['Policy revision', d.policyRevision ? el('code', null, d.policyRevision) : null],
+        ['Upstream answered', d.upstreamStatus ? String(d.upstreamStatus) : undefined],
         ['Audit', d.audit || null],
       ]));
   }

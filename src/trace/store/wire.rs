@@ -78,6 +78,8 @@ struct Record<'a> {
     outcome: Outcome,
     #[serde(rename = "st")]
     status: u16,
+    #[serde(rename = "up", default, skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
     /// Name and value; no value: the decision id.
     #[serde(rename = "h")]
     headers: Vec<(u32, Option<u32>)>,
@@ -286,6 +288,7 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         client: r.client.as_deref().map(Cow::Borrowed),
         outcome: r.outcome,
         status: r.status,
+        upstream_status: r.upstream_status.get(),
         headers: r
             .headers
             .iter()
@@ -381,6 +384,7 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
             client: r.client.as_deref().map(Box::from),
             outcome: r.outcome,
             status: r.status,
+            upstream_status: super::UpstreamStatus::new(r.upstream_status),
             headers: r
                 .headers
                 .iter()
