@@ -496,9 +496,10 @@ async fn row_cells(browser: &Browser, id: &str) -> Value {
 const HOSTILE_URL: &str = "https://api.test/app/v1/items/<script>window.__pwned=1</script>\"><img src=x onerror=\"window.__pwned=2\">";
 const HOSTILE_SUB: &str = "<img src=x onerror=\"window.__pwned=3\">";
 
-#[tokio::test]
-async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser() {
-    let Some(browser) = Browser::start().await else {
+/// A browser, or `None` (said on stderr) when none is installed and none is required.
+async fn browser_or_skip() -> Option<Browser> {
+    let browser = Browser::start().await;
+    if browser.is_none() {
         let message = "chromium or chromedriver is not installed (apt-get install -y chromium chromium-driver)";
         assert!(
             std::env::var("PORTCULLIS_REQUIRE_BROWSER").as_deref() != Ok("1"),
@@ -507,6 +508,82 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
         say(&format!(
             "SKIPPED: ui browser test: {message}; set PORTCULLIS_REQUIRE_BROWSER=1 to make this a failure"
         ));
+    }
+    browser
+}
+
+#[tokio::test]
+async fn a_decision_page_shows_what_the_upstream_answered_through_the_sideband_api() {
+    let Some(browser) = browser_or_skip().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, "ui-test-secret\n").unwrap();
+    let server = Server::start(
+        &support::fixtures().join("policies"),
+        &["--sideband-secret-file", secrets.to_str().unwrap()],
+    );
+    let http = reqwest::Client::new();
+    let token = support::app_token(json!({}));
+    let call = |path: &str, body: Value| {
+        http.post(server.http_url(path))
+            .timeout(Duration::from_secs(10))
+            .header("CLIENT-TOKEN", "ui-test-secret")
+            .body(body.to_string())
+            .send()
+    };
+    let allowed: Value = call(
+        "/sideband/request",
+        json!({
+            "method": "GET",
+            "url": "https://api.test:443/app/v1/items/7",
+            "headers": [{"authorization": format!("Bearer {token}")}],
+            "source_ip": "10.0.0.7",
+            "source_port": "5000",
+            "http_version": "1.1",
+        }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = allowed["state"]["decisionId"].as_str().unwrap().to_owned();
+    let answered = call(
+        "/sideband/response",
+        json!({
+            "method": "GET",
+            "url": "https://api.test:443/app/v1/items/7",
+            "response_code": "502",
+            "response_status": "BAD GATEWAY",
+            "headers": [],
+            "http_version": "1.1",
+            "state": allowed["state"],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered.status(), 200);
+
+    browser
+        .goto(&server.http_url(&format!("/ui/decisions/{id}")))
+        .await;
+    let shown = browser
+        .wait_for(
+            "the upstream's status in the request section",
+            "const terms = [...document.querySelectorAll('#detail-body dt')];
+             const term = terms.find(t => t.textContent === 'Upstream answered');
+             return term && term.nextElementSibling.textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shown, "502");
+}
+
+#[tokio::test]
+async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser() {
+    let Some(browser) = browser_or_skip().await else {
         return;
     };
     let server = server();

@@ -1862,6 +1862,31 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_status_reported_later_is_kept_shown_and_shared() {
+        let store = TraceStore::new(10);
+        let d = allowed(1, "user.1");
+        let record = store.record(&d);
+        assert_eq!(record.decision().upstream_status, None);
+        let json = serde_json::to_value(&*record).unwrap();
+        assert!(
+            json.get("upstreamStatus").is_none(),
+            "absent until reported"
+        );
+        store.get(&d.id).unwrap().set_upstream_status(201);
+        let shown = record.decision();
+        assert_eq!(shown.upstream_status, Some(201));
+        assert_eq!(
+            serde_json::to_value(&*record).unwrap()["upstreamStatus"],
+            201
+        );
+        // A record written to the shared store after the report carries it.
+        let mut compact = Vec::new();
+        wire::write(std::slice::from_ref(&record), &mut compact).unwrap();
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read[0].decision(), shown);
+    }
+
+    #[test]
     fn a_malformed_compact_batch_is_refused_whole() {
         let records: Vec<Arc<StoredDecision>> =
             vec![Arc::new(StoredDecision::of(&full_trace_deny(1)))];
