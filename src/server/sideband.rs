@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::AppState;
@@ -186,26 +186,8 @@ impl SidebandSecrets {
 }
 
 /// A JSON string, borrowed from the request body where it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(V)
-    }
-}
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// The members of a JSON object in the order sent, their values unparsed; a name sent twice
 /// is refused (kits and upstreams could each read a different one).
@@ -274,29 +256,6 @@ impl<'de> serde::Deserialize<'de> for OneHeader<'de> {
             }
         }
         deserializer.deserialize_map(V)
-    }
-}
-
-/// The raw elements of a JSON array.
-struct RawItems<'a>(Vec<&'a RawValue>);
-
-impl<'de> serde::Deserialize<'de> for RawItems<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawItems<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawItems<'de>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(256));
-                while let Some(item) = seq.next_element::<&RawValue>()? {
-                    items.push(item);
-                }
-                Ok(RawItems(items))
-            }
-        }
-        deserializer.deserialize_seq(V)
     }
 }
 
@@ -374,7 +333,7 @@ fn shown_json(raw: &RawValue) -> String {
 /// The `headers` array: one object of one string member per header, in order.
 fn headers_member<'a>(members: &Members<'a>) -> Result<Vec<HeaderEntry<'a>>, InvalidInput> {
     let raw = members.get("headers").ok_or_else(|| required("headers"))?;
-    let RawItems(items) = serde_json::from_str(raw.get()).map_err(|_| {
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
         invalid(
             "INVALID_VALUE",
             "headers",
@@ -562,13 +521,57 @@ fn status_text(status: u16) -> Cow<'static, str> {
     }
 }
 
+/// Writes the members of a call as sent, but those named in `skip`, and for `headers` the
+/// entries of `kept` as sent followed by `added`; leaves the object open for more members.
+fn echo_members<'h>(
+    out: &mut Vec<u8>,
+    members: &Members<'_>,
+    skip: &[&str],
+    kept: impl Iterator<Item = &'h HeaderEntry<'h>>,
+    added: impl Iterator<Item = (&'h str, &'h str)>,
+) {
+    out.push(b'{');
+    let mut headers = Some((kept, added));
+    let mut first_member = true;
+    for (name, raw) in &members.0 {
+        if skip.contains(&&**name) {
+            continue;
+        }
+        if !std::mem::take(&mut first_member) {
+            out.push(b',');
+        }
+        push_json_string(out, name);
+        out.push(b':');
+        let rebuilt = if name == "headers" {
+            headers.take()
+        } else {
+            None
+        };
+        match rebuilt {
+            Some((kept, added)) => {
+                out.push(b'[');
+                let mut first = true;
+                for entry in kept {
+                    if !std::mem::take(&mut first) {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(entry.json.get().as_bytes());
+                }
+                for (name, value) in added {
+                    push_header(out, &mut first, name, value);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(raw.get().as_bytes()),
+        }
+    }
+}
+
 /// The allow: every member the kit sent, as it sent it, except `headers` — the client's
 /// headers in order without those the decision sets (a client must not spoof them), then
 /// the decision's upstream headers and `x-decision-id` — and `state`, which leads the
 /// response phase back to the decision.
 fn allow_body(request: &AccessRequest<'_>, decision: &Decision) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.push(b'{');
     let set_here = |name: &str| {
         name.eq_ignore_ascii_case("x-decision-id")
             || decision
@@ -576,32 +579,19 @@ fn allow_body(request: &AccessRequest<'_>, decision: &Decision) -> Vec<u8> {
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
     };
-    for (name, raw) in &request.members.0 {
-        if name == "state" {
-            continue;
-        }
-        push_json_string(&mut out, name);
-        out.push(b':');
-        if name == "headers" {
-            out.push(b'[');
-            let mut first = true;
-            for entry in request.headers.iter().filter(|e| !set_here(&e.name)) {
-                if !std::mem::take(&mut first) {
-                    out.push(b',');
-                }
-                out.extend_from_slice(entry.json.get().as_bytes());
-            }
-            for (name, value) in decision.upstream_headers.iter() {
-                push_header(&mut out, &mut first, name, value);
-            }
-            push_header(&mut out, &mut first, "x-decision-id", &decision.id);
-            out.push(b']');
-        } else {
-            out.extend_from_slice(raw.get().as_bytes());
-        }
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"state\":{\"decisionId\":");
+    let mut out = Vec::with_capacity(512);
+    echo_members(
+        &mut out,
+        &request.members,
+        &["state"],
+        request.headers.iter().filter(|e| !set_here(&e.name)),
+        decision
+            .upstream_headers
+            .iter()
+            .chain([("x-decision-id", decision.id.as_str())]),
+    );
+    // `headers` is always there, so a member came before.
+    out.extend_from_slice(b",\"state\":{\"decisionId\":");
     push_json_string(&mut out, &decision.id);
     out.extend_from_slice(b"}}");
     out
@@ -740,34 +730,46 @@ async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, Re
     }
 }
 
+/// The body of a call that may go on, or the answer to one that may not.
+async fn admitted_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    if let Some(answer) = unadmitted(state, headers) {
+        return Err(answer);
+    }
+    read_body(state, body).await
+}
+
+/// The 400 of a call that cannot be used, recorded as a decision.
+fn refuse(state: &AppState, (input, method, url): Unreadable) -> Response {
+    let decision = state.refuse_input(
+        &DecisionRequest {
+            method: &method,
+            url: &url,
+            headers: &[],
+            client: None,
+        },
+        input,
+        TRANSPORT,
+    );
+    refusal_response(&decision)
+}
+
 /// `POST /sideband/request`: the access phase.
 pub(super) async fn request(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(answer) = unadmitted(&state, &headers) {
-        return answer;
-    }
-    let body = match read_body(&state, body).await {
+    let body = match admitted_body(&state, &headers, body).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
     let request = match read_access(&body) {
         Ok(request) => request,
-        Err((input, method, url)) => {
-            let decision = state.refuse_input(
-                &DecisionRequest {
-                    method: &method,
-                    url: &url,
-                    headers: &[],
-                    client: None,
-                },
-                input,
-                TRANSPORT,
-            );
-            return refusal_response(&decision);
-        }
+        Err(unreadable) => return refuse(&state, unreadable),
     };
     let pairs: Vec<(&str, &str)> = request
         .headers
@@ -803,10 +805,7 @@ pub(super) async fn response(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(answer) = unadmitted(&state, &headers) {
-        return answer;
-    }
-    let body = match read_body(&state, body).await {
+    let body = match admitted_body(&state, &headers, body).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
@@ -817,19 +816,7 @@ pub(super) async fn response(
             }
             json_response(StatusCode::OK, response_body(&read))
         }
-        Err((input, method, url)) => {
-            let decision = state.refuse_input(
-                &DecisionRequest {
-                    method: &method,
-                    url: &url,
-                    headers: &[],
-                    client: None,
-                },
-                input,
-                TRANSPORT,
-            );
-            refusal_response(&decision)
-        }
+        Err(unreadable) => refuse(&state, unreadable),
     }
 }
 
@@ -898,6 +885,7 @@ struct AccessState {
 /// which were for Portcullis; the upstream's headers gain `x-decision-id` (replacing one
 /// the upstream set), as Envoy's clients get it.
 fn response_body(read: &ResponsePhase<'_>) -> Vec<u8> {
+    let id = read.decision_id.as_deref();
     let mut out = Vec::with_capacity(
         256 + read
             .members
@@ -906,37 +894,15 @@ fn response_body(read: &ResponsePhase<'_>) -> Vec<u8> {
             .map(|(_, v)| v.get().len())
             .sum::<usize>(),
     );
-    out.push(b'{');
-    let mut first_member = true;
-    for (name, raw) in &read.members.0 {
-        if name == "state" || name == "request" {
-            continue;
-        }
-        if !std::mem::take(&mut first_member) {
-            out.push(b',');
-        }
-        push_json_string(&mut out, name);
-        out.push(b':');
-        if name == "headers" {
-            out.push(b'[');
-            let mut first = true;
-            let kept = read.headers.iter().filter(|e| {
-                read.decision_id.is_none() || !e.name.eq_ignore_ascii_case("x-decision-id")
-            });
-            for entry in kept {
-                if !std::mem::take(&mut first) {
-                    out.push(b',');
-                }
-                out.extend_from_slice(entry.json.get().as_bytes());
-            }
-            if let Some(id) = &read.decision_id {
-                push_header(&mut out, &mut first, "x-decision-id", id);
-            }
-            out.push(b']');
-        } else {
-            out.extend_from_slice(raw.get().as_bytes());
-        }
-    }
+    echo_members(
+        &mut out,
+        &read.members,
+        &["state", "request"],
+        read.headers
+            .iter()
+            .filter(|e| id.is_none() || !e.name.eq_ignore_ascii_case("x-decision-id")),
+        id.map(|id| ("x-decision-id", id)).into_iter(),
+    );
     out.push(b'}');
     out
 }
