@@ -96,8 +96,19 @@ fn start_with(sink: impl Write + Send + 'static, interval: Duration) -> (LogBuff
     )
 }
 
+/// The server's buffer, when audit lines are written into it directly (see
+/// [`super::audit`]).
+static AUDIT_BUFFER: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+
+/// Where audit lines go, when [`install_json`] installed the server's log and its filter lets
+/// them through.
+pub(crate) fn audit_buffer() -> Option<&'static LogBuffer> {
+    AUDIT_BUFFER.get()
+}
+
 /// Installs the server's subscriber: JSON lines filtered by `filter`, through a [`LogBuffer`]
-/// on `sink`. Keep the guard for as long as the process logs.
+/// on `sink`; audit lines, when the filter lets them through, go into the same buffer
+/// without the subscriber. Keep the guard for as long as the process logs.
 pub fn install_json(
     sink: impl Write + Send + 'static,
     filter: tracing_subscriber::EnvFilter,
@@ -105,9 +116,12 @@ pub fn install_json(
     let (buffer, guard) = start(sink);
     tracing_subscriber::fmt()
         .json()
-        .with_writer(buffer)
+        .with_writer(buffer.clone())
         .with_env_filter(filter)
         .init();
+    if tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO) {
+        let _ = AUDIT_BUFFER.set(buffer);
+    }
     guard
 }
 

@@ -3,6 +3,7 @@
 //! every decision recorded in the recent-decisions store and written to the audit log.
 
 pub mod admin;
+pub mod audit;
 mod convert;
 mod ext_authz;
 mod grpc;
@@ -343,7 +344,7 @@ impl AppState {
         }
         self.metrics
             .observe(decision, transport, started.elapsed().as_secs_f64());
-        audit(decision, transport);
+        audit::write(decision, transport);
     }
 
     /// Counts a request against its rate limit: in Redis when replicas share counters (this
@@ -448,26 +449,6 @@ impl AppState {
             );
         }
     }
-}
-
-/// One JSON line per decision on the `portcullis::audit` target (SPEC §4).
-fn audit(decision: &Decision, transport: &'static str) {
-    // Every value is a `&str` (none formatted with `%`): the JSON formatter writes it as it
-    // is, without formatting it into a string of its own first.
-    tracing::info!(
-        target: "portcullis::audit",
-        decision_id = decision.id.as_str(),
-        service = decision.service.as_deref().unwrap_or(""),
-        operation = decision.operation.as_deref().unwrap_or(""),
-        outcome = decision.outcome.as_str(),
-        status = decision.status,
-        detail = decision.detail_code().unwrap_or(""),
-        subject = decision.token.as_ref().and_then(|t| t.sub.as_deref()).unwrap_or(""),
-        method = decision.request.method.as_str(),
-        url = decision.request.url.as_str(),
-        transport,
-        message = decision.audit.as_str(),
-    );
 }
 
 /// Loads the policies, binds both listeners and returns the bound server; nothing is served
