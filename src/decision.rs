@@ -19,6 +19,7 @@ use crate::route::url::{UrlError, parse_request_url, redact_url};
 use crate::rule::{RuleContext, RuleFailure, evaluate};
 use crate::time::{format_millis, format_unix, unix_millis, unix_seconds};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
+pub use crate::trace_entry::{Step, TraceEntry};
 
 /// Every detail code a decision's error body can carry.
 pub const DETAIL_CODES: &[&str] = &[
@@ -89,61 +90,6 @@ impl Outcome {
         [Outcome::Allow, Outcome::Deny]
             .into_iter()
             .find(|o| o.as_str() == text)
-    }
-}
-
-/// Which stage of the pipeline a trace entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Step {
-    BaseUrl,
-    Token,
-    Operation,
-    Rule,
-}
-
-/// One evaluated check: what was compared, with what, and the result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TraceEntry {
-    pub step: Step,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<Arc<str>>,
-    pub attribute: Arc<str>,
-    pub operator: Cow<'static, str>,
-    pub expected: Option<Arc<Value>>,
-    pub actual: Option<Value>,
-    pub result: bool,
-    pub decisive: bool,
-    /// Nesting under `any`/`all`/`not`.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub depth: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// `file:line` of the rule or operation in the policy files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Arc<str>>,
-}
-
-fn is_zero(n: &u8) -> bool {
-    *n == 0
-}
-
-impl TraceEntry {
-    fn step(step: Step, attribute: &str, operator: &'static str, result: bool) -> Self {
-        Self {
-            step,
-            rule: None,
-            attribute: attribute.into(),
-            operator: Cow::Borrowed(operator),
-            expected: None,
-            actual: None,
-            result,
-            decisive: !result,
-            depth: 0,
-            detail: None,
-            location: None,
-        }
     }
 }
 
