@@ -33,6 +33,7 @@ pub mod suite;
 pub mod time;
 pub mod token;
 pub mod trace;
+pub mod trace_entry;
 
 pub mod proto {
     //! Generated gRPC code: Portcullis' own API (`proto/portcullis/v1`) and the subset of

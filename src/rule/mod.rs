@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 pub use self::template::Template;
-use crate::decision::{Step, TraceEntry};
 use crate::token::{ClaimPath, VerifiedToken};
+use crate::trace_entry::{Step, TraceEntry};
 
 /// How a list of required values is matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

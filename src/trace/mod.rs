@@ -3,14 +3,15 @@
 //! [`TraceStore`] keeps the most recent decisions (oldest evicted first), each capped to
 //! [`MAX_RECORD_BYTES`], scrubbed of credentials and kept in a compact form that
 //! [`StoredDecision::decision`] rebuilds, and lists them newest first through a
-//! [`DecisionFilter`].
+//! [`DecisionFilter`]. The ring is `store.rs`, the filters `filter.rs`, and the record with its
+//! caps, packing and shared form `record/`.
 
-mod cap;
+mod filter;
+#[cfg(test)]
+mod fixtures;
+mod record;
 mod store;
 
-pub use cap::MAX_RECORD_BYTES;
-pub use store::wire;
-pub use store::{
-    DEFAULT_CAPACITY, DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT, StoredDecision,
-    TraceStore,
-};
+pub use filter::DecisionFilter;
+pub use record::{MAX_RECORD_BYTES, StoredDecision, wire};
+pub use store::{DEFAULT_CAPACITY, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, TraceStore};

@@ -17,10 +17,9 @@ use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use super::{
-    Audit, AuditSentence, Encoded, EntryNames, StoredBody, StoredDecision, StoredDetail,
-    StoredEntry, StoredToken, encode_value,
-};
+use super::audit::{Audit, AuditSentence};
+use super::value::{Encoded, encode_value};
+use super::{EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken};
 use crate::decision::{Outcome, Step};
 
 /// The version this build writes and reads.
@@ -466,5 +465,104 @@ fn opt<T>(index: Option<u32>, get: impl Fn(u32) -> Option<T>) -> Option<Option<T
     match index {
         None => Some(None),
         Some(i) => get(i).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::trace::TraceStore;
+    use crate::trace::fixtures::{every_kind, full_trace_deny};
+
+    use crate::trace::wire;
+
+    #[test]
+    fn the_shared_compact_form_reads_back_every_kind_exactly_and_is_smaller() {
+        let (engine_made, others) = every_kind();
+        let store = TraceStore::new(100);
+        // Recorded twice over: a batch repeats names, as a writer's batches do.
+        let records: Vec<Arc<StoredDecision>> = engine_made
+            .iter()
+            .chain(&others)
+            .chain(&engine_made)
+            .map(|d| store.record(d))
+            .collect();
+        let mut compact = Vec::new();
+        wire::write(&records, &mut compact).unwrap();
+        let full = serde_json::to_vec(&records).unwrap();
+        // Unique long URLs (2,000 bytes and more) are much of this set, and are written whole.
+        assert!(
+            compact.len() * 10 < full.len() * 6,
+            "compact {} bytes, decisions' JSON {}",
+            compact.len(),
+            full.len()
+        );
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read.len(), records.len());
+        for (i, (read, record)) in read.iter().zip(&records).enumerate() {
+            assert_eq!(read.decision(), record.decision(), "decision {i}");
+            assert_eq!(read.id(), record.id());
+            assert_eq!(read.unix_millis, record.unix_millis);
+        }
+    }
+
+    #[test]
+    fn an_upstream_status_reported_later_is_kept_shown_and_shared() {
+        let store = TraceStore::new(10);
+        let d = full_trace_deny(1);
+        let record = store.record(&d);
+        assert_eq!(record.decision().upstream_status, None);
+        let json = serde_json::to_value(&*record).unwrap();
+        assert!(
+            json.get("upstreamStatus").is_none(),
+            "absent until reported"
+        );
+        store.get(&d.id).unwrap().set_upstream_status(201);
+        let shown = record.decision();
+        assert_eq!(shown.upstream_status, Some(201));
+        assert_eq!(
+            serde_json::to_value(&*record).unwrap()["upstreamStatus"],
+            201
+        );
+        // A record written to the shared store after the report carries it.
+        let mut compact = Vec::new();
+        wire::write(std::slice::from_ref(&record), &mut compact).unwrap();
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read[0].decision(), shown);
+    }
+
+    #[test]
+    fn a_malformed_compact_batch_is_refused_whole() {
+        let records: Vec<Arc<StoredDecision>> =
+            vec![Arc::new(StoredDecision::of(&full_trace_deny(1)))];
+        let mut compact = Vec::new();
+        wire::write(&records, &mut compact).unwrap();
+        let batch: Value = serde_json::from_slice(&compact).unwrap();
+        let tampered = |change: &dyn Fn(&mut Value)| {
+            let mut b = batch.clone();
+            change(&mut b);
+            wire::read(&serde_json::to_vec(&b).unwrap())
+        };
+        assert!(tampered(&|_| {}).is_some());
+        assert!(
+            tampered(&|b| b["v"] = json!(2)).is_none(),
+            "another version"
+        );
+        assert!(tampered(&|b| b["d"][0]["me"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["d"][0]["tr"][0]["n"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["n"][0]["attribute"] = json!(10_000)).is_none());
+        assert!(tampered(&|b| b["d"][0]["se"] = json!(99)).is_none());
+        assert!(tampered(&|b| b["d"][0]["au"] = json!("both")).is_none());
+        assert!(wire::read(b"[]").is_none());
+        assert!(wire::read(b"{\"v\":1}").is_none());
+        // A value nested far past serde_json's limit: refused, not a stack overflow.
+        let mut b = batch.clone();
+        b["d"][0]["tr"][0]["a"] = json!("DEEP");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let raw = b.to_string().replace("\"DEEP\"", &deep);
+        assert!(raw.len() > 200_000);
+        assert!(wire::read(raw.as_bytes()).is_none());
     }
 }

@@ -1,0 +1,156 @@
+//! The report of a run: the tables of gRPC and Envoy runs, CPU per call, and the issues' targets.
+
+use crate::load::{Measurement, table_header};
+use crate::settings::Settings;
+use crate::targets::{Servers, Target};
+
+/// Prints the tables and the verdicts on the targets of issues 3 and 9.
+pub(crate) fn report(
+    settings: &Settings,
+    servers: &Servers,
+    cores: usize,
+    grpc_runs: &[(Target, Measurement)],
+    envoy_runs: &[Measurement],
+) {
+    println!("\ngRPC ext_authz Check on loopback, mix of allows and denials (60% allow)");
+    println!("{}", table_header("target"));
+    for (_, run) in grpc_runs {
+        println!("{}", run.row());
+    }
+    println!("\nCPU in the measured window (cores busy; the machine has {cores}):");
+    for (_, run) in grpc_runs {
+        let calls = run.histogram.len().max(1) as f64;
+        println!(
+            "  {:<34} {}; µs of CPU per call: server {:.1}, load generator {:.1}",
+            run.label,
+            run.cores,
+            run.server_cpu * 1e6 / calls,
+            run.client_cpu * 1e6 / calls
+        );
+    }
+    let sum = |target: Target| -> f64 {
+        grpc_runs
+            .iter()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, r)| r.rate())
+            .sum::<f64>()
+    };
+    let ratio = sum(Target::Memory) / sum(Target::Ceiling);
+    let replay_ratio = sum(Target::Replay) / sum(Target::Ceiling);
+    let decision_ratio = sum(Target::Memory) / sum(Target::Replay);
+    let redis_ratio = sum(Target::Redis) / sum(Target::Memory);
+    let ratio_known = ratio.is_finite() && ratio > 0.0;
+    let store = &servers.state.store;
+    println!(
+        "\nrecent-decisions store after the run: {} of {} records, ≈ {:.1} MiB",
+        store.len(),
+        store.capacity(),
+        store.approx_bytes() as f64 / (1024.0 * 1024.0)
+    );
+
+    if let Some((_, state)) = &servers.portcullis_redis {
+        let shared: Vec<String> = state
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("portcullis_shared_trace_records_total"))
+            .map(str::to_owned)
+            .collect();
+        println!(
+            "Redis-backed Portcullis, shared records: {}",
+            shared.join("; ")
+        );
+    }
+
+    let portcullis: Vec<&Measurement> = grpc_runs
+        .iter()
+        .filter(|(t, _)| *t == Target::Memory)
+        .map(|(_, r)| r)
+        .collect();
+    let worst_rate = portcullis
+        .iter()
+        .map(|r| r.rate())
+        .fold(f64::INFINITY, f64::min);
+    let worst_p99 = portcullis
+        .iter()
+        .map(|r| r.quantile_ms(0.99))
+        .fold(0.0, f64::max);
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!("\nTargets (issue 3):");
+    if !portcullis.is_empty() {
+        println!(
+            "  1. ≥ 25,000 decisions/s with p99 ≤ 5 ms at {} streams: {:.0}/s, p99 {:.3} ms → {}",
+            settings.streams,
+            worst_rate,
+            worst_p99,
+            verdict(worst_rate >= 25_000.0 && worst_p99 <= 5.0)
+        );
+    }
+    if ratio_known {
+        println!(
+            "  2. ≥ 80% of the ceiling's throughput: {:.1}% → {}",
+            ratio * 100.0,
+            verdict(ratio >= 0.8)
+        );
+    }
+    let known = |r: f64| r.is_finite() && r > 0.0;
+    if known(replay_ratio) {
+        println!(
+            "     the replay (Portcullis' answers, no decision) reaches {:.1}% of the ceiling: \
+             the most any server sending these answers reaches here",
+            replay_ratio * 100.0
+        );
+    }
+    if known(decision_ratio) {
+        println!(
+            "     Portcullis reaches {:.1}% of the replay: what deciding costs",
+            decision_ratio * 100.0
+        );
+    }
+    if redis_ratio.is_finite() && redis_ratio > 0.0 {
+        println!(
+            "  Issue 9: Redis trace store ≥ 90% of the memory store's throughput: {:.1}% → {}",
+            redis_ratio * 100.0,
+            verdict(redis_ratio >= 0.9)
+        );
+    }
+
+    if !envoy_runs.is_empty() {
+        println!(
+            "\nThrough Envoy {} ({} worker{}): HTTP/1.1 keep-alive requests to a tiny upstream, \
+             allowed requests only (player POST submit, viewer GET leaderboard, alternating)",
+            settings
+                .envoy
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            settings.envoy_workers,
+            if settings.envoy_workers == 1 { "" } else { "s" }
+        );
+        println!("{}", table_header("setup"));
+        for run in envoy_runs {
+            println!("{}", run.row());
+        }
+        println!("\nCPU in the measured window (cores busy):");
+        for run in envoy_runs {
+            println!("  {:<34} {}", run.label, run.cores);
+        }
+        println!("\n  3. latency ext_authz adds over Envoy alone (ext_authz − no filter):");
+        for pair in envoy_runs.chunks(2) {
+            if let [without, with] = pair {
+                println!(
+                    "     {:<28} p50 +{:.3} ms ({:.3} → {:.3}), p99 +{:.3} ms ({:.3} → {:.3}), \
+                     throughput {:.0} → {:.0}/s",
+                    with.label.replace("Envoy, ext_authz, ", ""),
+                    with.quantile_ms(0.5) - without.quantile_ms(0.5),
+                    without.quantile_ms(0.5),
+                    with.quantile_ms(0.5),
+                    with.quantile_ms(0.99) - without.quantile_ms(0.99),
+                    without.quantile_ms(0.99),
+                    with.quantile_ms(0.99),
+                    without.rate(),
+                    with.rate(),
+                );
+            }
+        }
+    }
+}

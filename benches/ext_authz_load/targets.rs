@@ -1,0 +1,318 @@
+//! The gRPC targets on their own runtime in their own thread: Portcullis in-process, the
+//! ceiling (always OK) and the replay (Portcullis' answers, deciding nothing).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis::proto::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use portcullis::proto::envoy::service::auth::v3::check_response::HttpResponse;
+use portcullis::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
+use portcullis::proto::google::rpc;
+use portcullis::server::{AppState, MAX_GRPC_MESSAGE, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::{POLICY_DIR, STARTUP};
+
+/// The ceiling: answers every Check with OK and an empty `OkHttpResponse`, at once.
+struct AlwaysOk;
+
+#[tonic::async_trait]
+impl Authorization for AlwaysOk {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code: 0,
+                message: String::new(),
+                details: Vec::new(),
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            dynamic_metadata: None,
+        }))
+    }
+}
+
+/// What identifies a probe in a Check: method, host, path and `authorization` header.
+fn probe_key(request: &CheckRequest) -> Option<(&str, &str, &str, Option<&str>)> {
+    let http = request
+        .attributes
+        .as_ref()?
+        .request
+        .as_ref()?
+        .http
+        .as_ref()?;
+    Some((
+        &http.method,
+        &http.host,
+        &http.path,
+        http.headers.get("authorization").map(String::as_str),
+    ))
+}
+
+/// Portcullis' answers to the probes, recorded once by [`verify`], for [`Replay`].
+type Answers = Arc<std::sync::OnceLock<Vec<(CheckRequest, CheckResponse)>>>;
+
+/// The second ceiling: answers every Check with a copy of the answer Portcullis gave to the same
+/// request, without deciding anything. The load generator receives and checks the same
+/// messages as from Portcullis, so what separates the two is the decision work alone.
+struct Replay {
+    answers: Answers,
+    /// `REPLAY_BUSY_NS`: CPU burnt per call before answering, standing in for a decision's work.
+    busy: Duration,
+}
+
+#[tonic::async_trait]
+impl Authorization for Replay {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let key = probe_key(request.get_ref());
+        let started = Instant::now();
+        while started.elapsed() < self.busy {
+            std::hint::spin_loop();
+        }
+        self.answers
+            .get()
+            .and_then(|answers| answers.iter().find(|(r, _)| probe_key(r) == key))
+            .map(|(_, answer)| tonic::Response::new(answer.clone()))
+            .ok_or_else(|| tonic::Status::internal("no recorded answer for this request"))
+    }
+}
+
+/// Serves the ceiling with tonic's default `Server::builder()` (hyper's HTTP/2 server and
+/// tonic's codec, as Portcullis), the same decoding limit, on a bound listener; `TCP_NODELAY`
+/// on accepted connections when `nodelay` says so at accept time (see [`accepted_nodelay`]).
+async fn serve_ceiling<S: Authorization>(
+    service: S,
+    listener: TcpListener,
+    nodelay: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use tokio_stream::StreamExt as _;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+        if let Ok(stream) = &accepted
+            && nodelay.load(Ordering::Relaxed)
+        {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    });
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .expect("the ceiling server runs");
+}
+
+/// Serves `service` as the ceiling is served, on a loopback port of its own: its address,
+/// the sender that stops it and its task.
+async fn spawn_answering<S: Authorization>(
+    service: S,
+    nodelay: Arc<AtomicBool>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_ceiling(service, listener, nodelay, async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, task)
+}
+
+/// Whether the sockets this process accepted on `port` (Portcullis' gRPC listener) have
+/// `TCP_NODELAY`: `Some(true)` if all do, `Some(false)` if any does not, `None` if none is
+/// found. Reads `/proc/net/tcp` for the established connections' inodes, finds the matching
+/// descriptors under `/proc/self/fd` and asks the socket (`getsockopt`, through std).
+pub(crate) fn accepted_nodelay(port: u16) -> Option<bool> {
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let established = *fields.get(3)? == "01";
+            let inode = fields.get(9)?;
+            (established && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !inodes.iter().any(|i| Path::new(i) == target) {
+            continue;
+        }
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `fd` is an open TCP socket of this process (its inode is an established
+        // connection on the port); the std handle only reads an option and gives the
+        // descriptor back with `into_raw_fd`, so it is never closed here.
+        let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        found.push(stream.nodelay().unwrap_or(false));
+        let _ = stream.into_raw_fd();
+    }
+    (!found.is_empty()).then(|| found.iter().all(|n| *n))
+}
+
+/// What a gRPC target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Ceiling,
+    /// [`Replay`]: Portcullis' answers without deciding.
+    Replay,
+    /// Portcullis with the in-memory trace store.
+    Memory,
+    /// Portcullis writing its decisions to Redis too.
+    Redis,
+}
+
+pub(crate) struct Servers {
+    pub(crate) portcullis: SocketAddr,
+    /// Portcullis with the Redis trace store, if one was asked for.
+    pub(crate) portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
+    pub(crate) ceiling: SocketAddr,
+    pub(crate) replay: SocketAddr,
+    /// Portcullis' answers for [`Replay`], set by the first [`verify`] of Portcullis.
+    pub(crate) answers: Answers,
+    /// Whether the ceiling (and the replay) sets `TCP_NODELAY` on the connections it accepts from now on.
+    pub(crate) ceiling_nodelay: Arc<AtomicBool>,
+    pub(crate) state: Arc<AppState>,
+    pub(crate) stop: Option<oneshot::Sender<()>>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    pub(crate) fn start(threads: usize, redis: Option<String>, replay_busy: Duration) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let ceiling_nodelay = Arc::new(AtomicBool::new(false));
+        let nodelay = ceiling_nodelay.clone();
+        let answers = Answers::default();
+        let replay_answers = answers.clone();
+        let thread = std::thread::Builder::new()
+            .name("servers".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("srv-worker")
+                    .enable_all()
+                    .build()
+                    .expect("the servers' runtime starts");
+                runtime.block_on(async move {
+                    let mut config = ServerConfig::new(POLICY_DIR.into());
+                    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                    config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                    config.shutdown_grace = Duration::from_secs(2);
+                    let bound = portcullis::server::bind(config)
+                        .await
+                        .unwrap_or_else(|e| panic!("Portcullis does not start: {e}"));
+                    let portcullis = bound.grpc_addr;
+                    let state = bound.state();
+                    let (p_stop_tx, p_stop_rx) = oneshot::channel::<()>();
+                    let portcullis_task = tokio::spawn(bound.run(async {
+                        let _ = p_stop_rx.await;
+                    }));
+                    let (r_stop_tx, r_stop_rx) = oneshot::channel::<()>();
+                    let mut redis_task = None;
+                    let mut with_redis = None;
+                    if let Some(url) = redis {
+                        let mut config = ServerConfig::new(POLICY_DIR.into());
+                        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.shutdown_grace = Duration::from_secs(2);
+                        config.shared = portcullis::server::SharedStores::from_flags(
+                            &url,
+                            None,
+                            Duration::from_millis(50),
+                            100_000,
+                            "bench:",
+                        )
+                        .expect("a usable Redis URL");
+                        let bound = portcullis::server::bind(config)
+                            .await
+                            .unwrap_or_else(|e| panic!("Portcullis (Redis) does not start: {e}"));
+                        with_redis = Some((bound.grpc_addr, bound.state()));
+                        redis_task = Some(tokio::spawn(bound.run(async {
+                            let _ = r_stop_rx.await;
+                        })));
+                    }
+                    let (ceiling, c_stop_tx, ceiling_task) =
+                        spawn_answering(AlwaysOk, nodelay.clone()).await;
+                    let replay_service = Replay {
+                        answers: replay_answers,
+                        busy: replay_busy,
+                    };
+                    let (replay, rp_stop_tx, replay_task) =
+                        spawn_answering(replay_service, nodelay).await;
+                    ready_tx
+                        .send((portcullis, ceiling, replay, state, with_redis))
+                        .expect("the bench waits for the servers");
+                    let _ = stop_rx.await;
+                    let _ = p_stop_tx.send(());
+                    let _ = c_stop_tx.send(());
+                    let _ = rp_stop_tx.send(());
+                    let _ = r_stop_tx.send(());
+                    let stopped = async {
+                        let _ = portcullis_task.await;
+                        let _ = ceiling_task.await;
+                        let _ = replay_task.await;
+                        if let Some(task) = redis_task {
+                            let _ = task.await;
+                        }
+                    };
+                    if tokio::time::timeout(Duration::from_secs(5), stopped)
+                        .await
+                        .is_err()
+                    {
+                        eprintln!("note: the servers did not stop within 5 s");
+                    }
+                });
+            })
+            .expect("the servers' thread starts");
+        let (portcullis, ceiling, replay, state, portcullis_redis) = ready_rx
+            .recv_timeout(STARTUP)
+            .expect("the servers start within 30 s");
+        Self {
+            portcullis,
+            portcullis_redis,
+            ceiling,
+            replay,
+            answers,
+            ceiling_nodelay,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

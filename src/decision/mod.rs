@@ -1,0 +1,253 @@
+//! The decision pipeline (SPEC §2): what a request to decide on and a decision are (here), the
+//! pipeline that decides ([`Engine`], in `engine.rs`: base URL → token → operation → rules),
+//! and the one place where a denial becomes its status, headers, error body (§3) and audit
+//! message (`denial.rs`). Pure: the caller passes the policy set and the clock.
+
+mod denial;
+mod engine;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+
+pub use self::engine::{Engine, PendingDecision};
+use crate::time::format_unix;
+use crate::token::VerifiedToken;
+pub use crate::trace_entry::{Step, TraceEntry};
+
+/// Every detail code the pipeline can give a decision's error body. An interface that cannot
+/// read a request adds those of [`InvalidInput`] (`MALFORMED_JSON`, `INVALID_VALUE`, …),
+/// which policy test suites never see.
+pub const DETAIL_CODES: &[&str] = &[
+    "URL_TOO_LONG",
+    "INVALID_URL",
+    "AMBIGUOUS_PATH",
+    "NO_MATCHING_SERVICE",
+    "REQUIRED_VALUE",
+    "MULTIPLE_TOKENS",
+    "TOKEN_TOO_LARGE",
+    "MALFORMED_TOKEN",
+    "ALGORITHM_NOT_ALLOWED",
+    "UNKNOWN_KEY",
+    "KEY_ID_REQUIRED",
+    "KEY_ALGORITHM_MISMATCH",
+    "INVALID_SIGNATURE",
+    "REQUIRED_CLAIM",
+    "TOKEN_EXPIRED",
+    "TOKEN_NOT_YET_VALID",
+    "TOKEN_ISSUED_IN_FUTURE",
+    "INVALID_ISSUER",
+    "INVALID_AUDIENCE",
+    "KEYS_UNAVAILABLE",
+    "OPERATION_NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "USER_REQUIRED",
+    "CLIENT_REQUIRED",
+    "GROUP_REQUIRED",
+    "SCOPE_REQUIRED",
+    "CLAIM_MISMATCH",
+    "CLIENT_ADDRESS_NOT_ALLOWED",
+    "RULE_NOT_SATISFIED",
+    "RATE_LIMIT_EXCEEDED",
+    "INTERNAL_ERROR",
+];
+
+/// One request to decide on, as the gateway saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRequest<'a> {
+    pub method: &'a str,
+    /// The full URL: `scheme://host[:port]/path[?query]`.
+    pub url: &'a str,
+    /// The request headers; names in any case, a name may repeat.
+    pub headers: &'a [(&'a str, &'a str)],
+    pub client: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allow,
+    Deny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+
+    /// The outcome named `allow` or `deny`, as [`Outcome::as_str`] writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Outcome::Allow, Outcome::Deny]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
+}
+
+/// Header names and values, serialised as a JSON object in insertion order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(Cow<'static, str>, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn push(&mut self, name: impl Into<Cow<'static, str>>, value: String) {
+        self.0.push((name.into(), value));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Headers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of header names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Headers, A::Error> {
+                let mut headers = Headers::default();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    headers.push(name, value);
+                }
+                Ok(headers)
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: Cow<'static, str>,
+    pub target: String,
+    pub message: String,
+}
+
+/// The error body of SPEC §3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub id: String,
+    pub code: Cow<'static, str>,
+    pub message: String,
+    pub target: String,
+    pub details: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    pub method: String,
+    pub url: String,
+    pub client: Option<String>,
+}
+
+/// The token's non-secret summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    pub iss: Option<String>,
+    pub aud: Vec<String>,
+    pub exp: Option<String>,
+    pub kid: Option<String>,
+    pub alg: String,
+    pub delegated: bool,
+}
+
+impl TokenSummary {
+    fn of(token: &VerifiedToken) -> Self {
+        Self {
+            sub: token.sub.clone(),
+            client_id: token.client_id.clone(),
+            iss: token.iss.clone(),
+            aud: token.aud.clone(),
+            exp: token.exp.map(format_unix),
+            kid: token.kid.as_deref().map(str::to_owned),
+            alg: format!("{:?}", token.alg),
+            delegated: token.is_delegated(),
+        }
+    }
+}
+
+/// A decision: what the gateway does with the request, and why (SPEC §6b). Deserialising
+/// reads what serialising wrote (replicas share decisions as this JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub id: String,
+    pub time: String,
+    pub duration_micros: u64,
+    pub service: Option<Arc<str>>,
+    pub operation: Option<Arc<str>>,
+    pub policy_revision: Arc<str>,
+    pub request: RequestSummary,
+    pub outcome: Outcome,
+    pub status: u16,
+    /// The status the upstream answered an allowed request with, when the gateway reported
+    /// it (the Sideband API's response phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Returned to the client on deny (names lower-case).
+    pub headers: Headers,
+    /// Added to the forwarded request on allow, replacing headers of the same name.
+    pub upstream_headers: Headers,
+    pub body: Option<ErrorBody>,
+    pub token: Option<TokenSummary>,
+    pub trace: Vec<TraceEntry>,
+    pub audit: String,
+}
+
+/// A request an interface could not read: a field of its message missing or malformed. It is
+/// denied with 400 `INVALID_REQUEST` naming the field, and recorded like any decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidInput {
+    /// The detail code: `MALFORMED_JSON`, `REQUIRED_VALUE` or `INVALID_VALUE`.
+    pub code: &'static str,
+    /// The field as the interface names it (`headers[2]`, `source_port`).
+    pub target: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// The first detail code of the error body, if denied.
+    pub fn detail_code(&self) -> Option<&str> {
+        self.body.as_ref()?.details.first().map(|d| d.code.as_ref())
+    }
+
+    /// The rule or check that decided a denial.
+    pub fn decisive(&self) -> Option<&TraceEntry> {
+        self.trace.iter().find(|e| e.decisive)
+    }
+}

@@ -1,0 +1,218 @@
+//! The compact record of a decision, which the store keeps: what the decision repeats of
+//! itself (the id in the body and the `x-decision-id` header, the time the id carries, the
+//! audit sentence that quotes the URL) is rebuilt when the record is read, and the names and
+//! messages that every decision of a rule repeats are shared between records (see
+//! [`Interner`]). This module owns the record's layout and its sizes; the files beside it cap
+//! a decision to the record's limits (`cap.rs`, on `size.rs`'s estimate), pack it and rebuild
+//! it (`pack.rs`), and write it in the form replicas share (`wire.rs`).
+
+mod audit;
+mod cap;
+mod interner;
+mod pack;
+mod size;
+mod text;
+mod value;
+pub mod wire;
+
+use std::borrow::Cow;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use self::audit::Audit;
+pub use self::cap::MAX_RECORD_BYTES;
+pub(super) use self::interner::Interner;
+use crate::decision::{Outcome, Step, TraceEntry};
+
+/// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
+const ARC_HEADER: usize = 2 * size_of::<usize>();
+/// Heap bytes of a record before anything it points to: the record behind its `Arc`.
+const RECORD_INLINE: usize = ARC_HEADER + size_of::<StoredDecision>();
+/// Heap bytes of one header in a record's list, before its name and value.
+const HEADER_INLINE: usize = size_of::<DecisionHeader>();
+/// Heap bytes of an error body, before its texts and details.
+const BODY_INLINE: usize = size_of::<StoredBody>();
+/// Heap bytes of one error detail, before its texts.
+const DETAIL_INLINE: usize = size_of::<StoredDetail>();
+/// Heap bytes of a token summary, before its texts.
+const TOKEN_INLINE: usize = size_of::<StoredToken>();
+/// Heap bytes of one audience in a token summary's list, before its text.
+const AUDIENCE_INLINE: usize = size_of::<Arc<str>>();
+/// Heap bytes of one trace entry with names of its own, before its texts and values.
+const ENTRY_INLINE: usize = size_of::<StoredEntry>() + ARC_HEADER + size_of::<EntryNames>();
+
+/// A decision as stored: capped and scrubbed (see [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES)),
+/// with its time as a number for filtering. [`decision`](Self::decision) rebuilds the decision,
+/// long values cut (marked `…(truncated, …)`) and secret header values replaced by `REDACTED`;
+/// serialising a record writes that decision's JSON (SPEC §6b).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoredDecision {
+    /// Milliseconds since the Unix epoch, from the id (a ULID), or else from `time`; 0 if
+    /// neither can be read.
+    pub unix_millis: i64,
+    /// Approximate heap bytes the record takes: what it alone holds, and the shared names it
+    /// was the first record to hold. Strings shared with the policy set are not counted.
+    pub approx_bytes: usize,
+    /// Whether anything of the decision was cut, removed or redacted to store it (secret
+    /// header values aside, which are always redacted).
+    pub truncated: bool,
+    pub(super) id: Box<str>,
+    /// `None`: `unix_millis`, as the engine writes a time.
+    time: Option<Box<str>>,
+    duration_micros: u64,
+    pub(super) service: Option<Arc<str>>,
+    pub(super) operation: Option<Arc<str>>,
+    policy_revision: Arc<str>,
+    method: Arc<str>,
+    pub(super) url: Box<str>,
+    client: Option<Box<str>>,
+    pub(super) outcome: Outcome,
+    pub(super) status: u16,
+    upstream_status: UpstreamStatus,
+    headers: Box<[DecisionHeader]>,
+    upstream_headers: Box<[(Arc<str>, Box<str>)]>,
+    body: Option<Box<StoredBody>>,
+    token: Option<Box<StoredToken>>,
+    trace: Box<[StoredEntry]>,
+    audit: Audit,
+}
+
+/// The status the upstream answered with, reported after the record was made (the Sideband
+/// API's response phase); 0 until then.
+#[derive(Debug, Default)]
+struct UpstreamStatus(AtomicU16);
+
+impl UpstreamStatus {
+    fn new(status: Option<u16>) -> Self {
+        Self(AtomicU16::new(status.unwrap_or(0)))
+    }
+
+    fn get(&self) -> Option<u16> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
+impl Clone for UpstreamStatus {
+    fn clone(&self) -> Self {
+        Self::new(self.get())
+    }
+}
+
+/// A header returned to the client on deny; a value of `None` is the decision id.
+type DecisionHeader = (Arc<str>, Option<Arc<str>>);
+
+/// The error body of a denial (SPEC §3).
+#[derive(Debug, Clone)]
+struct StoredBody {
+    /// `None`: the decision id.
+    id: Option<Box<str>>,
+    code: Cow<'static, str>,
+    message: Arc<str>,
+    target: Arc<str>,
+    details: Box<[StoredDetail]>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredDetail {
+    code: Cow<'static, str>,
+    target: Arc<str>,
+    /// `None`: the detail of the first deciding trace entry, which a token error repeats.
+    message: Option<Box<str>>,
+}
+
+/// The token summary; the texts that name the issuer, audiences, client, key and algorithm
+/// repeat between decisions and are shared.
+#[derive(Debug, Clone)]
+struct StoredToken {
+    sub: Option<Box<str>>,
+    client_id: Option<Arc<str>>,
+    iss: Option<Arc<str>>,
+    aud: Box<[Arc<str>]>,
+    exp: Option<Box<str>>,
+    kid: Option<Arc<str>>,
+    alg: Arc<str>,
+    delegated: bool,
+}
+
+/// One trace entry: its names shared with every other entry of the same check or rule, and
+/// what this evaluation found.
+#[derive(Debug, Clone)]
+struct StoredEntry {
+    names: Arc<EntryNames>,
+    expected: Option<Arc<Value>>,
+    /// The value as [`encode_value`](value::encode_value) writes it.
+    actual: Option<Box<[u8]>>,
+    detail: Option<Box<str>>,
+    result: bool,
+    decisive: bool,
+}
+
+/// What the entries of one check or rule have in common each time it is evaluated.
+#[derive(Debug)]
+struct EntryNames {
+    step: Step,
+    depth: u8,
+    rule: Option<Arc<str>>,
+    attribute: Arc<str>,
+    operator: Cow<'static, str>,
+    location: Option<Arc<str>>,
+}
+
+impl EntryNames {
+    /// The names of `entry`, with its strings as the interner shares them.
+    fn new(
+        entry: &TraceEntry,
+        rule: Option<Arc<str>>,
+        attribute: Arc<str>,
+        location: Option<Arc<str>>,
+    ) -> Self {
+        Self {
+            step: entry.step,
+            depth: entry.depth,
+            rule,
+            attribute,
+            // A copy of an owned operator (from another replica) has no spare capacity.
+            operator: entry.operator.clone(),
+            location,
+        }
+    }
+
+    /// Heap bytes of the names once the interner keeps them, beyond the strings.
+    fn own_bytes(&self) -> usize {
+        ARC_HEADER
+            + size_of::<Self>()
+            + match &self.operator {
+                Cow::Borrowed(_) => 0,
+                Cow::Owned(s) => s.capacity(),
+            }
+    }
+}
+
+impl StoredDecision {
+    /// The decision id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Records the status the upstream answered the decided request with (0: none). Best
+    /// effort with a shared store: a record already written there keeps what it had.
+    pub fn set_upstream_status(&self, status: u16) {
+        self.upstream_status.0.store(status, Ordering::Relaxed);
+    }
+
+    pub(super) fn subject(&self) -> Option<&str> {
+        self.token.as_ref().and_then(|t| t.sub.as_deref())
+    }
+}
+
+/// The JSON of the decision the record keeps (SPEC §6b).
+impl Serialize for StoredDecision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.decision().serialize(serializer)
+    }
+}

@@ -1,0 +1,445 @@
+//! Packing a decision into its record, and rebuilding the decision from the record.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::mem::size_of;
+use std::sync::Arc;
+
+use super::audit::Audit;
+use super::cap::{Capped, cap_decision, within_caps};
+use super::interner::Interner;
+use super::value::{decode_value, encode_value};
+use super::{
+    ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, StoredBody, StoredDecision,
+    StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, UpstreamStatus,
+};
+use crate::decision::{
+    Decision, ErrorBody, ErrorDetail, Headers, RequestSummary, Step, TokenSummary, TraceEntry,
+};
+
+/// Request methods shared between records; any other is kept as it came.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Builds a record from a decision, adding up the heap bytes the record takes. `holders`
+/// counts the decisions that hold the decision's `Arc`s (the one being recorded, and its
+/// capped copy if it needed one): an `Arc` held by more is shared (with the policy set).
+struct Packer<'i> {
+    interner: &'i Interner,
+    holders: usize,
+    bytes: usize,
+}
+
+impl Packer<'_> {
+    fn boxed(&mut self, s: &str) -> Box<str> {
+        self.bytes += s.len();
+        Box::from(s)
+    }
+
+    fn text(&mut self, s: &str) -> Arc<str> {
+        let (text, bytes) = self.interner.text(s);
+        self.bytes += bytes;
+        text
+    }
+
+    fn name(&mut self, name: &Arc<str>) -> Arc<str> {
+        let (name, bytes) = self.interner.name(name, self.holders);
+        self.bytes += bytes;
+        name
+    }
+
+    /// A code, copied: the engine's are static; others are kept as they came.
+    fn code(&mut self, code: Cow<'static, str>) -> Cow<'static, str> {
+        if let Cow::Owned(s) = &code {
+            self.bytes += s.capacity();
+        }
+        code
+    }
+
+    fn slice<T>(&mut self, items: Vec<T>) -> Box<[T]> {
+        self.bytes += items.len() * size_of::<T>();
+        items.into_boxed_slice()
+    }
+
+    fn entry(&mut self, e: &TraceEntry) -> StoredEntry {
+        let (names, bytes) = self.interner.entry(e, self.holders);
+        self.bytes += bytes;
+        // The expected strings of the base URL, token and operation steps come from the
+        // policy but are made afresh per decision; a rule's are the policy set's own or
+        // rendered from the request (`{path.userId}`), which would only fill the table.
+        let expected = e.expected.as_ref().map(|v| {
+            let (v, bytes) = self.interner.value(v, e.step != Step::Rule, self.holders);
+            self.bytes += bytes;
+            v
+        });
+        let actual = e.actual.as_ref().map(|v| {
+            let encoded = encode_value(v);
+            self.bytes += encoded.len();
+            encoded
+        });
+        StoredEntry {
+            names,
+            expected,
+            actual,
+            detail: e.detail.as_deref().map(|d| self.boxed(d)),
+            result: e.result,
+            decisive: e.decisive,
+        }
+    }
+
+    fn body(&mut self, b: &ErrorBody, id: &str, decisive_detail: Option<&str>) -> Box<StoredBody> {
+        self.bytes += BODY_INLINE;
+        let details: Vec<StoredDetail> = b
+            .details
+            .iter()
+            .map(|d| StoredDetail {
+                code: self.code(d.code.clone()),
+                target: self.text(&d.target),
+                message: (Some(d.message.as_str()) != decisive_detail)
+                    .then(|| self.boxed(&d.message)),
+            })
+            .collect();
+        Box::new(StoredBody {
+            id: (b.id != id).then(|| self.boxed(&b.id)),
+            code: self.code(b.code.clone()),
+            message: self.text(&b.message),
+            target: self.text(&b.target),
+            details: self.slice(details),
+        })
+    }
+
+    fn token(&mut self, t: &TokenSummary) -> Box<StoredToken> {
+        self.bytes += TOKEN_INLINE;
+        let aud: Vec<Arc<str>> = t.aud.iter().map(|a| self.text(a)).collect();
+        Box::new(StoredToken {
+            sub: t.sub.as_deref().map(|s| self.boxed(s)),
+            client_id: t.client_id.as_deref().map(|s| self.text(s)),
+            iss: t.iss.as_deref().map(|s| self.text(s)),
+            aud: self.slice(aud),
+            exp: t.exp.as_deref().map(|s| self.boxed(s)),
+            kid: t.kid.as_deref().map(|s| self.text(s)),
+            alg: self.text(&t.alg),
+            delegated: t.delegated,
+        })
+    }
+}
+
+impl StoredDecision {
+    /// A capped, scrubbed copy of `decision`, as
+    /// [`TraceStore::record`](crate::trace::TraceStore::record) stores it; for
+    /// decisions that come from elsewhere (another replica), which get the same limits.
+    pub fn of(decision: &Decision) -> Self {
+        Self::capped(decision, &Interner::default())
+    }
+
+    pub(crate) fn capped(decision: &Decision, interner: &Interner) -> Self {
+        if within_caps(decision) {
+            return Self::pack(decision, false, 1, interner);
+        }
+        let Capped {
+            decision: capped,
+            truncated,
+        } = cap_decision(decision);
+        Self::pack(&capped, truncated, 2, interner)
+    }
+
+    /// The record of `d`, which is capped already and held by `holders` decisions (see
+    /// [`Packer`]); strings and values behind an `Arc` that something else holds too (the
+    /// policy set) are shared, and not counted.
+    fn pack(d: &Decision, truncated: bool, holders: usize, interner: &Interner) -> Self {
+        // Before packing: the interner's own references would make texts look shared.
+        #[cfg(debug_assertions)]
+        let bound = super::size::record_bytes(d);
+        let mut p = Packer {
+            interner,
+            holders,
+            bytes: RECORD_INLINE,
+        };
+        let url = &d.request.url;
+        let audit = Audit::of(&d.audit, url, &d.id);
+        p.bytes += audit.heap_bytes();
+        let headers: Vec<DecisionHeader> = (d.headers.0.iter())
+            .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
+            .collect();
+        let upstream_headers: Vec<(Arc<str>, Box<str>)> = (d.upstream_headers.0.iter())
+            .map(|(name, value)| (p.text(name), p.boxed(value)))
+            .collect();
+        let decisive_detail = d
+            .trace
+            .iter()
+            .find(|e| e.decisive)
+            .and_then(|e| e.detail.as_deref());
+        let trace: Vec<StoredEntry> = d.trace.iter().map(|e| p.entry(e)).collect();
+
+        let unix_millis = ulid::Ulid::from_string(&d.id)
+            .ok()
+            .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
+            .or_else(|| parse_millis(&d.time))
+            .unwrap_or(0);
+        let method = &d.request.method;
+        let method = if METHODS.contains(&method.as_str()) {
+            p.text(method)
+        } else {
+            p.bytes += ARC_HEADER + method.len();
+            Arc::from(method.as_str())
+        };
+        let record = Self {
+            unix_millis,
+            approx_bytes: 0,
+            truncated,
+            id: p.boxed(&d.id),
+            time: (!displays_as(engine_time(unix_millis), &d.time)).then(|| p.boxed(&d.time)),
+            duration_micros: d.duration_micros,
+            service: d.service.as_ref().map(|s| p.name(s)),
+            operation: d.operation.as_ref().map(|s| p.name(s)),
+            policy_revision: p.name(&d.policy_revision),
+            method,
+            url: p.boxed(url),
+            client: d.request.client.as_deref().map(|c| p.boxed(c)),
+            outcome: d.outcome,
+            status: d.status,
+            upstream_status: UpstreamStatus::new(d.upstream_status),
+            headers: p.slice(headers),
+            upstream_headers: p.slice(upstream_headers),
+            body: d.body.as_ref().map(|b| p.body(b, &d.id, decisive_detail)),
+            token: d.token.as_ref().map(|t| p.token(t)),
+            trace: p.slice(trace),
+            audit,
+        };
+        #[cfg(debug_assertions)]
+        assert!(
+            p.bytes <= bound,
+            "a record of {} bytes, estimated at most {bound}",
+            p.bytes
+        );
+        Self {
+            approx_bytes: p.bytes,
+            ..record
+        }
+    }
+
+    /// The decision this record keeps, rebuilt: what the store cut stays cut.
+    pub fn decision(&self) -> Decision {
+        let id = &*self.id;
+        let decisive_detail = self
+            .trace
+            .iter()
+            .find(|e| e.decisive)
+            .and_then(|e| e.detail.as_deref());
+        Decision {
+            id: id.to_owned(),
+            time: match &self.time {
+                Some(time) => time.to_string(),
+                None => engine_time(self.unix_millis).to_string(),
+            },
+            duration_micros: self.duration_micros,
+            service: self.service.clone(),
+            operation: self.operation.clone(),
+            policy_revision: self.policy_revision.clone(),
+            request: RequestSummary {
+                method: self.method.to_string(),
+                url: self.url.to_string(),
+                client: self.client.as_deref().map(str::to_owned),
+            },
+            outcome: self.outcome,
+            status: self.status,
+            upstream_status: self.upstream_status.get(),
+            headers: Headers(
+                self.headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let value = value.as_deref().unwrap_or(id);
+                        (Cow::Owned(name.to_string()), value.to_owned())
+                    })
+                    .collect(),
+            ),
+            upstream_headers: Headers(
+                self.upstream_headers
+                    .iter()
+                    .map(|(name, value)| (Cow::Owned(name.to_string()), value.to_string()))
+                    .collect(),
+            ),
+            body: self.body.as_deref().map(|b| ErrorBody {
+                id: b.id.as_deref().unwrap_or(id).to_owned(),
+                code: b.code.clone(),
+                message: b.message.to_string(),
+                target: b.target.to_string(),
+                details: b
+                    .details
+                    .iter()
+                    .map(|d| ErrorDetail {
+                        code: d.code.clone(),
+                        target: d.target.to_string(),
+                        message: d
+                            .message
+                            .as_deref()
+                            .or(decisive_detail)
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                    .collect(),
+            }),
+            token: self.token.as_deref().map(|t| TokenSummary {
+                sub: t.sub.as_deref().map(str::to_owned),
+                client_id: t.client_id.as_deref().map(str::to_owned),
+                iss: t.iss.as_deref().map(str::to_owned),
+                aud: t.aud.iter().map(|a| a.to_string()).collect(),
+                exp: t.exp.as_deref().map(str::to_owned),
+                kid: t.kid.as_deref().map(str::to_owned),
+                alg: t.alg.to_string(),
+                delegated: t.delegated,
+            }),
+            trace: self.trace.iter().map(StoredEntry::unpack).collect(),
+            audit: self.audit.text(&self.url, id),
+        }
+    }
+}
+
+impl StoredEntry {
+    fn unpack(&self) -> TraceEntry {
+        let names = &*self.names;
+        TraceEntry {
+            step: names.step,
+            rule: names.rule.clone(),
+            attribute: names.attribute.clone(),
+            operator: names.operator.clone(),
+            expected: self.expected.clone(),
+            actual: self.actual.as_deref().map(decode_value),
+            result: self.result,
+            decisive: self.decisive,
+            depth: names.depth,
+            detail: self.detail.as_deref().map(str::to_owned),
+            location: names.location.clone(),
+        }
+    }
+}
+
+/// A time as the engine writes it (`crate::time::format_unix_millis`), without a copy.
+fn engine_time(millis: i64) -> humantime::Rfc3339Timestamp {
+    let millis = u64::try_from(millis).unwrap_or(0);
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
+    )
+}
+
+/// Whether `value` displays as exactly `text`, without writing it out.
+fn displays_as(value: impl fmt::Display, text: &str) -> bool {
+    struct Rest<'t>(&'t str);
+    impl fmt::Write for Rest<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0 = self.0.strip_prefix(s).ok_or(fmt::Error)?;
+            Ok(())
+        }
+    }
+    let mut rest = Rest(text);
+    fmt::write(&mut rest, format_args!("{value}")).is_ok() && rest.0.is_empty()
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time, if it is one.
+fn parse_millis(time: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(time).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceStore;
+    use crate::trace::fixtures::{
+        allowed, every_kind, full_trace_deny, long_url, unauthorised, unknown_host,
+    };
+    use crate::trace::record::audit::MAX_AUDIT_BYTES;
+
+    /// Average footprint a typical record must stay under (the store's own accounting).
+    const TYPICAL_RECORD_TARGET: usize = 2 * 1024;
+
+    #[test]
+    fn a_realistic_mix_averages_under_the_target_size_and_no_kind_exceeds_it() {
+        let store = TraceStore::new(1_000);
+        for i in 0..1_000 {
+            let d = match i % 5 {
+                0 => full_trace_deny(i),
+                1 => unauthorised(i),
+                2 => allowed(i, "alice"),
+                3 => unknown_host(i),
+                _ => long_url(i),
+            };
+            store.record(&d);
+        }
+        let average = store.approx_bytes() / store.len();
+        let deny = store.record(&full_trace_deny(9999));
+        let long = store.record(&long_url(9999));
+        eprintln!(
+            "average {average} bytes per record; a full-trace deny of {} entries takes {}, \
+             a 401 with a URL of {} bytes {}",
+            deny.decision().trace.len(),
+            deny.approx_bytes,
+            long.decision().request.url.len(),
+            long.approx_bytes
+        );
+        assert!(!deny.truncated && !long.truncated);
+        assert!(
+            average <= TYPICAL_RECORD_TARGET,
+            "{average} bytes per record on average"
+        );
+        for record in [&deny, &long] {
+            assert!(
+                record.approx_bytes <= TYPICAL_RECORD_TARGET,
+                "{} bytes: {}",
+                record.approx_bytes,
+                record.decision().audit
+            );
+        }
+    }
+
+    /// The decisions the engine makes, and ones only another replica (or version) makes: a
+    /// record gives back exactly what capping left of its decision, which is the decision
+    /// itself when nothing was over a cap.
+    #[test]
+    fn a_record_rebuilds_its_decision_exactly() {
+        let (engine_made, others) = every_kind();
+        let store = TraceStore::new(100);
+        for (i, d) in engine_made.iter().chain(&others).enumerate() {
+            let capped = cap_decision(d).decision;
+            if i < engine_made.len() + 3 {
+                assert!(within_caps(d), "decision {i}");
+                assert_eq!(capped, *d, "nothing of decision {i} is over a cap");
+            } else {
+                assert!(!within_caps(d), "decision {i}");
+            }
+            let first = store.record(d);
+            // The second record of a decision shares names with the first.
+            let again = store.record(d);
+            for stored in [&StoredDecision::of(d), &*first, &*again] {
+                assert_eq!(stored.decision(), capped, "decision {i}");
+                assert_eq!(
+                    serde_json::to_value(stored).unwrap(),
+                    serde_json::to_value(&capped).unwrap(),
+                    "decision {i}"
+                );
+            }
+            assert!(again.approx_bytes <= first.approx_bytes, "decision {i}");
+        }
+        // What the engine's decisions repeat of themselves is not stored.
+        let near_limit = &others[3];
+        for d in engine_made.iter().chain([near_limit]) {
+            let stored = store.get(&d.id).unwrap();
+            assert!(matches!(stored.audit, Audit::Rendered(_)), "{}", d.audit);
+            assert!(stored.time.is_none(), "{}", d.time);
+            assert!(stored.headers.iter().any(|(_, value)| value.is_none()));
+            assert!(stored.body.as_ref().is_none_or(|b| b.id.is_none()));
+        }
+        assert!(near_limit.audit.len() > MAX_AUDIT_BYTES);
+        assert!(
+            store
+                .get(&near_limit.id)
+                .unwrap()
+                .decision()
+                .audit
+                .contains("…(truncated"),
+            "the audit message of a long URL is rebuilt cut"
+        );
+    }
+}
