@@ -12,7 +12,12 @@
 //!    started in-process with the shipped example policies. The requests are a fixed, shuffled
 //!    mix of allows and denials (401, 403, 404) with tokens that are in the verified-token
 //!    cache after the first call.
-//! 2. **Through Envoy** (when an Envoy binary is found): HTTP/1.1 keep-alive requests through
+//! 2. **HTTP load**: `LOAD_STREAMS` HTTP/1.1 keep-alive connections (one call at a time each,
+//!    as HTTP/1.1 gateways keep them), looping the same mix for `LOAD_SECONDS`, against (a) an
+//!    empty hyper server answering 200 (the HTTP ceiling, sent the sideband calls), (b)
+//!    Portcullis' `/v1/authorize` as nginx's `auth_request` asks, and (c) its
+//!    `/sideband/request` as the PingOne Authorize kits ask (issue 16).
+//! 3. **Through Envoy** (when an Envoy binary is found): HTTP/1.1 keep-alive requests through
 //!    Envoy to a tiny upstream, with and without the ext_authz filter pointing at Portcullis,
 //!    at each concurrency of `ENVOY_CONCURRENCY`; the difference is what ext_authz adds.
 //!
@@ -26,7 +31,8 @@
 //! `LOAD_AUDIT` [`devnull`]: where the audit log goes (`devnull`, `off` for no log subscriber,
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
-//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS` [`ceiling,replay,portcullis,redis`] (e.g. `portcullis`
+//! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS`
+//! [`ceiling,replay,portcullis,redis,http-ceiling,authorize,sideband`] (e.g. `portcullis`
 //! alone under `perf record`), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
@@ -39,12 +45,13 @@
 //!
 //! The files: `settings.rs` reads the environment, `requests.rs` builds the mix, `targets.rs`
 //! starts the servers, `load.rs` drives and measures the gRPC load, `cpu.rs` reads `/proc`,
-//! `audit.rs` counts the audit log, `envoy.rs` runs the Envoy part and `report.rs` prints the
-//! tables.
+//! `http.rs` drives and measures the HTTP load, `audit.rs` counts the audit log, `envoy.rs`
+//! runs the Envoy part and `report.rs` prints the tables.
 
 mod audit;
 mod cpu;
 mod envoy;
+mod http;
 mod load;
 mod report;
 mod requests;
@@ -64,6 +71,7 @@ use portcullis::proto::envoy::service::auth::v3::authorization_client::Authoriza
 use crate::audit::install_audit_log;
 use crate::cpu::clock_ticks;
 use crate::envoy::through_envoy;
+use crate::http::{HttpCall, HttpTarget, MakeCall, load_http, verify_http};
 use crate::load::{connect, load, verify};
 use crate::redis_server::RedisServer;
 use crate::report::report;
@@ -153,7 +161,36 @@ fn main() {
     })
     .collect();
 
-    let (grpc_runs, envoy_runs) = runtime.block_on(async {
+    let wanted = |name: &str| settings.targets.split(',').any(|t| t.trim() == name);
+    let http_targets: Vec<(&str, SocketAddr, HttpTarget, MakeCall)> = [
+        (
+            "HTTP ceiling (empty 200)",
+            servers.http_ceiling,
+            HttpTarget::Ceiling,
+            HttpCall::sideband as MakeCall,
+            "http-ceiling",
+        ),
+        (
+            "Portcullis /v1/authorize",
+            servers.portcullis_http,
+            HttpTarget::Authorize,
+            HttpCall::authorize,
+            "authorize",
+        ),
+        (
+            "Portcullis /sideband/request",
+            servers.portcullis_http,
+            HttpTarget::Sideband,
+            HttpCall::sideband,
+            "sideband",
+        ),
+    ]
+    .into_iter()
+    .filter(|(.., name)| wanted(name))
+    .map(|(label, addr, target, call, _)| (label, addr, target, call))
+    .collect();
+
+    let (grpc_runs, http_runs, envoy_runs) = runtime.block_on(async {
         // Portcullis first: its answers are checked and its token cache warmed, and while the
         // checking connection is open, its socket options are read for the ceiling to copy.
         let client = AuthorizationClient::new(connect(servers.portcullis).await);
@@ -177,7 +214,15 @@ fn main() {
         if let Some((addr, _)) = &servers.portcullis_redis {
             verify(*addr, &probes, false).await;
         }
+        for &(_, addr, target, call) in &http_targets {
+            verify_http(addr, &probes, target, call).await;
+        }
+        let http_calls: Vec<Arc<Vec<HttpCall>>> = http_targets
+            .iter()
+            .map(|&(.., call)| Arc::new(mix.iter().map(call).collect()))
+            .collect();
         let mut runs = Vec::new();
+        let mut http_runs = Vec::new();
         for round in 1..=settings.rounds {
             let suffix = if settings.rounds > 1 {
                 format!(" (round {round})")
@@ -210,12 +255,26 @@ fn main() {
                 }
                 runs.push((target, run));
             }
+            for (&(label, addr, target, _), calls) in http_targets.iter().zip(&http_calls) {
+                let run =
+                    load_http(&format!("{label}{suffix}"), addr, calls, target, &settings, ticks)
+                        .await;
+                eprintln!("  {}   [cores: {}]", run.row(), run.cores);
+                http_runs.push((target, run));
+            }
         }
         let envoy_runs = through_envoy(&settings, &servers, &tokens, ticks).await;
-        (runs, envoy_runs)
+        (runs, http_runs, envoy_runs)
     });
 
-    report(&settings, &servers, cores, &grpc_runs, &envoy_runs);
+    report(
+        &settings,
+        &servers,
+        cores,
+        &grpc_runs,
+        &http_runs,
+        &envoy_runs,
+    );
 
     drop(runtime);
     drop(servers);
@@ -223,6 +282,7 @@ fn main() {
     let failures: Vec<String> = grpc_runs
         .iter()
         .map(|(_, r)| r)
+        .chain(http_runs.iter().map(|(_, r)| r))
         .chain(&envoy_runs)
         .filter(|r| r.errors > 0 || r.wrong > 0)
         .map(|r| {

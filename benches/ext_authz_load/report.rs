@@ -1,16 +1,126 @@
 //! The report of a run: the tables of gRPC and Envoy runs, CPU per call, and the issues' targets.
 
+use crate::http::HttpTarget;
 use crate::load::{Measurement, table_header};
 use crate::settings::Settings;
 use crate::targets::{Servers, Target};
 
-/// Prints the tables and the verdicts on the targets of issues 3 and 9.
+/// Prints the tables and the verdicts on the targets of issues 3, 9, 16 and 18.
 pub(crate) fn report(
     settings: &Settings,
     servers: &Servers,
     cores: usize,
     grpc_runs: &[(Target, Measurement)],
+    http_runs: &[(HttpTarget, Measurement)],
     envoy_runs: &[Measurement],
+) {
+    if !grpc_runs.is_empty() {
+        grpc_report(settings, servers, cores, grpc_runs);
+    }
+
+    if !http_runs.is_empty() {
+        http_report(settings, http_runs);
+    }
+
+    if !envoy_runs.is_empty() {
+        println!(
+            "\nThrough Envoy {} ({} worker{}): HTTP/1.1 keep-alive requests to a tiny upstream, \
+             allowed requests only (player POST submit, viewer GET leaderboard, alternating)",
+            settings
+                .envoy
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            settings.envoy_workers,
+            if settings.envoy_workers == 1 { "" } else { "s" }
+        );
+        println!("{}", table_header("setup"));
+        for run in envoy_runs {
+            println!("{}", run.row());
+        }
+        println!("\nCPU in the measured window (cores busy):");
+        for run in envoy_runs {
+            println!("  {:<34} {}", run.label, run.cores);
+        }
+        println!("\n  3. latency ext_authz adds over Envoy alone (ext_authz − no filter):");
+        for pair in envoy_runs.chunks(2) {
+            if let [without, with] = pair {
+                println!(
+                    "     {:<28} p50 +{:.3} ms ({:.3} → {:.3}), p99 +{:.3} ms ({:.3} → {:.3}), \
+                     throughput {:.0} → {:.0}/s",
+                    with.label.replace("Envoy, ext_authz, ", ""),
+                    with.quantile_ms(0.5) - without.quantile_ms(0.5),
+                    without.quantile_ms(0.5),
+                    with.quantile_ms(0.5),
+                    with.quantile_ms(0.99) - without.quantile_ms(0.99),
+                    without.quantile_ms(0.99),
+                    with.quantile_ms(0.99),
+                    without.rate(),
+                    with.rate(),
+                );
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 table, CPU per call, and the verdicts of issue 16 (the Sideband API against
+/// `/v1/authorize`) and issue 18's target 5 (the HTTP interfaces against an empty server).
+fn http_report(settings: &Settings, runs: &[(HttpTarget, Measurement)]) {
+    println!(
+        "\nHTTP/1.1 keep-alive on loopback, {} connections, the same mix",
+        settings.streams
+    );
+    println!("{}", table_header("target"));
+    for (_, run) in runs {
+        println!("{}", run.row());
+    }
+    println!("\nCPU in the measured window (cores busy):");
+    for (_, run) in runs {
+        let calls = run.histogram.len().max(1) as f64;
+        println!(
+            "  {:<34} {}; µs of CPU per call: server {:.1}, load generator {:.1}",
+            run.label,
+            run.cores,
+            run.server_cpu * 1e6 / calls,
+            run.client_cpu * 1e6 / calls
+        );
+    }
+    let rate = |target: HttpTarget| -> f64 {
+        runs.iter()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, r)| r.rate())
+            .sum::<f64>()
+    };
+    let known = |r: f64| r.is_finite() && r > 0.0;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let sideband = rate(HttpTarget::Sideband) / rate(HttpTarget::Authorize);
+    if known(sideband) {
+        println!(
+            "\n  Issue 16: /sideband/request ≥ 90% of /v1/authorize's throughput: {:.1}% → {}",
+            sideband * 100.0,
+            verdict(sideband >= 0.9)
+        );
+    }
+    for (target, name) in [
+        (HttpTarget::Authorize, "/v1/authorize"),
+        (HttpTarget::Sideband, "/sideband/request"),
+    ] {
+        let share = rate(target) / rate(HttpTarget::Ceiling);
+        if known(share) {
+            println!(
+                "  Issue 18, target 5: {name} ≥ 60% of the empty HTTP server's throughput: {:.1}% → {}",
+                share * 100.0,
+                verdict(share >= 0.6)
+            );
+        }
+    }
+}
+
+/// The gRPC table, CPU per call, the store after the run, and the verdicts of issues 3 and 9.
+fn grpc_report(
+    settings: &Settings,
+    servers: &Servers,
+    cores: usize,
+    grpc_runs: &[(Target, Measurement)],
 ) {
     println!("\ngRPC ext_authz Check on loopback, mix of allows and denials (60% allow)");
     println!("{}", table_header("target"));
@@ -113,44 +223,5 @@ pub(crate) fn report(
             redis_ratio * 100.0,
             verdict(redis_ratio >= 0.9)
         );
-    }
-
-    if !envoy_runs.is_empty() {
-        println!(
-            "\nThrough Envoy {} ({} worker{}): HTTP/1.1 keep-alive requests to a tiny upstream, \
-             allowed requests only (player POST submit, viewer GET leaderboard, alternating)",
-            settings
-                .envoy
-                .as_deref()
-                .map_or(String::new(), |p| p.display().to_string()),
-            settings.envoy_workers,
-            if settings.envoy_workers == 1 { "" } else { "s" }
-        );
-        println!("{}", table_header("setup"));
-        for run in envoy_runs {
-            println!("{}", run.row());
-        }
-        println!("\nCPU in the measured window (cores busy):");
-        for run in envoy_runs {
-            println!("  {:<34} {}", run.label, run.cores);
-        }
-        println!("\n  3. latency ext_authz adds over Envoy alone (ext_authz − no filter):");
-        for pair in envoy_runs.chunks(2) {
-            if let [without, with] = pair {
-                println!(
-                    "     {:<28} p50 +{:.3} ms ({:.3} → {:.3}), p99 +{:.3} ms ({:.3} → {:.3}), \
-                     throughput {:.0} → {:.0}/s",
-                    with.label.replace("Envoy, ext_authz, ", ""),
-                    with.quantile_ms(0.5) - without.quantile_ms(0.5),
-                    without.quantile_ms(0.5),
-                    with.quantile_ms(0.5),
-                    with.quantile_ms(0.99) - without.quantile_ms(0.99),
-                    without.quantile_ms(0.99),
-                    with.quantile_ms(0.99),
-                    without.rate(),
-                    with.rate(),
-                );
-            }
-        }
     }
 }

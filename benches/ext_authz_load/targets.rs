@@ -1,5 +1,6 @@
-//! The gRPC targets on their own runtime in their own thread: Portcullis in-process, the
-//! ceiling (always OK) and the replay (Portcullis' answers, deciding nothing).
+//! The targets on their own runtime in their own thread: Portcullis in-process (its gRPC and
+//! HTTP listeners, the Sideband API on), the gRPC ceiling (always OK), the replay
+//! (Portcullis' answers, deciding nothing) and the HTTP ceiling (an empty 200).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -188,6 +189,12 @@ pub(crate) enum Target {
 
 pub(crate) struct Servers {
     pub(crate) portcullis: SocketAddr,
+    /// Portcullis' HTTP listener (`/v1/authorize`, the Sideband API).
+    pub(crate) portcullis_http: SocketAddr,
+    /// The empty HTTP/1.1 server answering 200.
+    pub(crate) http_ceiling: SocketAddr,
+    /// Holds the Sideband API's secret file.
+    _secrets: tempfile::TempDir,
     /// Portcullis with the Redis trace store, if one was asked for.
     pub(crate) portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
     pub(crate) ceiling: SocketAddr,
@@ -209,6 +216,9 @@ impl Servers {
         let nodelay = ceiling_nodelay.clone();
         let answers = Answers::default();
         let replay_answers = answers.clone();
+        let secrets = tempfile::tempdir().expect("a temporary directory");
+        let secret_file = secrets.path().join("sideband.secrets");
+        std::fs::write(&secret_file, crate::http::SIDEBAND_SECRET).expect("the secret is written");
         let thread = std::thread::Builder::new()
             .name("servers".into())
             .spawn(move || {
@@ -223,10 +233,23 @@ impl Servers {
                     config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
                     config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
                     config.shutdown_grace = Duration::from_secs(2);
+                    config.sideband = Some(portcullis::server::sideband::SidebandConfig {
+                        secret_file,
+                        secret_header: portcullis::server::sideband::DEFAULT_SECRET_HEADER
+                            .parse()
+                            .expect("a header name"),
+                    });
                     let bound = portcullis::server::bind(config)
                         .await
                         .unwrap_or_else(|e| panic!("Portcullis does not start: {e}"));
                     let portcullis = bound.grpc_addr;
+                    let portcullis_http = bound.http_addr;
+                    let http_listener = TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("a loopback port");
+                    let http_ceiling = http_listener.local_addr().expect("a bound address");
+                    let http_ceiling_task =
+                        AbortOnDrop(tokio::spawn(crate::http::serve_empty(http_listener)));
                     let state = bound.state();
                     let (p_stop_tx, p_stop_rx) = oneshot::channel::<()>();
                     let portcullis_task = tokio::spawn(bound.run(async {
@@ -265,7 +288,11 @@ impl Servers {
                     let (replay, rp_stop_tx, replay_task) =
                         spawn_answering(replay_service, nodelay).await;
                     ready_tx
-                        .send((portcullis, ceiling, replay, state, with_redis))
+                        .send((
+                            [portcullis, portcullis_http, http_ceiling, ceiling, replay],
+                            state,
+                            with_redis,
+                        ))
                         .expect("the bench waits for the servers");
                     let _ = stop_rx.await;
                     let _ = p_stop_tx.send(());
@@ -286,14 +313,19 @@ impl Servers {
                     {
                         eprintln!("note: the servers did not stop within 5 s");
                     }
+                    drop(http_ceiling_task);
                 });
             })
             .expect("the servers' thread starts");
-        let (portcullis, ceiling, replay, state, portcullis_redis) = ready_rx
-            .recv_timeout(STARTUP)
-            .expect("the servers start within 30 s");
+        let ([portcullis, portcullis_http, http_ceiling, ceiling, replay], state, portcullis_redis) =
+            ready_rx
+                .recv_timeout(STARTUP)
+                .expect("the servers start within 30 s");
         Self {
             portcullis,
+            portcullis_http,
+            http_ceiling,
+            _secrets: secrets,
             portcullis_redis,
             ceiling,
             replay,
@@ -303,6 +335,15 @@ impl Servers {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
