@@ -376,7 +376,7 @@ fn decision_cases() {
         failures.len(),
         failures.join("\n")
     );
-    // The forced-panic unit test in src/decision.rs covers INTERNAL_ERROR.
+    // The forced-panic unit test in src/decision/engine.rs covers INTERNAL_ERROR.
     let missing: Vec<&&str> = portcullis::decision::DETAIL_CODES
         .iter()
         .filter(|c| **c != "INTERNAL_ERROR" && !codes_seen.contains(**c))

@@ -90,7 +90,7 @@ fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// When to fetch again after a success: the policy's `refresh`, shortened by the server's
-/// `Cache-Control: max-age` but never below [`MIN_REFRESH`].
+/// `Cache-Control: max-age` but never below `MIN_REFRESH` (30 s).
 pub fn next_refresh(refresh: Duration, max_age: Option<Duration>) -> Duration {
     let floor = MIN_REFRESH.min(refresh);
     match max_age {

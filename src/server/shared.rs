@@ -237,7 +237,7 @@ pub(crate) fn shown_url(url: &str) -> String {
 }
 
 /// Recent decisions of every replica: a Redis stream whose entries each hold a JSON array of
-/// up to [`PER_ENTRY`] decisions, trimmed to about [`SharedConfig::stream_length`]
+/// up to `PER_ENTRY` decisions, trimmed to about [`SharedConfig::stream_length`]
 /// decisions, and an index of the stream's entries by the times of the decisions they hold.
 ///
 /// The index is a sorted set with one member per entry, `"{first} {last} {entry id}"` scored
@@ -548,7 +548,7 @@ impl Writer {
         }
     }
 
-    /// Appends `batch` to the stream in entries of up to [`PER_ENTRY`] decisions, then indexes
+    /// Appends `batch` to the stream in entries of up to `PER_ENTRY` decisions, then indexes
     /// the entries: two round trips per batch. `per_entry` is the running average of decisions
     /// per entry, which turns the stream's length in decisions into entries.
     async fn write(

@@ -2,7 +2,7 @@
 //! client certificates), the global concurrency limit that sheds load past it, the
 //! per-request deadline, and the caps on headers, bodies and gRPC messages.
 //!
-//! Every refusal made here is a [`Refusal`], which knows its HTTP status, its gRPC status and
+//! Every refusal made here is a `Refusal`, which knows its HTTP status, its gRPC status and
 //! its SPEC §3 body.
 
 mod admission;

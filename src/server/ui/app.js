@@ -1,5 +1,7 @@
 // Portcullis recent decisions: the list comes from GET /v1/decisions, one decision from
-// GET /v1/decisions/{id}. Decision data is attacker-controlled (URLs, headers, token claims),
+// GET /v1/decisions/{id}. One file on purpose: the page is served embedded with a strict
+// CSP and no build step or module loader, and its parts (list, filters, live polling, detail
+// view, keyboard) share one small state and one element helper. Decision data is attacker-controlled (URLs, headers, token claims),
 // so it only ever enters the page as text nodes and attribute values, never as HTML; the
 // page's Content-Security-Policy makes the browser refuse HTML strings as well.
 'use strict';
