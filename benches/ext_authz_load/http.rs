@@ -16,8 +16,7 @@ use hyper_util::rt::TokioIo;
 use portcullis::proto::envoy::config::core::v3::address;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cpu::{cores_used, cpu_of, cpu_snapshot};
-use crate::load::{Measurement, histogram};
+use crate::load::{Measurement, histogram, measure_window};
 use crate::requests::{Answer, Probe};
 use crate::settings::Settings;
 
@@ -296,12 +295,7 @@ pub(crate) async fn load_http(
             ))
         })
         .collect();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let before = cpu_snapshot(&[]);
-    let window_start = Instant::now();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
-    let after = cpu_snapshot(&[]);
-    let window = window_start.elapsed().as_secs_f64();
+    let window = measure_window(measure_from, end).await;
     let mut total = Tally {
         latencies: histogram(),
         errors: 0,
@@ -319,16 +313,15 @@ pub(crate) async fn load_http(
         total.errors += tally.errors;
         total.wrong += tally.wrong;
     }
-    Measurement {
-        label: label.to_owned(),
-        histogram: total.latencies,
-        errors: total.errors,
-        wrong: total.wrong,
-        seconds: settings.seconds,
-        server_cpu: cpu_of(&before, &after, "servers", ticks),
-        client_cpu: cpu_of(&before, &after, "load generator", ticks),
-        cores: cores_used(&before, &after, window, ticks),
-    }
+    Measurement::of(
+        label,
+        total.latencies,
+        total.errors,
+        total.wrong,
+        settings,
+        &window,
+        ticks,
+    )
 }
 
 /// Sends every probe's call once and panics unless `target` answers it as it must.

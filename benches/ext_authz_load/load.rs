@@ -1,6 +1,7 @@
 //! The gRPC load generator: checks each probe once, then loops Checks over HTTP/2
 //! connections and measures latency and CPU per call.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,12 +172,7 @@ pub(crate) async fn load(
             (histogram, errors, wrong)
         }));
     }
-    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let before = cpu_snapshot(&[]);
-    let window_start = Instant::now();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
-    let after = cpu_snapshot(&[]);
-    let window = window_start.elapsed().as_secs_f64();
+    let window = measure_window(measure_from, end).await;
     let mut total = histogram();
     let (mut errors, mut wrong) = (0, 0);
     let joined = tokio::time::timeout(Duration::from_secs(30), async {
@@ -192,14 +188,50 @@ pub(crate) async fn load(
         joined.is_ok(),
         "{label}: calls still outstanding 30 s after the end"
     );
-    Measurement {
-        label: label.to_owned(),
-        histogram: total,
-        errors,
-        wrong,
-        seconds: settings.seconds,
-        server_cpu: cpu_of(&before, &after, "servers", ticks),
-        client_cpu: cpu_of(&before, &after, "load generator", ticks),
-        cores: cores_used(&before, &after, window, ticks),
+    Measurement::of(label, total, errors, wrong, settings, &window, ticks)
+}
+
+/// CPU snapshots at both ends of a measured window.
+pub(crate) struct Window {
+    before: BTreeMap<&'static str, u64>,
+    after: BTreeMap<&'static str, u64>,
+    seconds: f64,
+}
+
+/// Waits for the window from `measure_from` to `end`, taking the CPU snapshots at its ends.
+pub(crate) async fn measure_window(measure_from: Instant, end: Instant) -> Window {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let before = cpu_snapshot(&[]);
+    let started = Instant::now();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+    Window {
+        before,
+        after: cpu_snapshot(&[]),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+impl Measurement {
+    /// The measurement of calls answered in `window`.
+    pub(crate) fn of(
+        label: &str,
+        histogram: Histogram<u64>,
+        errors: u64,
+        wrong: u64,
+        settings: &Settings,
+        window: &Window,
+        ticks: f64,
+    ) -> Self {
+        let (before, after) = (&window.before, &window.after);
+        Self {
+            label: label.to_owned(),
+            histogram,
+            errors,
+            wrong,
+            seconds: settings.seconds,
+            server_cpu: cpu_of(before, after, "servers", ticks),
+            client_cpu: cpu_of(before, after, "load generator", ticks),
+            cores: cores_used(before, after, window.seconds, ticks),
+        }
     }
 }

@@ -74,16 +74,7 @@ fn http_report(settings: &Settings, runs: &[(HttpTarget, Measurement)]) {
         println!("{}", run.row());
     }
     println!("\nCPU in the measured window (cores busy):");
-    for (_, run) in runs {
-        let calls = run.histogram.len().max(1) as f64;
-        println!(
-            "  {:<34} {}; µs of CPU per call: server {:.1}, load generator {:.1}",
-            run.label,
-            run.cores,
-            run.server_cpu * 1e6 / calls,
-            run.client_cpu * 1e6 / calls
-        );
-    }
+    cpu_per_call(runs.iter().map(|(_, r)| r));
     let rate = |target: HttpTarget| -> f64 {
         runs.iter()
             .filter(|(t, _)| *t == target)
@@ -128,16 +119,7 @@ fn grpc_report(
         println!("{}", run.row());
     }
     println!("\nCPU in the measured window (cores busy; the machine has {cores}):");
-    for (_, run) in grpc_runs {
-        let calls = run.histogram.len().max(1) as f64;
-        println!(
-            "  {:<34} {}; µs of CPU per call: server {:.1}, load generator {:.1}",
-            run.label,
-            run.cores,
-            run.server_cpu * 1e6 / calls,
-            run.client_cpu * 1e6 / calls
-        );
-    }
+    cpu_per_call(grpc_runs.iter().map(|(_, r)| r));
     let sum = |target: Target| -> f64 {
         grpc_runs
             .iter()
@@ -222,6 +204,20 @@ fn grpc_report(
             "  Issue 9: Redis trace store ≥ 90% of the memory store's throughput: {:.1}% → {}",
             redis_ratio * 100.0,
             verdict(redis_ratio >= 0.9)
+        );
+    }
+}
+
+/// A line per run: the cores each group kept busy, and the CPU per call.
+fn cpu_per_call<'a>(runs: impl Iterator<Item = &'a Measurement>) {
+    for run in runs {
+        let calls = run.histogram.len().max(1) as f64;
+        println!(
+            "  {:<34} {}; µs of CPU per call: server {:.1}, load generator {:.1}",
+            run.label,
+            run.cores,
+            run.server_cpu * 1e6 / calls,
+            run.client_cpu * 1e6 / calls
         );
     }
 }
