@@ -176,7 +176,116 @@ pub(super) fn response_body(read: &ResponsePhase<'_>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::decision::{Headers, Outcome, RequestSummary};
+    use crate::server::sideband::read::{members_of, read_access};
+
+    /// An allow that sets `x-user-id` upstream.
+    fn allowed() -> Decision {
+        Decision {
+            id: "01JD0000000000000000000000".into(),
+            time: String::new(),
+            duration_micros: 0,
+            service: None,
+            operation: None,
+            policy_revision: "r".into(),
+            request: RequestSummary {
+                method: "GET".into(),
+                url: String::new(),
+                client: None,
+            },
+            outcome: Outcome::Allow,
+            status: 200,
+            upstream_status: None,
+            headers: Headers::default(),
+            upstream_headers: Headers(vec![("x-user-id".into(), "user.\"1\"".into())]),
+            body: None,
+            token: None,
+            trace: Vec::new(),
+            audit: String::new(),
+        }
+    }
+
+    /// Any JSON value a kit (or anything else) might put in a member.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,12}|[\"\\\\\\n\\u{0}-\\u{1f}\\u{2028}é]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("\\PC{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A call shaped like a kit's, with any headers and extra members.
+    fn kit_call() -> impl Strategy<Value = Value> {
+        (
+            proptest::collection::vec(("[A-Za-z-]{1,12}", "\\PC{0,16}"), 0..6),
+            proptest::collection::btree_map("[a-z_]{1,10}", any_json(), 0..4),
+        )
+            .prop_map(|(headers, extra)| {
+                let mut call = json!({
+                    "method": "GET",
+                    "url": "https://api.test:443/app/v1/items/7",
+                    "headers": headers.iter().map(|(n, v)| json!({ n.as_str(): v })).collect::<Vec<_>>(),
+                });
+                for (name, value) in extra {
+                    if !["method", "url", "headers"].contains(&name.as_str()) {
+                        call[name] = value;
+                    }
+                }
+                call
+            })
+    }
+
+    proptest! {
+        /// Whatever a call holds, reading it never panics; a readable one is echoed as JSON
+        /// whose members are the call's, `headers` rebuilt and `state` added.
+        #[test]
+        fn readable_calls_are_echoed_member_for_member(call in kit_call()) {
+            let text = call.to_string();
+            let Ok(request) = read_access(text.as_bytes()) else {
+                return Ok(());
+            };
+            let bytes = allow_body(&request, &allowed());
+            // Member for member, byte for byte.
+            let sent = members_of(text.as_bytes()).unwrap();
+            let echoed = members_of(&bytes).expect("the echo is a JSON object");
+            for (name, raw) in &sent.0 {
+                if name != "headers" && name != "state" {
+                    prop_assert_eq!(echoed.get(name).map(|r| r.get()), Some(raw.get()), "member {}", name);
+                }
+            }
+            let echo: Value = serde_json::from_slice(&bytes).expect("the echo is JSON");
+            let echoed = echo["headers"].as_array().unwrap();
+            let last = echoed.last().unwrap();
+            prop_assert_eq!(last, &json!({"x-decision-id": "01JD0000000000000000000000"}));
+            prop_assert!(echoed.iter().all(|h| h.as_object().unwrap().len() == 1));
+            prop_assert!(!echoed.iter().any(|h| h.get("X-User-Id").is_some()));
+            prop_assert_eq!(&echo["state"]["decisionId"], "01JD0000000000000000000000");
+            let denied: Value = serde_json::from_slice(&deny_body(&request, &allowed()))
+                .expect("a denial is JSON");
+            prop_assert_eq!(&denied["response"]["response_code"], "200");
+        }
+
+        /// Bytes that are not a kit's JSON are refused, never a panic.
+        #[test]
+        fn any_bytes_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = read_access(&bytes);
+        }
+    }
 
     #[test]
     fn statuses_have_the_kits_reason_phrases() {

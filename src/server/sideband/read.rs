@@ -235,7 +235,7 @@ fn check_source_port(members: &Members<'_>) -> Result<(), InvalidInput> {
 }
 
 /// The members of a call's body, or why they cannot be read.
-fn members_of(body: &[u8]) -> Result<Members<'_>, InvalidInput> {
+pub(super) fn members_of(body: &[u8]) -> Result<Members<'_>, InvalidInput> {
     let text = std::str::from_utf8(body).map_err(|_| {
         invalid(
             "MALFORMED_JSON",
