@@ -307,7 +307,7 @@ impl Engine {
         {
             OperationLookup::Found(found) => found,
             other => {
-                let path = remainder(&url.path, base.consumed);
+                let path = url.path.path_string_from(base.consumed);
                 let mut entry = TraceEntry::step(Step::Operation, "request", "match", false);
                 entry.actual = Some(Value::String(format!(
                     "{} {path}",
@@ -346,7 +346,7 @@ impl Engine {
         entry.actual = Some(Value::String(format!(
             "{} {}",
             shown_method(request.method),
-            remainder(&url.path, base.consumed)
+            url.path.path_string_from(base.consumed)
         )));
         entry.location = Some(operation.location.clone());
         progress.trace.push(entry);
@@ -507,31 +507,17 @@ fn shown_method(method: &str) -> String {
 }
 
 fn canonical_url(url: &crate::route::url::RequestUrl<'_>) -> String {
-    let port = if url.port == url.scheme.default_port() {
-        String::new()
-    } else {
-        format!(":{}", url.port)
-    };
-    format!(
-        "{}://{}{}{}",
-        url.scheme.as_str(),
-        url.host,
-        port,
-        url.path.to_path_string()
-    )
-}
-
-fn remainder(path: &crate::route::url::NormalizedPath, skip: usize) -> String {
-    let rest: String = path
-        .segments()
-        .skip(skip)
-        .map(|s| format!("/{s}"))
-        .collect();
-    if rest.is_empty() {
-        "/".to_owned()
-    } else {
-        rest
+    use std::fmt::Write as _;
+    // One string, written in place: this runs for every decision that matched a base URL.
+    let mut out = String::with_capacity(16 + url.host.len() + url.path.text_len() + url.path.len());
+    out.push_str(url.scheme.as_str());
+    out.push_str("://");
+    out.push_str(&url.host);
+    if url.port != url.scheme.default_port() {
+        let _ = write!(out, ":{}", url.port);
     }
+    url.path.push_path(&mut out, 0);
+    out
 }
 
 /// Header values must not carry control characters (no header injection through claims).

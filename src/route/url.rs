@@ -125,15 +125,31 @@ impl NormalizedPath {
 
     /// `/a/b` form (`/` when empty); percent-decoded, so for display only.
     pub fn to_path_string(&self) -> String {
-        if self.is_empty() {
-            return "/".to_owned();
-        }
-        let mut out = String::with_capacity(self.text.len() + self.len());
-        for s in self.segments() {
+        self.path_string_from(0)
+    }
+
+    /// The `/a/b` form of the segments from `skip` on (`/` when none is left).
+    pub fn path_string_from(&self, skip: usize) -> String {
+        let mut out = String::with_capacity(self.text.len() + self.len() + 1);
+        self.push_path(&mut out, skip);
+        out
+    }
+
+    /// Appends the `/a/b` form of the segments from `skip` on (`/` when none is left).
+    pub fn push_path(&self, out: &mut String, skip: usize) {
+        let start = out.len();
+        for s in self.segments().skip(skip) {
             out.push('/');
             out.push_str(s);
         }
-        out
+        if out.len() == start {
+            out.push('/');
+        }
+    }
+
+    /// Bytes of the decoded segments, separators not counted.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
     }
 
     fn push(&mut self, segment: &str) {
@@ -385,6 +401,17 @@ mod tests {
 
     fn path(raw: &str) -> Result<String, UrlError> {
         normalize_path(raw).map(|p| p.to_path_string())
+    }
+
+    #[test]
+    fn the_path_after_a_prefix_is_written_from_its_segments() {
+        let p = normalize_path("/app/v1/items/7").unwrap();
+        assert_eq!(p.path_string_from(2), "/items/7");
+        assert_eq!(p.path_string_from(4), "/");
+        assert_eq!(p.path_string_from(9), "/");
+        let mut out = String::from("https://api.test");
+        p.push_path(&mut out, 0);
+        assert_eq!(out, "https://api.test/app/v1/items/7");
     }
 
     #[test]
