@@ -338,16 +338,18 @@ impl Engine {
         progress.operation = Some(operation.name.clone());
         let mut entry = TraceEntry::step(Step::Operation, "request", "match", true);
         entry.rule = Some(operation.name.clone());
-        entry.expected = Some(Arc::new(Value::String(format!(
-            "{} {}",
-            shown_method(request.method),
-            operation.paths[found.path]
-        ))));
-        entry.actual = Some(Value::String(format!(
-            "{} {}",
-            shown_method(request.method),
-            url.path.path_string_from(base.consumed)
-        )));
+        // "METHOD path", each written into one string.
+        let method = shown_method(request.method);
+        let template = &operation.paths[found.path];
+        let mut expected = String::with_capacity(method.len() + 1 + template.len());
+        expected.push_str(&method);
+        expected.push(' ');
+        expected.push_str(template);
+        entry.expected = Some(Arc::new(Value::String(expected)));
+        let mut actual = method;
+        actual.push(' ');
+        url.path.push_path(&mut actual, base.consumed);
+        entry.actual = Some(Value::String(actual));
         entry.location = Some(operation.location.clone());
         progress.trace.push(entry);
 
@@ -413,14 +415,14 @@ fn authenticate(
         Ok((verified, cached)) => {
             let mut entry =
                 TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
+            let (by_key, kid) = match verified.kid.as_deref() {
+                Some(kid) => (" by key `", kid),
+                None => ("", ""),
+            };
             entry.detail = Some(format!(
-                "{:?} signature{} verified{}; issuer, audience and validity period accepted",
+                "{:?} signature{by_key}{kid}{} verified{}; issuer, audience and validity period accepted",
                 verified.alg,
-                verified
-                    .kid
-                    .as_deref()
-                    .map(|k| format!(" by key `{k}`"))
-                    .unwrap_or_default(),
+                if by_key.is_empty() { "" } else { "`" },
                 if cached { " (cached)" } else { "" }
             ));
             progress.trace.push(entry);
@@ -570,6 +572,68 @@ mod tests {
         assert!(body.details[0].message.contains(&decision.id));
         let next = engine.decide(&policies, &request, SystemTime::now());
         assert_eq!(next.status, 401);
+    }
+
+    #[test]
+    fn the_trace_words_what_was_checked_the_same_way_on_every_decision() {
+        let policies = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
+        let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();
+        let now = crate::time::unix_seconds(SystemTime::now());
+        let claims = serde_json::json!({
+            "iss": "https://auth.example.com", "aud": "meme-game", "sub": "user.1",
+            "groups": ["viewers"], "iat": now, "exp": now + 600,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("meme-game-dev-rsa-1".into());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+        let authorization = format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        );
+        let request = DecisionRequest {
+            method: "GET",
+            url: "https://LOCALHOST:8443/meme-game/api/v1/./leaderboard?page=2",
+            headers: &[("authorization", &authorization)],
+            client: None,
+        };
+        let engine = Engine::default();
+        let entry =
+            |d: &Decision, step: Step| d.trace.iter().find(|e| e.step == step).unwrap().clone();
+        for (round, cached) in [(1, ""), (2, " (cached)")] {
+            let d = engine.decide(&policies, &request, SystemTime::now());
+            assert_eq!(d.outcome, Outcome::Allow, "round {round}: {}", d.audit);
+            assert_eq!(
+                entry(&d, Step::BaseUrl).actual,
+                Some(Value::from(
+                    "https://localhost:8443/meme-game/api/v1/leaderboard"
+                ))
+            );
+            assert_eq!(
+                entry(&d, Step::Token).detail.unwrap(),
+                format!(
+                    "RS256 signature by key `meme-game-dev-rsa-1` verified{cached}; issuer, audience and validity period accepted"
+                )
+            );
+            let operation = entry(&d, Step::Operation);
+            assert_eq!(
+                operation.expected.as_deref(),
+                Some(&Value::from("GET /leaderboard"))
+            );
+            assert_eq!(operation.actual, Some(Value::from("GET /leaderboard")));
+        }
+        // A path under the base URL that no operation has: the rest of the path, shown.
+        let d = engine.decide(
+            &policies,
+            &DecisionRequest {
+                url: "https://localhost:8443/meme-game/api/v1/no/such%2Fthing",
+                ..request
+            },
+            SystemTime::now(),
+        );
+        assert_eq!(
+            entry(&d, Step::Operation).actual,
+            Some(Value::from("GET /no/such/thing"))
+        );
     }
 
     #[test]
