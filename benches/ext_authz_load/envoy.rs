@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::cpu::{cores_used, cpu_of, cpu_snapshot};
-use crate::load::{Measurement, histogram};
+use crate::load::{Measurement, histogram, join_tallies, measure_window};
 use crate::requests::Tokens;
 use crate::settings::Settings;
 use crate::targets::Servers;
@@ -323,38 +322,9 @@ async fn load_envoy(
             (histogram, errors, wrong)
         }));
     }
-    let pid = envoy.child.id();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let before = cpu_snapshot(&[("envoy", pid)]);
-    let window_start = Instant::now();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
-    let after = cpu_snapshot(&[("envoy", pid)]);
-    let window = window_start.elapsed().as_secs_f64();
-    let mut total = histogram();
-    let (mut errors, mut wrong) = (0, 0);
-    let joined = tokio::time::timeout(Duration::from_secs(30), async {
-        for task in tasks {
-            let (h, e, w) = task.await.expect("a load task does not panic");
-            total.add(&h).expect("histograms with the same bounds");
-            errors += e;
-            wrong += w;
-        }
-    })
-    .await;
-    assert!(
-        joined.is_ok(),
-        "{label}: requests still outstanding 30 s after the end"
-    );
-    Measurement {
-        label,
-        histogram: total,
-        errors,
-        wrong,
-        seconds: settings.envoy_seconds,
-        server_cpu: cpu_of(&before, &after, "servers", ticks),
-        client_cpu: cpu_of(&before, &after, "load generator", ticks),
-        cores: cores_used(&before, &after, window, ticks),
-    }
+    let window = measure_window(measure_from, end, &[("envoy", envoy.child.id())]).await;
+    let tally = join_tallies(&label, tasks).await;
+    Measurement::of(&label, tally, settings.envoy_seconds, &window, ticks)
 }
 
 pub(crate) async fn through_envoy(

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use portcullis::proto::envoy::config::core::v3::address;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::load::{Measurement, histogram, measure_window};
+use crate::load::{Measurement, Tally, histogram, join_tallies, measure_window};
 use crate::requests::{Answer, Probe};
 use crate::settings::Settings;
 
@@ -193,13 +193,6 @@ impl HttpCall {
     }
 }
 
-/// Latencies (µs) of the calls answered in the window, and the failed and wrongly answered.
-struct Tally {
-    latencies: hdrhistogram::Histogram<u64>,
-    errors: u64,
-    wrong: u64,
-}
-
 /// One connection looping the mix from `start` in it until `end`; the calls sent after
 /// `measure_from` count. A failed call costs the connection, as it would a gateway's.
 async fn connection(
@@ -210,30 +203,26 @@ async fn connection(
     measure_from: Instant,
     end: Instant,
 ) -> Tally {
-    let mut tally = Tally {
-        latencies: histogram(),
-        errors: 0,
-        wrong: 0,
-    };
+    let (mut latencies, mut errors, mut wrong) = (histogram(), 0, 0);
     let host = HeaderValue::from_str(&addr.to_string()).expect("an address is a host");
     let mut next = start % calls.len();
     while Instant::now() < end {
         let Ok(tcp) = TcpStream::connect(addr).await else {
-            tally.errors += 1;
+            errors += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
         else {
-            tally.errors += 1;
+            errors += 1;
             continue;
         };
         tokio::spawn(conn);
         loop {
             let sent = Instant::now();
             if sent >= end {
-                return tally;
+                return (latencies, errors, wrong);
             }
             let call = &calls[next];
             next = (next + 1) % calls.len();
@@ -249,21 +238,19 @@ async fn connection(
             match answer {
                 Some((status, body)) if counted => {
                     if !call.answered(target, status, &body) {
-                        tally.wrong += 1;
+                        wrong += 1;
                     }
-                    tally
-                        .latencies
-                        .saturating_record(elapsed.as_micros() as u64);
+                    latencies.saturating_record(elapsed.as_micros() as u64);
                 }
                 Some(_) => {}
                 None => {
-                    tally.errors += u64::from(counted);
+                    errors += u64::from(counted);
                     break;
                 }
             }
         }
     }
-    tally
+    (latencies, errors, wrong)
 }
 
 async fn read(response: Response<hyper::body::Incoming>) -> Option<(u16, Bytes)> {
@@ -295,33 +282,9 @@ pub(crate) async fn load_http(
             ))
         })
         .collect();
-    let window = measure_window(measure_from, end).await;
-    let mut total = Tally {
-        latencies: histogram(),
-        errors: 0,
-        wrong: 0,
-    };
-    for task in tasks {
-        let tally = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .unwrap_or_else(|_| panic!("{label}: calls still outstanding 30 s after the end"))
-            .expect("a load task does not panic");
-        total
-            .latencies
-            .add(&tally.latencies)
-            .expect("histograms with the same bounds");
-        total.errors += tally.errors;
-        total.wrong += tally.wrong;
-    }
-    Measurement::of(
-        label,
-        total.latencies,
-        total.errors,
-        total.wrong,
-        settings,
-        &window,
-        ticks,
-    )
+    let window = measure_window(measure_from, end, &[]).await;
+    let tally = join_tallies(label, tasks).await;
+    Measurement::of(label, tally, settings.seconds, &window, ticks)
 }
 
 /// Sends every probe's call once and panics unless `target` answers it as it must.

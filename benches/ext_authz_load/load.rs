@@ -172,23 +172,15 @@ pub(crate) async fn load(
             (histogram, errors, wrong)
         }));
     }
-    let window = measure_window(measure_from, end).await;
-    let mut total = histogram();
-    let (mut errors, mut wrong) = (0, 0);
-    let joined = tokio::time::timeout(Duration::from_secs(30), async {
-        for task in tasks {
-            let (h, e, w) = task.await.expect("a load task does not panic");
-            total.add(&h).expect("histograms with the same bounds");
-            errors += e;
-            wrong += w;
-        }
-    })
-    .await;
-    assert!(
-        joined.is_ok(),
-        "{label}: calls still outstanding 30 s after the end"
-    );
-    Measurement::of(label, total, errors, wrong, settings, &window, ticks)
+    let window = measure_window(measure_from, end, &[]).await;
+    let (total, errors, wrong) = join_tallies(label, tasks).await;
+    Measurement::of(
+        label,
+        (total, errors, wrong),
+        settings.seconds,
+        &window,
+        ticks,
+    )
 }
 
 /// CPU snapshots at both ends of a measured window.
@@ -198,27 +190,53 @@ pub(crate) struct Window {
     seconds: f64,
 }
 
-/// Waits for the window from `measure_from` to `end`, taking the CPU snapshots at its ends.
-pub(crate) async fn measure_window(measure_from: Instant, end: Instant) -> Window {
+/// Waits for the window from `measure_from` to `end`, taking the CPU snapshots (of this
+/// process and of `others`) at its ends.
+pub(crate) async fn measure_window(
+    measure_from: Instant,
+    end: Instant,
+    others: &[(&'static str, u32)],
+) -> Window {
     tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let before = cpu_snapshot(&[]);
+    let before = cpu_snapshot(others);
     let started = Instant::now();
     tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
     Window {
         before,
-        after: cpu_snapshot(&[]),
+        after: cpu_snapshot(others),
         seconds: started.elapsed().as_secs_f64(),
     }
 }
 
+/// What one load task counted: latencies of the calls answered in the window, the failed
+/// calls and the wrongly answered ones.
+pub(crate) type Tally = (Histogram<u64>, u64, u64);
+
+/// The load tasks' tallies added up; panics if any is still running 30 s after the end.
+pub(crate) async fn join_tallies(label: &str, tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut total = (histogram(), 0, 0);
+    let joined = tokio::time::timeout(Duration::from_secs(30), async {
+        for task in tasks {
+            let (h, e, w) = task.await.expect("a load task does not panic");
+            total.0.add(&h).expect("histograms with the same bounds");
+            total.1 += e;
+            total.2 += w;
+        }
+    })
+    .await;
+    assert!(
+        joined.is_ok(),
+        "{label}: calls still outstanding 30 s after the end"
+    );
+    total
+}
+
 impl Measurement {
-    /// The measurement of calls answered in `window`.
+    /// The measurement of the calls of `tally`, answered in `window` (`seconds` long).
     pub(crate) fn of(
         label: &str,
-        histogram: Histogram<u64>,
-        errors: u64,
-        wrong: u64,
-        settings: &Settings,
+        (histogram, errors, wrong): Tally,
+        seconds: f64,
         window: &Window,
         ticks: f64,
     ) -> Self {
@@ -228,7 +246,7 @@ impl Measurement {
             histogram,
             errors,
             wrong,
-            seconds: settings.seconds,
+            seconds,
             server_cpu: cpu_of(before, after, "servers", ticks),
             client_cpu: cpu_of(before, after, "load generator", ticks),
             cores: cores_used(before, after, window.seconds, ticks),
