@@ -48,7 +48,9 @@ impl AdminDenial {
     }
 }
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of `bytes`: secrets are kept and compared as digests, which have one length
+/// whatever was sent.
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
     out

@@ -21,13 +21,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use self::echo::{allow_body, deny_body, response_body};
 use self::read::{Unreadable, read_access, read_response};
 pub use self::secrets::{SecretDenial, SidebandSecrets};
 use super::AppState;
+use super::http::json_response;
 use crate::decision::{Decision, DecisionRequest, Outcome};
 
 /// The secret header the kits use unless configured otherwise.
@@ -43,16 +44,6 @@ pub struct SidebandConfig {
     pub secret_file: PathBuf,
     /// The request header that carries the secret.
     pub secret_header: HeaderName,
-}
-
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// A call Portcullis cannot use, answered with the decision's status and SPEC §3 body

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use axum::http::{HeaderMap, HeaderName};
 
 use super::SidebandConfig;
+use crate::server::admin::digest;
 
 /// How often the secret file is read again to pick up a rotation.
 const SECRET_POLL: Duration = Duration::from_secs(1);
@@ -51,12 +52,6 @@ impl std::fmt::Debug for SidebandSecrets {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
-    out
-}
-
 /// The digests of the secrets in `text`: one a line, surrounding white space trimmed, blank
 /// lines skipped. Fails when there is none.
 fn parse_secrets(text: &[u8]) -> Result<Vec<[u8; 32]>, String> {
@@ -64,7 +59,7 @@ fn parse_secrets(text: &[u8]) -> Result<Vec<[u8; 32]>, String> {
         .split(|b| *b == b'\n')
         .map(<[u8]>::trim_ascii)
         .filter(|line| !line.is_empty())
-        .map(sha256)
+        .map(digest)
         .collect();
     if digests.is_empty() {
         return Err("it holds no secret (one secret a line)".into());
@@ -88,7 +83,7 @@ impl SidebandSecrets {
             header: config.secret_header.clone(),
             file: file.clone(),
             digests: ArcSwap::from_pointee(digests),
-            read: std::sync::Mutex::new(sha256(&text)),
+            read: std::sync::Mutex::new(digest(&text)),
         })
     }
 
@@ -105,7 +100,7 @@ impl SidebandSecrets {
             .map(|v| v.as_bytes().trim_ascii())
             .filter(|v| !v.is_empty())
             .ok_or(SecretDenial::Required)?;
-        let presented = sha256(presented);
+        let presented = digest(presented);
         let mut matched = false;
         for digest in self.digests.load().iter() {
             matched |=
@@ -129,7 +124,7 @@ impl SidebandSecrets {
                 return;
             }
         };
-        let digest = sha256(&text);
+        let digest = digest(&text);
         let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
         if *read == digest {
             return;
