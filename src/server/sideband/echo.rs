@@ -206,6 +206,8 @@ mod tests {
             token: None,
             trace: Vec::new(),
             audit: String::new(),
+            inputs: None,
+            shadow: None,
         }
     }
 

@@ -26,7 +26,7 @@ use serde_json::Value;
 use self::audit::Audit;
 pub use self::cap::MAX_RECORD_BYTES;
 pub(super) use self::interner::Interner;
-use crate::decision::{Outcome, Step, TraceEntry};
+use crate::decision::{Outcome, ShadowDecision, Step, TraceEntry};
 
 /// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
 const ARC_HEADER: usize = 2 * size_of::<usize>();
@@ -80,6 +80,10 @@ pub struct StoredDecision {
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
     audit: Audit,
+    /// The replay inputs as JSON (see [`inputs`](pack)), at most `MAX_INPUT_BYTES`.
+    inputs: Option<Box<[u8]>>,
+    /// The shadow set's decision, when it differed.
+    shadow: Option<Box<ShadowDecision>>,
 }
 
 /// The status the upstream answered with, reported after the record was made (the Sideband
@@ -194,6 +198,11 @@ impl EntryNames {
 }
 
 impl StoredDecision {
+    /// Whether the shadow policy set decided this request differently.
+    pub fn shadow_differs(&self) -> bool {
+        self.shadow.is_some()
+    }
+
     /// The decision id.
     pub fn id(&self) -> &str {
         &self.id

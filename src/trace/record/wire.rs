@@ -16,11 +16,12 @@ use std::sync::Arc;
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::audit::{Audit, AuditSentence};
 use super::value::{Encoded, encode_value};
 use super::{EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken};
-use crate::decision::{Outcome, Step};
+use crate::decision::{Outcome, ShadowDecision, Step};
 
 /// The version this build writes and reads.
 const VERSION: u32 = 1;
@@ -100,6 +101,16 @@ struct Record<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     audit: Option<Cow<'a, str>>,
+    /// The replay inputs, as the record keeps them (JSON).
+    #[serde(
+        rename = "in",
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none"
+    )]
+    inputs: Option<&'a RawValue>,
+    #[serde(rename = "sh", default, skip_serializing_if = "Option::is_none")]
+    shadow: Option<Cow<'a, ShadowDecision>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -339,6 +350,10 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             .collect(),
         sentence,
         audit,
+        // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
+        inputs: (r.inputs.as_deref())
+            .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
+        shadow: r.shadow.as_deref().map(Cow::Borrowed),
     }
 }
 
@@ -453,6 +468,8 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 (None, Some(text)) => Audit::Text(Box::from(&*text)),
                 _ => return None,
             },
+            inputs: r.inputs.map(|json| Box::from(json.get().as_bytes())),
+            shadow: r.shadow.map(|s| Box::new(s.into_owned())),
         };
         // Another replica's caps may differ from this one's.
         out.push(StoredDecision::of(&uncapped.decision()));
