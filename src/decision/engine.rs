@@ -214,6 +214,25 @@ impl Engine {
         )
     }
 
+    /// The shadow set's decision on `request`: no replay inputs, and the active decision's
+    /// rate-limit `count` reused (a shadow set never counts), none meaning within the limit.
+    pub fn decide_shadow(
+        &self,
+        policies: &PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+        count: Option<Count>,
+    ) -> Decision {
+        let pending = self.pipeline(
+            policies,
+            request,
+            Credentials::Headers(request.headers),
+            now,
+            |_, _| {},
+        );
+        pending.finish(count)
+    }
+
     /// Decides again, with `policies`, the request a recorded decision was made on, from
     /// what its record kept: its request, time, token facts and rate-limit count (nothing is
     /// counted). Fails when the answer depends on something the record does not keep.
