@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -16,39 +15,9 @@ use portcullis::proto::envoy::service::auth::v3::authorization_client::Authoriza
 use portcullis::proto::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde_json::{Value, json};
 use support::server::Server;
+use support::{candidate, meme_game_token as token, shipped};
 
 const BASE: &str = "https://localhost:8443/meme-game/api/v1";
-
-fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
-}
-
-/// A copy of the shipped policies (with their keys) in which each `(from, to)` replaces
-/// text of `meme-game.yaml`.
-fn candidate(edits: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(shipped()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if path.is_dir() {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-            for key in std::fs::read_dir(&path).unwrap() {
-                let key = key.unwrap().path();
-                std::fs::copy(&key, dir.path().join(name).join(key.file_name().unwrap())).unwrap();
-            }
-        } else if !name.to_string_lossy().ends_with(".test.yaml") {
-            std::fs::copy(&path, dir.path().join(name)).unwrap();
-        }
-    }
-    let file = dir.path().join("meme-game.yaml");
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "meme-game.yaml has no `{from}`");
-        text = text.replacen(from, to, 1);
-    }
-    std::fs::write(&file, text).unwrap();
-    dir
-}
 
 /// Tightens the leaderboard (players only) and loosens meme editing (staff or editors).
 fn tighten_and_loosen() -> tempfile::TempDir {
@@ -62,19 +31,6 @@ fn tighten_and_loosen() -> tempfile::TempDir {
             "groups: { anyOf: [staff, meme-editors] }",
         ),
     ])
-}
-
-fn token(sub: &str, groups: &[&str]) -> String {
-    let pem = std::fs::read(shipped().join("keys/meme-game.dev-key.pem")).unwrap();
-    let now = support::unix_now();
-    let claims = json!({
-        "iss": "https://auth.example.com", "aud": "meme-game", "sub": sub,
-        "groups": groups, "scope": "memes:read", "iat": now, "exp": now + 600,
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("meme-game-dev-rsa-1".into());
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 fn http() -> reqwest::Client {
