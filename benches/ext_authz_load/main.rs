@@ -32,8 +32,9 @@
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
 //! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS`
-//! [`ceiling,replay,portcullis,redis,http-ceiling,authorize,sideband`] (e.g. `portcullis`
-//! alone under `perf record`), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
+//! [`ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband`] (e.g.
+//! `portcullis` alone under `perf record`; `shadow` is Portcullis deciding every request with
+//! a shadow set as large as the active one too, issue 19), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
 //! is compared with the memory store's; `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
@@ -143,6 +144,11 @@ fn main() {
         ),
         ("Portcullis", Some(servers.portcullis), Target::Memory),
         (
+            "Portcullis with a shadow set",
+            Some(servers.portcullis_shadow),
+            Target::Shadow,
+        ),
+        (
             "Portcullis, Redis trace store",
             servers.portcullis_redis.as_ref().map(|(addr, _)| *addr),
             Target::Redis,
@@ -155,6 +161,7 @@ fn main() {
             Target::Replay => "replay",
             Target::Memory => "portcullis",
             Target::Redis => "redis",
+            Target::Shadow => "shadow",
         };
         let wanted = settings.targets.split(',').any(|t| t.trim() == name);
         Some((label, addr.filter(|_| wanted)?, target))
@@ -214,6 +221,7 @@ fn main() {
         if let Some((addr, _)) = &servers.portcullis_redis {
             verify(*addr, &probes, false).await;
         }
+        verify(servers.portcullis_shadow, &probes, false).await;
         for &(_, addr, target, call) in &http_targets {
             verify_http(addr, &probes, target, call).await;
         }

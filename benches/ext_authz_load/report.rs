@@ -131,6 +131,7 @@ fn grpc_report(
     let replay_ratio = sum(Target::Replay) / sum(Target::Ceiling);
     let decision_ratio = sum(Target::Memory) / sum(Target::Replay);
     let redis_ratio = sum(Target::Redis) / sum(Target::Memory);
+    let shadow_ratio = sum(Target::Shadow) / sum(Target::Memory);
     let ratio_known = ratio.is_finite() && ratio > 0.0;
     let store = &servers.state.store;
     println!(
@@ -197,6 +198,13 @@ fn grpc_report(
         println!(
             "     Portcullis reaches {:.1}% of the replay: what deciding costs",
             decision_ratio * 100.0
+        );
+    }
+    if known(shadow_ratio) {
+        println!(
+            "  Issue 19: with a shadow set as large as the active one ≥ 85% of the throughput without: {:.1}% → {}",
+            shadow_ratio * 100.0,
+            verdict(shadow_ratio >= 0.85)
         );
     }
     if redis_ratio.is_finite() && redis_ratio > 0.0 {
