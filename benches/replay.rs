@@ -24,7 +24,10 @@ const DECISIONS: usize = 100_000;
 const BASE: &str = "https://localhost:8443/meme-game/api/v1";
 
 fn token(key: &EncodingKey, sub: &str, groups: &[&str], exp_in: i64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let claims = serde_json::json!({
         "iss": "https://auth.example.com", "aud": "meme-game", "sub": sub,
         "client_id": "meme-game-web", "groups": groups, "scope": "answers:write memes:read",
@@ -45,15 +48,27 @@ fn recorded() -> Vec<Decision> {
     let viewer = bearer(token(&key, "user.1", &["viewers"], 3600));
     let expired = bearer(token(&key, "user.2", &["players"], -3600));
     let kinds: Vec<(&str, String, Option<&str>)> = vec![
-        ("POST", format!("{BASE}/users/user.0/answers"), Some(&player)),
+        (
+            "POST",
+            format!("{BASE}/users/user.0/answers"),
+            Some(&player),
+        ),
         ("GET", format!("{BASE}/leaderboard"), Some(&viewer)),
-        ("POST", format!("{BASE}/users/user.0/answers"), Some(&viewer)),
+        (
+            "POST",
+            format!("{BASE}/users/user.0/answers"),
+            Some(&viewer),
+        ),
         ("GET", format!("{BASE}/memes/7"), Some(&viewer)),
         ("GET", format!("{BASE}/leaderboard"), None),
         ("GET", format!("{BASE}/leaderboard"), Some(&expired)),
         ("GET", "https://nowhere.example.com/x".to_owned(), None),
         // 30 a minute are allowed: most of these are rate limited.
-        ("POST", format!("{BASE}/users/user.0/reactions"), Some(&player)),
+        (
+            "POST",
+            format!("{BASE}/users/user.0/reactions"),
+            Some(&player),
+        ),
     ];
     let engine = Engine::default();
     let store = TraceStore::new(DECISIONS);
@@ -72,7 +87,8 @@ fn recorded() -> Vec<Decision> {
             headers: &headers,
             client: Some("203.0.113.9".parse().unwrap()),
         };
-        let mut decision = engine.decide(&policies, &request, now + Duration::from_micros(i as u64));
+        let mut decision =
+            engine.decide(&policies, &request, now + Duration::from_micros(i as u64));
         decisions.push(store.record(&decision).decision());
         decision.inputs = None;
         bare.record(&decision);
@@ -125,7 +141,11 @@ fn main() {
     std::fs::create_dir_all(candidate.join("keys")).unwrap();
     for entry in std::fs::read_dir("policies/keys").unwrap() {
         let path = entry.unwrap().path();
-        std::fs::copy(&path, candidate.join("keys").join(path.file_name().unwrap())).unwrap();
+        std::fs::copy(
+            &path,
+            candidate.join("keys").join(path.file_name().unwrap()),
+        )
+        .unwrap();
     }
     std::fs::copy("policies/partners.yaml", candidate.join("partners.yaml")).unwrap();
     let meme = std::fs::read_to_string("policies/meme-game.yaml").unwrap().replacen(
@@ -153,7 +173,11 @@ fn main() {
             .unwrap();
         let wall = started.elapsed();
         let cpu = children_cpu() - cpu_before;
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let total = &report["summary"]["total"];
         println!(
@@ -172,6 +196,10 @@ fn main() {
         "median {:.2} s for {} decisions (issue 19 target: ≤ 2 s) → {}",
         median.as_secs_f64(),
         decisions.len(),
-        if median <= Duration::from_secs(2) { "met" } else { "MISSED" }
+        if median <= Duration::from_secs(2) {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
 }

@@ -306,7 +306,14 @@ impl Servers {
                         spawn_answering(replay_service, nodelay).await;
                     ready_tx
                         .send((
-                            [portcullis, portcullis_http, http_ceiling, ceiling, replay, shadow],
+                            [
+                                portcullis,
+                                portcullis_http,
+                                http_ceiling,
+                                ceiling,
+                                replay,
+                                shadow,
+                            ],
                             state,
                             with_redis,
                         ))
@@ -337,13 +344,19 @@ impl Servers {
             })
             .expect("the servers' thread starts");
         let (
-            [portcullis, portcullis_http, http_ceiling, ceiling, replay, portcullis_shadow],
+            [
+                portcullis,
+                portcullis_http,
+                http_ceiling,
+                ceiling,
+                replay,
+                portcullis_shadow,
+            ],
             state,
             portcullis_redis,
-        ) =
-            ready_rx
-                .recv_timeout(STARTUP)
-                .expect("the servers start within 30 s");
+        ) = ready_rx
+            .recv_timeout(STARTUP)
+            .expect("the servers start within 30 s");
         Self {
             portcullis,
             portcullis_http,

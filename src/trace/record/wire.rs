@@ -110,7 +110,38 @@ struct Record<'a> {
     )]
     inputs: Option<&'a RawValue>,
     #[serde(rename = "sh", default, skip_serializing_if = "Option::is_none")]
-    shadow: Option<Cow<'a, ShadowDecision>>,
+    shadow: Option<Shadow<'a>>,
+}
+
+/// A shadow decision, with what its JSON cannot say: which trace entries found a `null`
+/// (the JSON of a trace entry writes it as no value).
+#[derive(Serialize, Deserialize)]
+struct Shadow<'a> {
+    d: Cow<'a, ShadowDecision>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nulls: Vec<u32>,
+}
+
+impl<'a> Shadow<'a> {
+    fn of(shadow: &'a ShadowDecision) -> Self {
+        let nulls = (shadow.trace.iter().enumerate())
+            .filter(|(_, e)| e.actual == Some(Value::Null))
+            .map(|(i, _)| i as u32)
+            .collect();
+        Self {
+            d: Cow::Borrowed(shadow),
+            nulls,
+        }
+    }
+
+    /// The shadow decision; `None` for a null at an entry it does not have.
+    fn read(self) -> Option<ShadowDecision> {
+        let mut shadow = self.d.into_owned();
+        for i in self.nulls {
+            shadow.trace.get_mut(i as usize)?.actual = Some(Value::Null);
+        }
+        Some(shadow)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -353,7 +384,7 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
         inputs: (r.inputs.as_deref())
             .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
-        shadow: r.shadow.as_deref().map(Cow::Borrowed),
+        shadow: r.shadow.as_deref().map(Shadow::of),
     }
 }
 
@@ -469,7 +500,10 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 _ => return None,
             },
             inputs: r.inputs.map(|json| Box::from(json.get().as_bytes())),
-            shadow: r.shadow.map(|s| Box::new(s.into_owned())),
+            shadow: match r.shadow {
+                None => None,
+                Some(s) => Some(Box::new(s.read()?)),
+            },
         };
         // Another replica's caps may differ from this one's.
         out.push(StoredDecision::of(&uncapped.decision()));
