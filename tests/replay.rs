@@ -366,6 +366,31 @@ async fn the_candidate_as_shadow_set_marks_the_same_decisions_live() {
     assert!(!viewer["shadow"]["trace"].as_array().unwrap().is_empty());
     assert_ne!(viewer["shadow"]["policyRevision"], viewer["policyRevision"]);
 
+    // The gRPC decisions API filters the same way.
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let listed = portcullis::proto::decision_service_client::DecisionServiceClient::new(channel)
+        .list_decisions(portcullis::proto::ListDecisionsRequest {
+            shadow_differs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut grpc_ids: Vec<&str> = listed.decisions.iter().map(|d| d.id.as_str()).collect();
+    grpc_ids.sort();
+    assert_eq!(grpc_ids, want);
+    assert!(
+        listed
+            .decisions
+            .iter()
+            .all(|d| d.shadow.as_ref().is_some_and(|s| !s.trace.is_empty()))
+    );
+
     let metrics = server.get_text("/metrics").await;
     let count = |active: &str, shadow: &str, differs: bool| {
         metrics
@@ -423,4 +448,39 @@ async fn a_broken_shadow_set_leaves_the_active_answers_alone() {
     let listed: Value =
         serde_json::from_str(&server.get_text("/v1/decisions?shadow=differs").await).unwrap();
     assert_eq!(listed["decisions"][0]["id"], id.as_str(), "{listed:#}");
+}
+
+#[tokio::test]
+async fn replay_from_a_server_pages_through_more_decisions_than_one_page_holds() {
+    let server = Server::start(&shipped(), &[]);
+    // Without a token: cheap to decide, and each one a decision of its own.
+    const N: usize = 2_345;
+    let client = http();
+    for i in 0..N {
+        let response = client
+            .get(server.http_url("/v1/authorize"))
+            .header("X-Original-Method", "GET")
+            .header("X-Original-URL", format!("{BASE}/memes/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let from = format!("http://{}", server.http);
+    let cand = tighten_and_loosen();
+    let out = replay(&[
+        "--policies",
+        cand.path().to_str().unwrap(),
+        "--from",
+        &from,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["summary"]["total"]["replayed"], N,
+        "every decision once"
+    );
+    assert_eq!(report["summary"]["total"]["unchanged"], N);
 }
