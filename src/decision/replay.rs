@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::TokenSummary;
 use crate::policy::ApiService;
-use crate::token::{KeySource, TokenError, TokenRequirements, VerifiedToken};
+use crate::token::{TokenError, VerifiedToken};
 
 /// The inputs of one decision, as its record keeps them: the method, URL (credentials in the
 /// query redacted: routing never reads the query) and client are the decision's `request`.
@@ -37,8 +37,9 @@ pub struct ReplayInputs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedToken {
-    /// The key set and accepted algorithms it was checked with (see [`keys_id`]).
-    pub keys: String,
+    /// The key set and accepted algorithms it was checked with (see
+    /// [`TokenRequirements::keys_id`]).
+    pub keys: Arc<str>,
     /// Refused before its claims were read: the cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<TokenError>,
@@ -79,36 +80,11 @@ impl VerifiedFacts {
 #[error("{0}")]
 pub struct NotReplayable(pub String);
 
-/// Names a service's key set and accepted algorithms: a token's signature, checked once with
-/// them, holds for another set whose service names the same. A key file by its content, a
-/// remote key set by where it is fetched from.
-pub fn keys_id(reqs: &TokenRequirements) -> String {
-    use std::fmt::Write as _;
-    let mut id = String::with_capacity(64);
-    match &reqs.keys {
-        KeySource::Static { keys, .. } => {
-            // Half the fingerprint tells key files apart well enough, in less of a record.
-            id.push_str("file:");
-            for b in &keys.fingerprint[..8] {
-                let _ = write!(id, "{b:02x}");
-            }
-        }
-        KeySource::Remote(remote) => {
-            let _ = write!(id, "url:{}", remote.location);
-        }
-    }
-    for (i, alg) in reqs.algorithms.iter().enumerate() {
-        id.push(if i == 0 { '/' } else { ',' });
-        let _ = write!(id, "{alg:?}");
-    }
-    id
-}
-
 impl RecordedToken {
     /// The record of a token `service` refused before reading its claims.
     pub(super) fn refused(service: &ApiService, error: &TokenError, unread: bool) -> Self {
         Self {
-            keys: keys_id(&service.token),
+            keys: service.token.keys_id.clone(),
             refused: Some(error.clone()),
             unread,
             verified: None,
@@ -143,7 +119,7 @@ impl RecordedToken {
             }
         }
         Self {
-            keys: keys_id(&service.token),
+            keys: service.token.keys_id.clone(),
             refused: None,
             unread: false,
             verified: Some(facts),
@@ -158,7 +134,7 @@ impl RecordedToken {
         service: &ApiService,
         summary: Option<&TokenSummary>,
     ) -> Result<Result<Arc<VerifiedToken>, TokenError>, NotReplayable> {
-        let same_keys = self.keys == keys_id(&service.token);
+        let same_keys = self.keys == service.token.keys_id;
         if let Some(error) = &self.refused {
             if self.unread || same_keys {
                 return Ok(Err(error.clone()));

@@ -80,6 +80,33 @@ pub struct TokenRequirements {
     pub groups_claim: ClaimPath,
     pub scope_claim: ClaimPath,
     pub keys: KeySource,
+    /// Names the key set and the accepted algorithms (see [`keys_id`]).
+    pub keys_id: Arc<str>,
+}
+
+/// Names a service's key set and accepted algorithms, for a decision's replay inputs: a
+/// token's signature, checked once with them, holds for another policy set whose service
+/// names the same. A key file by its content, a remote key set by where it is fetched from.
+pub fn keys_id(keys: &KeySource, algorithms: &[Algorithm]) -> Arc<str> {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(64);
+    match keys {
+        KeySource::Static { keys, .. } => {
+            // Half the fingerprint tells key files apart well enough, in less of a record.
+            id.push_str("file:");
+            for b in &keys.fingerprint[..8] {
+                let _ = write!(id, "{b:02x}");
+            }
+        }
+        KeySource::Remote(remote) => {
+            let _ = write!(id, "url:{}", remote.location);
+        }
+    }
+    for (i, alg) in algorithms.iter().enumerate() {
+        id.push(if i == 0 { '/' } else { ',' });
+        let _ = write!(id, "{alg:?}");
+    }
+    id.into()
 }
 
 /// A token whose signature has been verified, with the claims decoded.
