@@ -38,7 +38,7 @@ pub struct ReplayInputs {
 #[serde(rename_all = "camelCase")]
 pub struct RecordedToken {
     /// The key set and accepted algorithms it was checked with (see
-    /// [`TokenRequirements::keys_id`]).
+    /// [`keys_id`](crate::token::keys_id)).
     pub keys: Arc<str>,
     /// Refused before its claims were read: the cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
