@@ -62,14 +62,18 @@ async fn authorize(
     (id, response.status().as_u16())
 }
 
-/// The decision id of an ext_authz Check, and its status (200 for an allow).
-async fn check(server: &Server, method: &str, path: &str, token: &str) -> (String, u16) {
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+async fn grpc(server: &Server) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.grpc_url())
         .unwrap()
         .timeout(Duration::from_secs(10))
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The decision id of an ext_authz Check, and its status (200 for an allow).
+async fn check(server: &Server, method: &str, path: &str, token: &str) -> (String, u16) {
+    let channel = grpc(server).await;
     let request = CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -367,12 +371,7 @@ async fn the_candidate_as_shadow_set_marks_the_same_decisions_live() {
     assert_ne!(viewer["shadow"]["policyRevision"], viewer["policyRevision"]);
 
     // The gRPC decisions API filters the same way.
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
-        .unwrap()
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc(&server).await;
     let listed = portcullis::proto::decision_service_client::DecisionServiceClient::new(channel)
         .list_decisions(portcullis::proto::ListDecisionsRequest {
             shadow_differs: true,

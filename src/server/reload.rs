@@ -34,6 +34,16 @@ pub struct ReloadFailure {
     pub errors: Vec<String>,
 }
 
+impl ReloadFailure {
+    fn now(revision: &Arc<str>, errors: &crate::policy::PolicyErrors) -> Self {
+        Self {
+            revision: revision.clone(),
+            at_millis: unix_millis(),
+            errors: errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -91,11 +101,7 @@ impl AppState {
                 }
                 let count = errors.0.len();
                 let mut status = self.reload_status.lock().unwrap_or_else(|p| p.into_inner());
-                status.failure = Some(ReloadFailure {
-                    revision: revision.clone(),
-                    at_millis: unix_millis(),
-                    errors: errors.0.iter().map(ToString::to_string).collect(),
-                });
+                status.failure = Some(ReloadFailure::now(&revision, &errors));
                 ReloadResult::Failed {
                     revision,
                     errors: count,
@@ -135,11 +141,7 @@ impl AppState {
                 for e in &errors.0 {
                     tracing::error!(revision = %revision, "shadow policies do not compile; the last good shadow set (if any) goes on: {e}");
                 }
-                status.failure = Some(ReloadFailure {
-                    revision: revision.clone(),
-                    at_millis: unix_millis(),
-                    errors: errors.0.iter().map(ToString::to_string).collect(),
-                });
+                status.failure = Some(ReloadFailure::now(&revision, &errors));
                 ReloadResult::Failed {
                     revision,
                     errors: errors.0.len(),

@@ -346,16 +346,7 @@ fn shed(d: &mut Decision, mut bytes: usize, extra: usize) {
         && let Some(shadow) = &mut d.shadow
     {
         let before = shadow_bytes(shadow);
-        let total = shadow.trace.len();
-        let mut kept: Vec<TraceEntry> = (shadow.trace.iter().position(|e| e.decisive))
-            .map(|i| shadow.trace.swap_remove(i))
-            .into_iter()
-            .collect();
-        if total > kept.len() {
-            let marker = removed_entries_marker(&kept, total - kept.len());
-            kept.push(marker);
-        }
-        shadow.trace = kept;
+        keep_first_decisive(&mut shadow.trace);
         bytes = replaced(bytes, before, shadow_bytes(shadow));
     }
 
@@ -378,17 +369,7 @@ fn shed(d: &mut Decision, mut bytes: usize, extra: usize) {
     // 3. All entries but the first deciding one, with one marker for them.
     if over(bytes) {
         let before = trace_bytes(&d.trace);
-        let total = d.trace.len();
-        let first_decisive = d.trace.iter().position(|e| e.decisive);
-        let mut kept: Vec<TraceEntry> = first_decisive
-            .map(|i| d.trace.swap_remove(i))
-            .into_iter()
-            .collect();
-        if total > kept.len() {
-            let marker = removed_entries_marker(&kept, total - kept.len());
-            kept.push(marker);
-        }
-        d.trace = kept;
+        keep_first_decisive(&mut d.trace);
         bytes = replaced(bytes, before, trace_bytes(&d.trace));
     }
     // 4. Error details after the first.
@@ -446,6 +427,20 @@ fn shed(d: &mut Decision, mut bytes: usize, extra: usize) {
         "a record of {} bytes after shedding",
         record_bytes(d) + extra
     );
+}
+
+/// Keeps of `trace` only its first deciding entry, and one marker for the entries removed.
+fn keep_first_decisive(trace: &mut Vec<TraceEntry>) {
+    let total = trace.len();
+    let mut kept: Vec<TraceEntry> = (trace.iter().position(|e| e.decisive))
+        .map(|i| trace.swap_remove(i))
+        .into_iter()
+        .collect();
+    if total > kept.len() {
+        let marker = removed_entries_marker(&kept, total - kept.len());
+        kept.push(marker);
+    }
+    *trace = kept;
 }
 
 /// `total` after a part of it measuring `before` came to measure `after`.
