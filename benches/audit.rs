@@ -46,6 +46,7 @@ fn denied() -> Decision {
             url: "https://localhost:8443/meme-game/api/v1/users/user.0/answers",
             headers: &[("authorization", &authorization)],
             client: Some("10.0.0.7".parse().unwrap()),
+            client_cert: None,
         },
         SystemTime::now(),
     );

@@ -88,6 +88,7 @@ fn decide(engine: &Engine, policies: &PolicySet, authorization: &str) -> Decisio
             url: URL,
             headers: &headers,
             client: None,
+            client_cert: None,
         },
         SystemTime::now(),
     )

@@ -113,6 +113,7 @@ fn bench_rate_limit(c: &mut Criterion) {
         url: URL,
         headers: &headers,
         client: None,
+        client_cert: None,
     };
     let shared = state(&rt, limited.path(), Some(&redis));
     let local = state(&rt, limited.path(), None);

@@ -86,6 +86,7 @@ fn recorded() -> Vec<Decision> {
             url,
             headers: &headers,
             client: Some("203.0.113.9".parse().unwrap()),
+            client_cert: None,
         };
         let mut decision =
             engine.decide(&policies, &request, now + Duration::from_micros(i as u64));

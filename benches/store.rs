@@ -151,6 +151,7 @@ impl Decider {
                 url: &url,
                 headers,
                 client: Some("203.0.113.9".parse().expect("an IP address")),
+                client_cert: None,
             },
             SystemTime::now(),
         )

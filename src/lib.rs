@@ -17,6 +17,7 @@
 //!         url: "https://localhost:8443/meme-game/api/v1/users/user.0/answers",
 //!         headers: &[("authorization", "Bearer eyJ…")],
 //!         client: None,
+//!         client_cert: None,
 //!     },
 //!     std::time::SystemTime::now(),
 //! );

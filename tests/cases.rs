@@ -342,6 +342,7 @@ fn decision_cases() {
                     url: &url,
                     headers: &header_refs,
                     client: case.client,
+                    client_cert: None,
                 },
                 now_time + Duration::from_millis(1),
             );

@@ -116,7 +116,7 @@ proptest! {
                     ("GET", "https://localhost:8443/meme-game/api/v1/leaderboard"),
                     ("DELETE", "https://api.example.com/meme-game/api/v1/memes/1"),
                 ] {
-                    let d = engine.decide(&set, &DecisionRequest { method, url, headers: &[("authorization", "Bearer x.y.z")], client: None }, SystemTime::now());
+                    let d = engine.decide(&set, &DecisionRequest { method, url, headers: &[("authorization", "Bearer x.y.z")], client: None, client_cert: None }, SystemTime::now());
                     prop_assert!(d.status != 200 || d.is_allowed());
                     prop_assert_ne!(d.status, 500, "{:?}", d.body);
                 }

@@ -28,6 +28,7 @@ fn decide_at(engine: &Engine, url: &str, authorization: &str) -> Decision {
             url,
             headers: &headers,
             client: None,
+            client_cert: None,
         },
         now(),
     )

@@ -44,6 +44,7 @@ fn decide(engine: &Engine, method: &str, url: &str, authorization: &str) -> Deci
             url,
             headers: &headers,
             client: None,
+            client_cert: None,
         },
         now(),
     )

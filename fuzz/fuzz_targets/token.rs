@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             url: "https://localhost:8443/meme-game/api/v1/leaderboard",
             headers: &[("authorization", &authorization)],
             client: None,
+            client_cert: None,
         },
         SystemTime::now(),
     );

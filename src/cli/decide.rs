@@ -29,6 +29,17 @@ pub(crate) struct DecideArgs {
     /// Decide as if it were this time (RFC 3339), instead of now.
     #[arg(long)]
     at: Option<humantime::Timestamp>,
+    /// The client certificate of the request (PEM or DER), as a gateway would pass it, for
+    /// certificate-bound tokens.
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
+    /// A DPoP proof to send in the `DPoP` header (the header's value; see `portcullis dpop`).
+    #[arg(long, conflicts_with = "dpop_key")]
+    dpop: Option<String>,
+    /// Make the DPoP proof for this request with this private key (PEM): the method, the URL
+    /// and the access token of `-H 'Authorization: …'`.
+    #[arg(long)]
+    dpop_key: Option<PathBuf>,
     #[command(flatten)]
     flags: PolicyFlags,
 }
@@ -48,6 +59,32 @@ pub(crate) fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
         headers.push((name.trim(), value.trim()));
     }
     let now = args.at.map_or_else(SystemTime::now, SystemTime::from);
+    let client_cert = match &args.client_cert {
+        Some(path) => Some(super::dpop::certificate_text(path)?),
+        None => None,
+    };
+    let proof = match (&args.dpop, &args.dpop_key) {
+        (Some(proof), _) => Some(proof.clone()),
+        (None, Some(key)) => {
+            let token = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, v)| v.split_once(' '))
+                .map(|(_, t)| t.trim())
+                .context("`--dpop-key` makes a proof for the access token: pass it with -H 'Authorization: DPoP <token>'")?;
+            Some(super::dpop::proof(
+                key,
+                &args.method,
+                &args.url,
+                token,
+                portcullis::time::unix_seconds(now),
+            )?)
+        }
+        (None, None) => None,
+    };
+    if let Some(proof) = &proof {
+        headers.push(("dpop", proof.as_str()));
+    }
     let engine = portcullis::Engine::default();
     let decision = engine.decide(
         &policies,
@@ -56,6 +93,7 @@ pub(crate) fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
             url: &args.url,
             headers: &headers,
             client: args.client,
+            client_cert: client_cert.as_deref(),
         },
         now,
     );

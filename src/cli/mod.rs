@@ -10,6 +10,7 @@ macro_rules! outln {
 
 mod check;
 mod decide;
+mod dpop;
 mod replay;
 mod schema;
 mod serve;
@@ -68,6 +69,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Sign a development token that the example policies accept (local trial only).
     Token(token::TokenArgs),
+    /// Make a DPoP proof (RFC 9449) for one request, to send as its `DPoP` header.
+    Dpop(dpop::DpopArgs),
     /// Run the test suites (`*.test.yaml`) beside the policies; exit 0 all pass, 1 any fail.
     Test(test::TestArgs),
     /// Print the JSON Schema of a policy document, for editors that check policy files as typed.
@@ -99,6 +102,7 @@ pub fn run() -> ExitCode {
         Command::Decide(args) => decide::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Token(args) => token::run(&args),
+        Command::Dpop(args) => dpop::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Schema => schema::run(),
     };

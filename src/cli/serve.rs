@@ -98,6 +98,16 @@ pub(crate) struct ServeArgs {
     /// `secret_header_name`; older gateways use `PDG-TOKEN`).
     #[arg(long, env = "PORTCULLIS_SIDEBAND_SECRET_HEADER", default_value = server::sideband::DEFAULT_SECRET_HEADER, value_parser = parse_header_name)]
     sideband_secret_header: http::HeaderName,
+    /// For certificate-bound tokens through `/v1/authorize`: the request header in which the
+    /// gateway passes the client certificate (nginx: `proxy_set_header X-Client-Cert
+    /// $ssl_client_escaped_cert;`). Read only from `--trusted-gateways`; the TLS peer of
+    /// this listener is the gateway, never the client.
+    #[arg(long, env = "PORTCULLIS_CLIENT_CERT_HEADER", value_parser = parse_header_name, requires = "trusted_gateways")]
+    client_cert_header: Option<http::HeaderName>,
+    /// The addresses (`10.0.0.0/8`, `127.0.0.1`, comma-separated) of the gateways whose
+    /// `--client-cert-header` is trusted; from any other peer the header is ignored.
+    #[arg(long, env = "PORTCULLIS_TRUSTED_GATEWAYS", value_delimiter = ',', value_parser = parse_network)]
+    trusted_gateways: Vec<ipnet::IpNet>,
     #[command(flatten)]
     flags: PolicyFlags,
     #[command(flatten)]
@@ -141,6 +151,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 secret_file,
                 secret_header: args.sideband_secret_header.clone(),
             });
+    config.client_cert = args
+        .client_cert_header
+        .clone()
+        .map(|name| server::ClientCertHeader {
+            name,
+            trusted_gateways: args.trusted_gateways.clone(),
+        });
     if let Ok(marker) = std::env::var("PORTCULLIS_TEST_PANIC_MARKER") {
         tracing::warn!(
             "PORTCULLIS_TEST_PANIC_MARKER is set: requests whose URL contains it panic (a test hook; never set it in production)"
@@ -185,6 +202,14 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
     http::HeaderName::try_from(text.trim())
         .map_err(|_| format!("`{text}` is not an HTTP header name"))
+}
+
+/// A network (`10.0.0.0/8`) or one address (`10.0.0.7`).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is neither an address nor a network such as `10.0.0.0/8`"))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -49,8 +49,34 @@ pub(crate) struct TokenArgs {
     /// service's `<name>.jwks.json`, or the shared secret of an HS service.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Bind the token to this client certificate (PEM or DER): `cnf.x5t#S256` (RFC 8705).
+    #[arg(long)]
+    bind_cert: Option<PathBuf>,
+    /// Bind the token to this DPoP key (a private key, PEM): `cnf.jkt` (RFC 9449); make
+    /// proofs with `portcullis dpop --key` the same file.
+    #[arg(long)]
+    dpop_key: Option<PathBuf>,
     #[command(flatten)]
     flags: PolicyFlags,
+}
+
+/// The `cnf` claim of a token bound to `cert` and/or `dpop_key`.
+fn confirmation(cert: Option<&Path>, dpop_key: Option<&Path>) -> anyhow::Result<Option<Value>> {
+    let mut cnf = Map::new();
+    if let Some(path) = cert {
+        let der = super::dpop::read_certificate(path)?;
+        cnf.insert(
+            "x5t#S256".into(),
+            portcullis::token::binding::b64url(&portcullis::token::cert::thumbprint(&der)).into(),
+        );
+    }
+    if let Some(path) = dpop_key {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let jkt = portcullis::token::dpop::key_thumbprint(&pem)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        cnf.insert("jkt".into(), jkt.into());
+    }
+    Ok((!cnf.is_empty()).then_some(Value::Object(cnf)))
 }
 
 pub(crate) fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
@@ -114,6 +140,9 @@ pub(crate) fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow!("claim `{claim}` is not `name=value`"))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         claims.insert(name.to_owned(), value);
+    }
+    if let Some(cnf) = confirmation(args.bind_cert.as_deref(), args.dpop_key.as_deref())? {
+        claims.insert("cnf".into(), cnf);
     }
     let mut header = Header::new(alg);
     header.kid = kid;

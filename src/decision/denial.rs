@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{Decision, ErrorBody, ErrorDetail, Headers, InvalidInput, Outcome};
-use crate::policy::ApiService;
 use crate::ratelimit::{Count, LimitCheck};
 use crate::route::url::UrlError;
 use crate::rule::RuleFailure;
@@ -40,11 +39,13 @@ pub(super) enum Denial {
 
 impl Denial {
     /// The one mapping from a denial to what the gateway returns.
-    pub(super) fn render(self, decision: &mut Decision, service: Option<&ApiService>) {
+    /// The realm of a challenge is the decision's service.
+    pub(super) fn render(self, decision: &mut Decision) {
         // A denial's headers are exactly those set here, even on a decision that was allowed
         // until its rate limit was counted.
         decision.headers = Headers::default();
-        let realm = service.map_or("portcullis", |s| &s.name);
+        let service = decision.service.clone();
+        let realm = service.as_deref().unwrap_or("portcullis");
         let url = decision.request.url.clone();
         let (status, code, message, target, details, audit): (u16, &'static str, String, String, Vec<ErrorDetail>, String) = match self {
             Denial::BadUrl(e) => (
@@ -72,9 +73,12 @@ impl Denial {
                 format!("No API server defines policy for the URL \"{url}\"."),
             ),
             Denial::Token(e) => {
-                let mut challenge = format!("Bearer realm=\"{realm}\"");
+                let mut challenge = format!("{} realm=\"{realm}\"", e.challenge_scheme());
                 if let Some(error) = e.oauth_error() {
                     challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", e.description()));
+                }
+                if e.challenge_scheme() == "DPoP" {
+                    challenge.push_str(&format!(", algs=\"{}\"", crate::token::dpop::PROOF_ALGORITHM_NAMES));
                 }
                 decision.headers.push("www-authenticate", challenge);
                 (

@@ -7,17 +7,19 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
 
+use super::bind::{BindingCaches, BindingCheck, Presented, Proofs};
 use super::denial::Denial;
-use super::replay::{NotReplayable, RecordedToken, ReplayInputs};
+use super::replay::{NotReplayable, RecordedBinding, RecordedToken, ReplayInputs};
 use super::{
     Decision, DecisionRequest, Headers, InvalidInput, Outcome, RequestSummary, TokenSummary,
 };
 use crate::policy::{ApiService, PolicySet};
 use crate::ratelimit::{Count, CountedBy, LimitCheck, LimitKey, LocalCounters};
 use crate::route::OperationLookup;
-use crate::route::url::{parse_request_url, redact_url};
+use crate::route::url::{RequestUrl, parse_request_url, redact_url};
 use crate::rule::{RuleContext, evaluate};
 use crate::time::{format_millis, format_unix, unix_millis, unix_seconds};
+use crate::token::binding::{BindingError, BindingMode};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
 use crate::trace_entry::{Step, TraceEntry};
 
@@ -30,6 +32,8 @@ const TRUNCATED: &str = "…[truncated]";
 #[derive(Debug, Default)]
 pub struct Engine {
     tokens: TokenCache,
+    /// Client-certificate thumbprints and DPoP proof ids seen.
+    binding: BindingCaches,
     /// Rate-limit counters of this process.
     limits: LocalCounters,
     /// Test hook: a request URL containing this text panics inside the pipeline.
@@ -41,6 +45,8 @@ struct Progress<'p> {
     service: Option<&'p ApiService>,
     operation: Option<Arc<str>>,
     token: Option<Arc<VerifiedToken>>,
+    /// The token's sender binding as checked, for the token summary.
+    binding: Option<super::TokenBinding>,
     trace: Vec<TraceEntry>,
     /// The rate limit still to count, once the rules allowed.
     limit: Option<LimitCheck>,
@@ -49,13 +55,27 @@ struct Progress<'p> {
     refused: Option<(TokenError, bool)>,
     /// Replaying: what stopped the pipeline because the record lacks it.
     unreplayable: Option<NotReplayable>,
+    /// The binding check as the service's `token.binding` made it (for the replay inputs).
+    bound: Option<RecordedBinding>,
+    /// A DPoP proof this engine saw first, for the caller to check against other replicas.
+    proof: Option<ProofSeen>,
+}
+
+/// A DPoP proof id this engine's replay cache saw for the first time, and until when it
+/// must be remembered: with a shared store, other replicas must not have seen it either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProofSeen {
+    pub id: crate::token::replay::ProofId,
+    /// Unix seconds.
+    pub until: i64,
 }
 
 /// Where the pipeline's token comes from.
 #[derive(Clone, Copy)]
 enum Credentials<'a> {
-    /// The request's headers: the bearer token is read and verified.
-    Headers(&'a [(&'a str, &'a str)]),
+    /// The request itself: the token is read from its headers and verified, and its sender
+    /// binding checked against the request's client certificate and DPoP proof.
+    Request(Proofs),
     /// A recorded decision's token facts and token summary (replay).
     Recorded(Option<&'a RecordedToken>, Option<&'a TokenSummary>),
 }
@@ -66,6 +86,7 @@ enum Credentials<'a> {
 pub struct PendingDecision {
     decision: Decision,
     limit: Option<LimitCheck>,
+    proof: Option<ProofSeen>,
 }
 
 impl PendingDecision {
@@ -77,6 +98,36 @@ impl PendingDecision {
     /// What to count, if the decision waits for a count.
     pub fn limit(&self) -> Option<&LimitCheck> {
         self.limit.as_ref()
+    }
+
+    /// The DPoP proof the allowed decision accepted as first seen by this engine; the
+    /// caller that shares a replay cache with other replicas checks it there too.
+    pub fn proof(&self) -> Option<ProofSeen> {
+        self.proof
+    }
+
+    /// Turns the decision into the 401 of a replayed DPoP proof: another replica saw it
+    /// first. The rate limit is not counted then.
+    pub fn refuse_replayed_proof(&mut self) {
+        let error = BindingError::DpopReplayed { full: false };
+        let decision = &mut self.decision;
+        let mut entry = TraceEntry::step(Step::Token, "dpop.jti", "notReplayed", false);
+        entry.detail = Some(format!("{error} (another replica saw it first)"));
+        decision.trace.push(entry);
+        if let Some(summary) = decision.token.as_mut().and_then(|t| t.binding.as_mut()) {
+            summary.result = error.code().into();
+        }
+        let summary = decision.token.as_ref().and_then(|t| t.binding.clone());
+        if let Some(bound) = (decision.inputs.as_mut())
+            .and_then(|i| i.token.as_mut())
+            .and_then(|t| t.binding.as_mut())
+        {
+            bound.refused = Some(error.clone());
+            bound.summary = summary;
+        }
+        Denial::Token(TokenError::Binding(error)).render(decision);
+        self.limit = None;
+        self.proof = None;
     }
 
     /// The decision, with the rate limit applied: past it, a 429 deny with `retry-after`.
@@ -119,7 +170,7 @@ impl PendingDecision {
         ));
         decision.trace.push(entry);
         if !within {
-            Denial::RateLimited { check, count }.render(&mut decision, None);
+            Denial::RateLimited { check, count }.render(&mut decision);
         }
         decision
     }
@@ -130,6 +181,7 @@ impl Engine {
     pub fn new(token_cache_capacity: usize) -> Self {
         Self {
             tokens: TokenCache::new(token_cache_capacity),
+            binding: BindingCaches::default(),
             limits: LocalCounters::default(),
             panic_marker: None,
         }
@@ -150,6 +202,11 @@ impl Engine {
     /// This process' rate-limit counters.
     pub fn local_limits(&self) -> &LocalCounters {
         &self.limits
+    }
+
+    /// The DPoP proof ids this engine remembers against replay.
+    pub fn proof_replays(&self) -> &crate::token::replay::ReplayCache {
+        &self.binding.replays
     }
 
     /// Decides on `request` with `policies` at `now`, counting rate limits with this
@@ -191,7 +248,7 @@ impl Engine {
         self.pipeline(
             policies,
             request,
-            Credentials::Headers(request.headers),
+            Credentials::Request(Proofs::Remember),
             now,
             |progress, decision| {
                 let token = progress.service.and_then(|service| {
@@ -199,7 +256,8 @@ impl Engine {
                         return Some(RecordedToken::refused(service, error, *unread));
                     }
                     let also = also.and_then(|set| set.service(&service.name));
-                    (progress.token.as_deref()).map(|t| RecordedToken::verified(service, also, t))
+                    (progress.token.as_deref())
+                        .map(|t| RecordedToken::verified(service, also, t, progress.bound.take()))
                 });
                 let unreplayable = decision.request.url.ends_with(TRUNCATED).then(|| {
                     format!("the URL was longer than {MAX_SHOWN_URL} bytes and is kept cut")
@@ -216,17 +274,21 @@ impl Engine {
 
     /// The shadow set's decision on `request`: no replay inputs, and the active decision's
     /// rate-limit `count` reused (a shadow set never counts), none meaning within the limit.
+    /// A DPoP proof is not remembered again: it counts as replayed exactly when the active
+    /// decision (`active_detail`, its detail code) found it so.
     pub fn decide_shadow(
         &self,
         policies: &PolicySet,
         request: &DecisionRequest<'_>,
         now: SystemTime,
         count: Option<Count>,
+        active_detail: Option<&str>,
     ) -> Decision {
+        let replayed = active_detail == Some("DPOP_REPLAYED");
         let pending = self.pipeline(
             policies,
             request,
-            Credentials::Headers(request.headers),
+            Credentials::Request(Proofs::AsActive { replayed }),
             now,
             |_, _| {},
         );
@@ -265,6 +327,7 @@ impl Engine {
             url: &recorded.request.url,
             headers: &[],
             client,
+            client_cert: None,
         };
         let mut unreplayable = None;
         let pending = self.pipeline(
@@ -301,10 +364,13 @@ impl Engine {
             service: None,
             operation: None,
             token: None,
+            binding: None,
             trace: Vec::with_capacity(8),
             limit: None,
             refused: None,
             unreplayable: None,
+            bound: None,
+            proof: None,
         };
         let verdict = catch_unwind(AssertUnwindSafe(|| {
             self.run(policies, request, credentials, now, &mut progress)
@@ -330,7 +396,8 @@ impl Engine {
             headers: Headers::default(),
             upstream_headers: Headers::default(),
             body: None,
-            token: progress.token.as_deref().map(TokenSummary::of),
+            token: (progress.token.as_deref())
+                .map(|t| TokenSummary::of(t, progress.binding.take())),
             trace: std::mem::take(&mut progress.trace),
             audit: String::new(),
             inputs: None,
@@ -344,12 +411,13 @@ impl Engine {
                 decision.audit =
                     format!("Request to the URL \"{}\" allowed.", decision.request.url);
             }
-            Err(denial) => denial.render(&mut decision, progress.service),
+            Err(denial) => denial.render(&mut decision),
         }
         done(&mut progress, &mut decision);
         decision.duration_micros = started.elapsed().as_micros() as u64;
         PendingDecision {
             limit: progress.limit.filter(|_| decision.is_allowed()),
+            proof: progress.proof.filter(|_| decision.is_allowed()),
             decision,
         }
     }
@@ -389,7 +457,7 @@ impl Engine {
             inputs: None,
             shadow: None,
         };
-        Denial::BadInput(input).render(&mut decision, None);
+        Denial::BadInput(input).render(&mut decision);
         decision.duration_micros = started.elapsed().as_micros() as u64;
         decision
     }
@@ -442,8 +510,10 @@ impl Engine {
         // 2. Token.
         let token = match authenticate(
             service,
+            request,
+            &url,
             credentials,
-            &self.tokens,
+            (&self.tokens, &self.binding),
             unix_seconds(now),
             progress,
         ) {
@@ -555,19 +625,28 @@ impl Engine {
 
 fn authenticate(
     service: &ApiService,
+    request: &DecisionRequest<'_>,
+    url: &RequestUrl<'_>,
     credentials: Credentials<'_>,
-    cache: &TokenCache,
+    (cache, binding): (&TokenCache, &BindingCaches),
     now: i64,
     progress: &mut Progress<'_>,
 ) -> Result<Arc<VerifiedToken>, TokenError> {
+    let mut recorded_token = None;
     let verified = match credentials {
-        Credentials::Headers(headers) => token::extract_bearer(headers)
-            .map_err(|e| (e, true))
-            .and_then(|raw| {
-                token::verify_signature_cached(raw, &service.token, cache, now)
-                    .map(|(verified, cached)| (verified, if cached { " (cached)" } else { "" }))
-                    .map_err(|e| (e, false))
-            }),
+        Credentials::Request(_) => {
+            let accept_dpop = service.token.binding.mode != BindingMode::None;
+            token::extract_credentials(request.headers, accept_dpop)
+                .map_err(|e| (e, true))
+                .and_then(|(raw, scheme)| {
+                    token::verify_signature_cached(raw, &service.token, cache, now)
+                        .map(|(verified, cached)| {
+                            let how = if cached { " (cached)" } else { "" };
+                            (verified, how, Some((raw, scheme)))
+                        })
+                        .map_err(|e| (e, false))
+                })
+        }
         Credentials::Recorded(None, _) => {
             progress.unreplayable = Some(NotReplayable(format!(
                 "the request now matches service `{}`, and the record keeps no token for it",
@@ -576,9 +655,12 @@ fn authenticate(
             return Err(TokenError::KeysUnavailable);
         }
         Credentials::Recorded(Some(recorded), summary) => match recorded.replay(service, summary) {
-            Ok(result) => result
-                .map(|verified| (verified, " (replayed)"))
-                .map_err(|e| (e, true)),
+            Ok(result) => {
+                recorded_token = Some(recorded);
+                result
+                    .map(|verified| (verified, " (replayed)", None))
+                    .map_err(|e| (e, true))
+            }
             Err(reason) => {
                 progress.unreplayable = Some(reason);
                 return Err(TokenError::KeysUnavailable);
@@ -586,9 +668,9 @@ fn authenticate(
         },
     };
     let result = match verified {
-        Ok((verified, how)) => {
+        Ok((verified, how, sent)) => {
             progress.token = Some(verified.clone());
-            token::check_claims(&verified, &service.token, now).map(|()| (verified, how))
+            token::check_claims(&verified, &service.token, now).map(|()| (verified, how, sent))
         }
         Err((e, unread)) => {
             progress.refused = Some((e.clone(), unread));
@@ -596,7 +678,7 @@ fn authenticate(
         }
     };
     match result {
-        Ok((verified, how)) => {
+        Ok((verified, how, sent)) => {
             let mut entry =
                 TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
             let (by_key, kid) = match verified.kid.as_deref() {
@@ -610,6 +692,45 @@ fn authenticate(
                 how
             ));
             progress.trace.push(entry);
+            let checked = match (sent, credentials) {
+                (Some((raw, scheme)), Credentials::Request(proofs)) => {
+                    let presented = Presented {
+                        method: request.method,
+                        url,
+                        headers: request.headers,
+                        certificate: request.client_cert,
+                        access_token: raw,
+                        scheme,
+                    };
+                    super::bind::check(
+                        service,
+                        &verified,
+                        &presented,
+                        (binding, proofs),
+                        now,
+                        &mut progress.trace,
+                    )
+                }
+                _ => match recorded_token.map(|r| r.replay_binding(service, &mut progress.trace)) {
+                    Some(Ok(checked)) => checked,
+                    Some(Err(reason)) => {
+                        progress.unreplayable = Some(reason);
+                        return Err(TokenError::KeysUnavailable);
+                    }
+                    None => BindingCheck::default(),
+                },
+            };
+            if service.token.binding.mode != BindingMode::None {
+                progress.bound = Some(RecordedBinding {
+                    mode: service.token.binding.mode,
+                    window: service.token.binding.dpop_window,
+                    summary: checked.summary.clone(),
+                    refused: checked.result.clone().err(),
+                });
+            }
+            progress.binding = checked.summary;
+            progress.proof = checked.proof;
+            checked.result.map_err(TokenError::Binding)?;
             Ok(verified)
         }
         Err(e) => {
@@ -663,6 +784,7 @@ fn token_check(e: &TokenError) -> &'static str {
         TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => "alreadyValid",
         TokenError::InvalidIssuer { .. } => "equals",
         TokenError::InvalidAudience { .. } => "anyOf",
+        TokenError::Binding(_) => "bound",
     }
 }
 
@@ -692,7 +814,9 @@ fn shown_method(method: &str) -> String {
     }
 }
 
-fn canonical_url(url: &crate::route::url::RequestUrl<'_>) -> String {
+/// The URL as matched: scheme, host, port when not the default, and the normalised path;
+/// no query. DPoP proofs' `htu` are compared in this form too.
+pub(super) fn canonical_url(url: &RequestUrl<'_>) -> String {
     use std::fmt::Write as _;
     // One string, written in place: this runs for every decision that matched a base URL.
     let mut out = String::with_capacity(16 + url.host.len() + url.path.text_len() + url.path.len());
@@ -739,6 +863,7 @@ mod tests {
             url: "https://localhost:8443/meme-game/api/v1/leaderboard",
             headers: &[],
             client: None,
+            client_cert: None,
         };
         FORCE_PANIC.with(|f| f.set(true));
         let decision = engine.decide(&policies, &request, SystemTime::now());
@@ -779,6 +904,7 @@ mod tests {
             url: "https://LOCALHOST:8443/meme-game/api/v1/./leaderboard?page=2",
             headers: &[("authorization", &authorization)],
             client: None,
+            client_cert: None,
         };
         let engine = Engine::default();
         let entry =

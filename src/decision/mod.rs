@@ -3,6 +3,7 @@
 //! and the one place where a denial becomes its status, headers, error body (§3) and audit
 //! message (`denial.rs`). Pure: the caller passes the policy set and the clock.
 
+mod bind;
 mod denial;
 mod engine;
 pub mod replay;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
-pub use self::engine::{Engine, PendingDecision};
+pub use self::engine::{Engine, PendingDecision, ProofSeen};
 pub use self::replay::{NotReplayable, ReplayInputs};
 use crate::time::format_unix;
 use crate::token::VerifiedToken;
@@ -44,6 +45,18 @@ pub const DETAIL_CODES: &[&str] = &[
     "INVALID_ISSUER",
     "INVALID_AUDIENCE",
     "KEYS_UNAVAILABLE",
+    "BINDING_REQUIRED",
+    "BINDING_UNSUPPORTED",
+    "CERTIFICATE_REQUIRED",
+    "CERTIFICATE_MISMATCH",
+    "DPOP_PROOF_REQUIRED",
+    "DPOP_PROOF_INVALID",
+    "DPOP_KEY_MISMATCH",
+    "DPOP_METHOD_MISMATCH",
+    "DPOP_URL_MISMATCH",
+    "DPOP_STALE",
+    "DPOP_TOKEN_HASH_MISMATCH",
+    "DPOP_REPLAYED",
     "OPERATION_NOT_FOUND",
     "METHOD_NOT_ALLOWED",
     "USER_REQUIRED",
@@ -66,6 +79,10 @@ pub struct DecisionRequest<'a> {
     /// The request headers; names in any case, a name may repeat.
     pub headers: &'a [(&'a str, &'a str)],
     pub client: Option<IpAddr>,
+    /// The client certificate of the request, as a trusted gateway passed it (URL-encoded or
+    /// plain PEM, RFC 9440 `:base64:`, or base64 DER), for certificate-bound tokens. Never
+    /// stored or shown.
+    pub client_cert: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,10 +198,22 @@ pub struct TokenSummary {
     pub kid: Option<String>,
     pub alg: String,
     pub delegated: bool,
+    /// Which sender binding was checked and how it ended; absent under `binding: none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<TokenBinding>,
+}
+
+/// A token's sender binding as checked: `method` is `x5t#S256`, `jkt`, `x5t#S256+jkt`,
+/// `none` (no `cnf`) or `unsupported`; `result` is `verified`, `unbound`, or the detail code
+/// of the failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBinding {
+    pub method: Cow<'static, str>,
+    pub result: Cow<'static, str>,
 }
 
 impl TokenSummary {
-    fn of(token: &VerifiedToken) -> Self {
+    fn of(token: &VerifiedToken, binding: Option<TokenBinding>) -> Self {
         Self {
             sub: token.sub.clone(),
             client_id: token.client_id.clone(),
@@ -194,6 +223,7 @@ impl TokenSummary {
             kid: token.kid.as_deref().map(str::to_owned),
             alg: format!("{:?}", token.alg),
             delegated: token.is_delegated(),
+            binding,
         }
     }
 }

@@ -10,9 +10,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::TokenSummary;
+use super::bind::BindingCheck;
+use super::{TokenBinding, TokenSummary};
 use crate::policy::ApiService;
+use crate::token::binding::{BindingError, BindingMode};
 use crate::token::{TokenError, VerifiedToken};
+use crate::trace_entry::{Step, TraceEntry};
 
 /// The inputs of one decision, as its record keeps them: the method, URL (credentials in the
 /// query redacted: routing never reads the query) and client are the decision's `request`.
@@ -49,6 +52,26 @@ pub struct RecordedToken {
     pub unread: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<VerifiedFacts>,
+    /// The sender-binding check of a verified token, when the service checked one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<RecordedBinding>,
+}
+
+/// A sender-binding check as it was made: under which settings, and how it ended. The
+/// client certificate and the DPoP proof are never kept, so only a service with the same
+/// settings can replay it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedBinding {
+    pub mode: BindingMode,
+    /// `token.dpop.window`, in seconds.
+    pub window: i64,
+    /// What the token summary showed of the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<TokenBinding>,
+    /// The failure; none when the binding held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<BindingError>,
 }
 
 /// What a verified token said that a decision may read, beyond the decision's token summary
@@ -81,6 +104,42 @@ impl VerifiedFacts {
 pub struct NotReplayable(pub String);
 
 impl RecordedToken {
+    /// The binding check as `service` would make it, from the recorded one. Fails when the
+    /// service checks bindings with other settings (the certificate and proof are not kept).
+    pub(super) fn replay_binding(
+        &self,
+        service: &ApiService,
+        trace: &mut Vec<TraceEntry>,
+    ) -> Result<BindingCheck, NotReplayable> {
+        let policy = service.token.binding;
+        let same = match &self.binding {
+            None => policy.mode == BindingMode::None,
+            Some(b) => b.mode == policy.mode && b.window == policy.dpop_window,
+        };
+        if !same {
+            return Err(NotReplayable(format!(
+                "service `{}` checks sender-constrained tokens with other settings (`token.binding`, `token.dpop.window`) than the decision was made with; the client certificate and DPoP proof are not kept",
+                service.name
+            )));
+        }
+        let Some(b) = &self.binding else {
+            return Ok(BindingCheck::default());
+        };
+        let mut entry = TraceEntry::step(Step::Token, "token.cnf", "bound", b.refused.is_none());
+        entry.detail = Some(match &b.refused {
+            Some(e) => format!("{e} (replayed)"),
+            None => "the binding held (replayed)".into(),
+        });
+        trace.push(entry);
+        Ok(BindingCheck {
+            summary: b.summary.clone(),
+            result: b.refused.clone().map_or(Ok(()), Err),
+            proof: None,
+        })
+    }
+}
+
+impl RecordedToken {
     /// The record of a token `service` refused before reading its claims.
     pub(super) fn refused(service: &ApiService, error: &TokenError, unread: bool) -> Self {
         Self {
@@ -88,6 +147,7 @@ impl RecordedToken {
             refused: Some(error.clone()),
             unread,
             verified: None,
+            binding: None,
         }
     }
 
@@ -97,6 +157,7 @@ impl RecordedToken {
         service: &ApiService,
         also: Option<&ApiService>,
         token: &VerifiedToken,
+        binding: Option<RecordedBinding>,
     ) -> Self {
         let also = also.map_or(&[][..], |s| &s.recorded_claims);
         let mut facts = VerifiedFacts {
@@ -123,6 +184,7 @@ impl RecordedToken {
             refused: None,
             unread: false,
             verified: Some(facts),
+            binding,
         }
     }
 
@@ -136,6 +198,17 @@ impl RecordedToken {
     ) -> Result<Result<Arc<VerifiedToken>, TokenError>, NotReplayable> {
         let same_keys = self.keys == service.token.keys_id;
         if let Some(error) = &self.refused {
+            if let TokenError::Missing {
+                scheme: Some(scheme),
+            } = error
+                && scheme.eq_ignore_ascii_case("dpop")
+                && service.token.binding.mode != BindingMode::None
+            {
+                return Err(NotReplayable(format!(
+                    "the token was sent with the DPoP scheme, which service `{}` accepts (`token.binding`), and the token itself is not kept",
+                    service.name
+                )));
+            }
             if self.unread || same_keys {
                 return Ok(Err(error.clone()));
             }

@@ -128,6 +128,7 @@ mod tests {
                     url,
                     headers,
                     client: Some("10.0.0.7".parse().unwrap()),
+                    client_cert: None,
                 },
                 now,
             )
@@ -149,6 +150,7 @@ mod tests {
                     url: "",
                     headers: &[],
                     client: None,
+                    client_cert: None,
                 },
                 InvalidInput {
                     code: "MALFORMED_JSON",

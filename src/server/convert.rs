@@ -114,6 +114,10 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
             kid: t.kid.clone().unwrap_or_default(),
             alg: t.alg.clone(),
             delegated: t.delegated,
+            binding: t.binding.as_ref().map(|b| proto::TokenBinding {
+                method: b.method.to_string(),
+                result: b.result.to_string(),
+            }),
         }),
         trace: d.trace.iter().map(trace_entry).collect(),
         audit: d.audit.clone(),

@@ -163,6 +163,13 @@ impl Authorization for ExtAuthz {
             .unwrap_or(&empty);
         let url = url_of(http);
         let headers = headers_of(http);
+        // Envoy fills `source.certificate` (URL-encoded PEM) only with
+        // `include_peer_certificate: true` and a client that presented one over mutual TLS.
+        let client_cert = attributes
+            .source
+            .as_ref()
+            .map(|peer| peer.certificate.as_str())
+            .filter(|c| !c.is_empty());
         let decision = self
             .state
             .decide(
@@ -171,6 +178,7 @@ impl Authorization for ExtAuthz {
                     url: &url,
                     headers: &headers,
                     client,
+                    client_cert,
                 },
                 "ext_authz",
             )

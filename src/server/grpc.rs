@@ -96,6 +96,7 @@ impl DecisionService for Decisions {
                     url: &r.url,
                     headers: &headers,
                     client: super::parse_client(&r.client_address),
+                    client_cert: None,
                 },
                 "grpc",
             )

@@ -125,6 +125,7 @@ fn original_url(headers: &HeaderMap) -> String {
 /// nginx `auth_request` and other HTTP gateway kits: the decision as the answer itself.
 async fn authorize(
     State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -145,6 +146,19 @@ async fn authorize(
         })
         .collect();
     let pairs: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    // Never the TLS peer certificate of this listener: that is the gateway's own.
+    let client_cert = state.client_cert.as_ref().and_then(|config| {
+        let value = header_text(&headers, config.name.as_str())?;
+        match peer {
+            Some(axum::Extension(axum::extract::ConnectInfo(addr))) if config.trusts(addr.ip()) => {
+                Some(value)
+            }
+            _ => {
+                tracing::debug!(peer = ?peer.as_ref().map(|p| p.0.0), header = %config.name, "client certificate header ignored: the peer is not a trusted gateway");
+                None
+            }
+        }
+    });
     let decision = state
         .decide(
             &DecisionRequest {
@@ -152,6 +166,7 @@ async fn authorize(
                 url: &url,
                 headers: &pairs,
                 client,
+                client_cert,
             },
             "http",
         )

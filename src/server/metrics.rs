@@ -64,6 +64,8 @@ pub struct Metrics {
     rate_limit_counts: Family<CountedByLabels, Counter>,
     log_lines_dropped: Counter,
     shadow_decisions: Family<ShadowLabels, Counter>,
+    dpop_replay_checks: Family<CountedByLabels, Counter>,
+    dpop_replay_cache_full: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,7 +217,21 @@ impl Metrics {
             "Decisions of the shadow policy set, by service, the active and the shadow outcome, and whether they differ (outcome, status or decisive rule)",
             shadow_decisions.clone(),
         );
+        let dpop_replay_checks = Family::<CountedByLabels, Counter>::default();
+        registry.register(
+            "dpop_replay_checks",
+            "DPoP proofs checked against replay, by cache: local (no shared store), shared (Redis), local_fallback (Redis did not answer: this process' cache alone)",
+            dpop_replay_checks.clone(),
+        );
+        let dpop_replay_cache_full = Counter::default();
+        registry.register(
+            "dpop_replay_cache_full",
+            "DPoP proofs refused (401 DPOP_REPLAYED) because the replay cache was full of proofs still in their window",
+            dpop_replay_cache_full.clone(),
+        );
         Self {
+            dpop_replay_checks,
+            dpop_replay_cache_full,
             shadow_decisions,
             registry,
             shared_records,
@@ -330,6 +346,21 @@ impl Metrics {
         self.rate_limit_counts
             .get_or_create(&CountedByLabels { counted_by })
             .inc();
+    }
+
+    /// Counts a DPoP proof checked against replay; `counted_by` as for rate limits.
+    pub fn count_dpop_replay_check(&self, counted_by: &'static str) {
+        self.dpop_replay_checks
+            .get_or_create(&CountedByLabels { counted_by })
+            .inc();
+    }
+
+    /// Follows the replay cache's own count of proofs refused because it was full.
+    pub fn set_dpop_replay_cache_full(&self, total: u64) {
+        let counted = self.dpop_replay_cache_full.get();
+        if total > counted {
+            self.dpop_replay_cache_full.inc_by(total - counted);
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -76,6 +76,28 @@ pub struct ServerConfig {
     /// A second policy directory every request is also decided by, without effect on the
     /// answer; a decision records the shadow set's when the two differ.
     pub shadow_policies: Option<PathBuf>,
+    /// Where `/v1/authorize` finds the client certificate (for certificate-bound tokens):
+    /// a header the gateway sets, read only from the trusted gateways.
+    pub client_cert: Option<ClientCertHeader>,
+}
+
+/// The request header carrying the client certificate to `/v1/authorize`, and the peers
+/// trusted to set it. From any other peer the header is ignored: a client could write it.
+#[derive(Debug, Clone)]
+pub struct ClientCertHeader {
+    pub name: ::http::HeaderName,
+    pub trusted_gateways: Vec<ipnet::IpNet>,
+}
+
+impl ClientCertHeader {
+    /// Whether the TCP peer `peer` may set the header.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_gateways.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// Which state replicas share through Redis.
@@ -85,6 +107,8 @@ pub struct SharedStores {
     pub decisions: Option<shared::SharedConfig>,
     /// Rate-limit counters.
     pub limits: Option<shared::SharedConfig>,
+    /// DPoP proof ids seen (replay protection).
+    pub proofs: Option<shared::SharedConfig>,
 }
 
 impl SharedStores {
@@ -122,7 +146,13 @@ impl SharedStores {
             Some("local") => None,
             Some(url) => Some(redis("rate-limit-store", url)?),
         };
-        Ok(Self { decisions, limits })
+        // Proofs are shared wherever anything is: a replayed proof must fail on every replica.
+        let proofs = limits.clone().or_else(|| decisions.clone());
+        Ok(Self {
+            decisions,
+            limits,
+            proofs,
+        })
     }
 }
 
@@ -147,6 +177,7 @@ impl ServerConfig {
             shared: SharedStores::default(),
             sideband: None,
             shadow_policies: None,
+            client_cert: None,
         }
     }
 }
@@ -176,10 +207,13 @@ pub struct AppState {
     shared_decisions: Option<shared::SharedDecisions>,
     /// Rate-limit counters shared by replicas; without them the engine's local counters count.
     shared_limits: Option<shared::SharedLimits>,
+    shared_proofs: Option<shared::SharedProofs>,
     /// The secrets that open the Sideband API, when it is on.
     pub(crate) sideband: Option<Arc<sideband::SidebandSecrets>>,
     /// Largest body of a Sideband API call.
     pub(crate) sideband_max_body: usize,
+    /// The client-certificate header of `/v1/authorize`, when configured.
+    pub(crate) client_cert: Option<ClientCertHeader>,
 }
 
 /// A listing of recent decisions, and whether the shared store could be read.
@@ -221,6 +255,10 @@ impl AppState {
             Some(c) => Some(shared::SharedLimits::new(link(c)?, &c.prefix)),
             None => None,
         };
+        let shared_proofs = match &config.shared.proofs {
+            Some(c) => Some(shared::SharedProofs::new(link(c)?, &c.prefix)),
+            None => None,
+        };
         let sideband = match &config.sideband {
             Some(c) => Some(Arc::new(
                 sideband::SidebandSecrets::load(c).map_err(BindError::Sideband)?,
@@ -256,8 +294,10 @@ impl AppState {
             admin_grpc: admin::AdminAccess::Loopback,
             shared_decisions,
             shared_limits,
+            shared_proofs,
             sideband,
             sideband_max_body: config.transport.max_sideband_body_bytes,
+            client_cert: config.client_cert.clone(),
         })
     }
 
@@ -326,6 +366,11 @@ impl AppState {
                 now,
             );
         }
+        if let Some(seen) = pending.proof()
+            && !self.first_use_of_proof(seen).await
+        {
+            pending.refuse_replayed_proof();
+        }
         let count = match pending.limit() {
             Some(check) => Some(self.count_request(check).await),
             None => None,
@@ -351,7 +396,8 @@ impl AppState {
         now: SystemTime,
         count: Option<crate::ratelimit::Count>,
     ) {
-        let theirs = self.engine.decide_shadow(shadow, request, now, count);
+        let theirs =
+            (self.engine).decide_shadow(shadow, request, now, count, decision.detail_code());
         let differs = decision.differs_from(theirs.outcome, theirs.status, theirs.decisive_rule());
         self.metrics.observe_shadow(decision, &theirs, differs);
         if differs {
@@ -390,6 +436,27 @@ impl AppState {
         self.metrics
             .observe(decision, transport, started.elapsed().as_secs_f64());
         audit::write(decision, transport);
+    }
+
+    /// Whether no replica saw the DPoP proof before (this process' replay cache already
+    /// did not): asked of Redis when replicas share it, and taken as first use when Redis
+    /// does not answer in time (counted, as rate limits are).
+    async fn first_use_of_proof(&self, seen: crate::decision::ProofSeen) -> bool {
+        let (first, counted_by) = match &self.shared_proofs {
+            None => (true, "local"),
+            Some(shared) => {
+                let now = crate::time::unix_seconds(SystemTime::now());
+                match shared.first_use(seen, now).await {
+                    Ok(first) => (first, "shared"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DPoP proof checked against this process' replay cache only: the shared store did not answer");
+                        (true, "local_fallback")
+                    }
+                }
+            }
+        };
+        self.metrics.count_dpop_replay_check(counted_by);
+        first
     }
 
     /// Counts a request against its rate limit: in Redis when replicas share counters (this
@@ -482,6 +549,7 @@ impl AppState {
 
     /// Refreshes the gauges that are read rather than counted.
     pub fn refresh_gauges(&self) {
+        (self.metrics).set_dpop_replay_cache_full(self.engine.proof_replays().full_refusals());
         self.metrics
             .set_store(self.store.len(), self.store.approx_bytes());
         let now = reload::unix_millis();

@@ -631,6 +631,47 @@ impl SharedLimits {
     }
 }
 
+/// DPoP proof ids shared by replicas: one Redis key per proof, set only when absent and
+/// expiring once the proof's window is over (one round trip).
+#[derive(Debug)]
+pub struct SharedProofs {
+    link: Arc<RedisLink>,
+    prefix: String,
+}
+
+impl SharedProofs {
+    pub fn new(link: Arc<RedisLink>, prefix: &str) -> Self {
+        Self {
+            link,
+            prefix: format!("{prefix}dpop:"),
+        }
+    }
+
+    /// Remembers `seen` across replicas; returns whether no replica had seen it before.
+    pub async fn first_use(
+        &self,
+        seen: crate::decision::ProofSeen,
+        now_secs: i64,
+    ) -> Result<bool, SharedError> {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(self.prefix.len() + 32);
+        key.push_str(&self.prefix);
+        for b in seen.id {
+            let _ = write!(key, "{b:02x}");
+        }
+        let ttl = (seen.until - now_secs).max(1) as u64 * 1000 + CLOCK_SKEW_MILLIS as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl);
+        let (set,): (Option<String>,) = self.link.query(&pipe).await?;
+        Ok(set.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,6 +143,7 @@ mod tests {
                 url,
                 headers,
                 client: None,
+                client_cert: None,
             },
             SystemTime::now(),
         )

@@ -313,6 +313,7 @@ fn run_case(
             url: &case.request.url,
             headers: &headers,
             client: case.request.client,
+            client_cert: None,
         },
         now,
     );

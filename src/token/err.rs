@@ -65,6 +65,8 @@ pub enum TokenError {
     },
     /// The service's key set could not be loaded (remote key sets).
     KeysUnavailable,
+    /// A sender-constrained token whose binding the request does not satisfy.
+    Binding(super::binding::BindingError),
 }
 
 impl TokenError {
@@ -96,6 +98,7 @@ impl TokenError {
             TokenError::InvalidIssuer { .. } => "INVALID_ISSUER",
             TokenError::InvalidAudience { .. } => "INVALID_AUDIENCE",
             TokenError::KeysUnavailable => "KEYS_UNAVAILABLE",
+            TokenError::Binding(e) => e.code(),
         }
     }
 
@@ -112,7 +115,16 @@ impl TokenError {
             TokenError::IssuedInFuture { .. } => "iat",
             TokenError::InvalidIssuer { .. } => "iss",
             TokenError::InvalidAudience { .. } => "aud",
+            TokenError::Binding(e) => e.target(),
             _ => "token",
+        }
+    }
+
+    /// The scheme of the `WWW-Authenticate` challenge: `DPoP` for a DPoP proof's failure.
+    pub fn challenge_scheme(&self) -> &'static str {
+        match self {
+            TokenError::Binding(e) if e.is_dpop() => "DPoP",
+            _ => "Bearer",
         }
     }
 
@@ -121,6 +133,7 @@ impl TokenError {
         match self {
             TokenError::Missing { .. } => None,
             TokenError::MultipleTokens => Some("invalid_request"),
+            TokenError::Binding(e) if e.is_dpop() => Some("invalid_dpop_proof"),
             _ => Some("invalid_token"),
         }
     }
@@ -144,6 +157,7 @@ impl TokenError {
             TokenError::InvalidIssuer { .. } => "Invalid issuer",
             TokenError::InvalidAudience { .. } => "Invalid audience",
             TokenError::KeysUnavailable => "Signing keys unavailable",
+            TokenError::Binding(e) => e.description(),
         }
     }
 
@@ -155,6 +169,12 @@ impl TokenError {
             TokenError::Expired { .. } => "The access token has expired.",
             TokenError::KeysUnavailable => {
                 "The access token cannot be checked right now: the signing keys are unavailable."
+            }
+            TokenError::Binding(e) if e.is_dpop() => {
+                "The DPoP proof of possession of the access token's key is missing or not valid."
+            }
+            TokenError::Binding(_) => {
+                "The access token is sender-constrained, and this request does not prove it is the sender."
             }
             _ => "The access token is not valid for this API.",
         }
@@ -255,6 +275,7 @@ impl fmt::Display for TokenError {
             TokenError::KeysUnavailable => f.write_str(
                 "The signing keys of this API's issuer have not been loaded yet; retry shortly.",
             ),
+            TokenError::Binding(e) => e.fmt(f),
         }
     }
 }

@@ -2,10 +2,14 @@
 //! checks, key selection, signature, and the time, issuer and audience claims. Pure: the
 //! caller passes the clock and the key set.
 
+pub mod binding;
 pub mod cache;
+pub mod cert;
+pub mod dpop;
 pub mod err;
 pub mod jwks;
 pub mod remote;
+pub mod replay;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -82,6 +86,8 @@ pub struct TokenRequirements {
     pub keys: KeySource,
     /// Names the key set and the accepted algorithms (see [`keys_id`]).
     pub keys_id: Arc<str>,
+    /// Sender-constrained tokens: whether `cnf` is checked (`token.binding`).
+    pub binding: binding::BindingPolicy,
 }
 
 /// Names a service's key set and accepted algorithms, for a decision's replay inputs: a
@@ -178,11 +184,30 @@ const TOKEN_BYTE_CLASS: [u8; 256] = {
     table
 };
 
+/// How the access token was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1).
+    Dpop,
+}
+
 /// Takes the one bearer token out of the request headers (names compared case-insensitively).
 ///
 /// Fails when there is none, when there are several, or when the credentials are not a
 /// single token.
 pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, TokenError> {
+    extract_credentials(headers, false).map(|(token, _)| token)
+}
+
+/// Takes the one access token out of the request headers, sent with the `Bearer` scheme or,
+/// when `accept_dpop`, the `DPoP` scheme (both case-insensitive).
+///
+/// Fails as [`extract_bearer`] does.
+pub fn extract_credentials<'a>(
+    headers: &[(&'a str, &'a str)],
+    accept_dpop: bool,
+) -> Result<(&'a str, Scheme), TokenError> {
     let mut found = None;
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("authorization") {
@@ -196,7 +221,11 @@ pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Tok
     let (scheme, credentials) = value
         .split_once([' ', '\t'])
         .map_or((value, ""), |(s, c)| (s, c.trim()));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let used = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if accept_dpop && scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         let shown: String = scheme
             .chars()
             .take(20)
@@ -205,7 +234,7 @@ pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Tok
         return Err(TokenError::Missing {
             scheme: Some(shown),
         });
-    }
+    };
     if credentials.is_empty() {
         return Err(TokenError::Malformed {
             reason: Cow::Borrowed("the Bearer credentials are empty"),
@@ -235,7 +264,7 @@ pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Tok
             reason: Cow::Borrowed("the token contains characters outside the base64url alphabet"),
         });
     }
-    Ok(credentials)
+    Ok((credentials, used))
 }
 
 #[derive(serde::Deserialize)]

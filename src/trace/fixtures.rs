@@ -31,6 +31,7 @@ pub(super) fn decide(method: &str, url: &str, headers: &[(&str, &str)]) -> Decis
             url,
             headers,
             client,
+            client_cert: None,
         },
         SystemTime::now(),
     )
@@ -68,6 +69,7 @@ pub(super) fn allowed(n: usize, sub: &str) -> Decision {
         kid: Some("rsa-a".into()),
         alg: "RS256".into(),
         delegated: true,
+        binding: None,
     });
     d
 }

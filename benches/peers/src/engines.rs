@@ -161,6 +161,7 @@ impl Portcullis {
                 url: &req.url,
                 headers: &headers,
                 client: req.client,
+                client_cert: None,
             },
             SystemTime::now(),
         )

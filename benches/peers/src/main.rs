@@ -521,6 +521,7 @@ fn scaling(rounds: usize) {
                         url: &r.url,
                         headers: &headers,
                         client: None,
+                        client_cert: None,
                     },
                     SystemTime::now(),
                 )

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use self::rule::Rule;
 use self::value::{
-    Algorithm, BaseUrl, Duration, KeyUrl, LimitKey, List, Method, PathTemplate, Requests,
+    Algorithm, BaseUrl, Binding, Duration, KeyUrl, LimitKey, List, Method, PathTemplate, Requests,
     ServiceName, Text, True, UnmatchedStatus, UpstreamHeaders, one_of,
 };
 
@@ -131,6 +131,25 @@ struct Token {
     /// rules; default `scope`, e.g. `scp`.
     #[schemars(default, extend("default" = "scope"))]
     scope_claim: Text,
+    /// Sender-constrained tokens (RFC 8705 certificate-bound, RFC 9449 DPoP): `none` (the
+    /// default) ignores the token's `cnf` and treats `Authorization: DPoP` as no bearer
+    /// token; `allowed` checks whatever binding a token has (`cnf.x5t#S256` against the
+    /// client certificate, `cnf.jkt` against the `DPoP` proof) and lets unbound tokens pass;
+    /// `required` refuses tokens without one.
+    #[schemars(default, extend("default" = "none"))]
+    binding: Binding,
+    /// DPoP proof checks.
+    dpop: Option<Dpop>,
+}
+
+/// DPoP proof checks.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Dpop {
+    /// How far a proof's `iat` may be from now, and how long its `jti` is remembered against
+    /// replay: `60s` (the default) up to `10m`.
+    #[schemars(default, extend("default" = "60s"))]
+    window: Duration,
 }
 
 /// Where the trusted public keys are: exactly one of `file`, `url` or `discovery`.

@@ -192,6 +192,11 @@ value_schema!(
 );
 
 value_schema!(
+    Binding,
+    json_schema!({ "type": "string", "enum": ["none", "allowed", "required"] })
+);
+
+value_schema!(
     LimitKey,
     json_schema!({ "type": "string", "enum": crate::ratelimit::LimitKey::NAMES })
 );

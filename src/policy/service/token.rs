@@ -11,6 +11,7 @@ use super::DocumentContext;
 use crate::policy::err::{ErrorKind, Errors};
 use crate::policy::yaml::Node;
 use crate::route::url::{Scheme, parse_authority};
+use crate::token::binding::{BindingMode, BindingPolicy};
 use crate::token::jwks::parse_jwks;
 use crate::token::remote::{KeySetLocation, RemoteKeySet};
 use crate::token::{ClaimPath, KeySource, TokenRequirements};
@@ -23,7 +24,11 @@ const TOKEN_KEYS: &[&str] = &[
     "jwks",
     "groupsClaim",
     "scopeClaim",
+    "binding",
+    "dpop",
 ];
+const DPOP_KEYS: &[&str] = &["window"];
+const MAX_DPOP_WINDOW: Duration = Duration::from_secs(600);
 const JWKS_KEYS: &[&str] = &["file", "url", "refresh", "discovery"];
 
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -72,6 +77,7 @@ pub(super) fn decode_token(
         errs,
     );
     let scope_claim = claim_name(map.get("scopeClaim"), "scope", "`token.scopeClaim`", errs);
+    let binding = decode_binding(map.get("binding"), map.get("dpop"), errs);
     let keys = match (
         errs.required(
             &map,
@@ -94,7 +100,51 @@ pub(super) fn decode_token(
         groups_claim: groups_claim?,
         scope_claim: scope_claim?,
         keys,
+        binding: binding?,
     })
+}
+
+/// `binding: none | allowed | required` and `dpop: {window}`.
+fn decode_binding(
+    mode: Option<&Node>,
+    dpop: Option<&Node>,
+    errs: &mut Errors<'_>,
+) -> Option<BindingPolicy> {
+    let mut policy = BindingPolicy::default();
+    if let Some(node) = mode {
+        let text = errs.string(node, "`token.binding`")?;
+        policy.mode = match text {
+            "none" => BindingMode::None,
+            "allowed" => BindingMode::Allowed,
+            "required" => BindingMode::Required,
+            other => {
+                errs.push(
+                    node.pos,
+                    ErrorKind::InvalidValue,
+                    format!("unknown `token.binding` `{other}`"),
+                    "use `none` (ignore `cnf`), `allowed` (check a binding when the token has one) or `required` (refuse unbound tokens)",
+                );
+                return None;
+            }
+        };
+    }
+    if let Some(node) = dpop {
+        let map = errs.map(node, "`token.dpop`", DPOP_KEYS)?;
+        if let Some(window) = map.get("window") {
+            let window = errs.duration(window, "`token.dpop.window`", MAX_DPOP_WINDOW)?;
+            if window.is_zero() {
+                errs.push(
+                    map.pos,
+                    ErrorKind::InvalidValue,
+                    "`token.dpop.window` is zero: no proof could be accepted",
+                    "use a few seconds at least, e.g. `60s` (the default)",
+                );
+                return None;
+            }
+            policy.dpop_window = window.as_secs() as i64;
+        }
+    }
+    Some(policy)
 }
 
 fn claim_name(

@@ -160,6 +160,7 @@ fn refuse(state: &AppState, (input, method, url): Unreadable) -> Response {
             url: &url,
             headers: &[],
             client: None,
+            client_cert: None,
         },
         input,
         TRANSPORT,
@@ -193,6 +194,7 @@ pub(super) async fn request(
                 url: &request.url,
                 headers: &pairs,
                 client: request.client,
+                client_cert: request.client_cert.as_deref(),
             },
             TRANSPORT,
         )

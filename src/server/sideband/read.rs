@@ -260,6 +260,8 @@ pub(super) struct AccessRequest<'a> {
     pub(super) url: Cow<'a, str>,
     pub(super) headers: Vec<HeaderEntry<'a>>,
     pub(super) client: Option<IpAddr>,
+    /// `client_certificate.x5c[0]`: the client certificate, base64 DER.
+    pub(super) client_cert: Option<String>,
 }
 
 /// A call that cannot be used: why, and what could be read of its method and URL (for the
@@ -281,13 +283,17 @@ fn unreadable(members: &Members<'_>, input: InvalidInput) -> Unreadable {
 pub(super) fn read_access(body: &[u8]) -> Result<AccessRequest<'_>, Unreadable> {
     let members = members_of(body).map_err(|e| (e, String::new(), String::new()))?;
     match access_fields(&members) {
-        Ok((method, url, headers, client)) => Ok(AccessRequest {
-            members,
-            method,
-            url,
-            headers,
-            client,
-        }),
+        Ok((method, url, headers, client)) => match client_certificate(&members) {
+            Ok(client_cert) => Ok(AccessRequest {
+                members,
+                method,
+                url,
+                headers,
+                client,
+                client_cert,
+            }),
+            Err(e) => Err(unreadable(&members, e)),
+        },
         Err(e) => Err(unreadable(&members, e)),
     }
 }
@@ -309,6 +315,31 @@ fn access_fields<'a>(members: &Members<'a>) -> Result<AccessFields<'a>, InvalidI
     check_kind(members, "body", &["string"])?;
     check_kind(members, "client_certificate", &["object"])?;
     Ok((method, url, headers, client))
+}
+
+/// The client certificate of `client_certificate` (a JWK of the certificate's public key
+/// whose `x5c` starts with the certificate itself, base64 DER).
+fn client_certificate(members: &Members<'_>) -> Result<Option<String>, InvalidInput> {
+    #[derive(serde::Deserialize)]
+    struct CertificateJwk {
+        x5c: Option<Vec<String>>,
+    }
+    let Some(raw) = members.get("client_certificate") else {
+        return Ok(None);
+    };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    match serde_json::from_str::<CertificateJwk>(raw.get()) {
+        Ok(CertificateJwk { x5c: Some(chain) }) if !chain.is_empty() => {
+            Ok(chain.into_iter().next())
+        }
+        _ => Err(invalid(
+            "INVALID_VALUE",
+            "client_certificate.x5c",
+            "`client_certificate` must be a JWK whose `x5c` lists the client certificate (base64 DER) first.".into(),
+        )),
+    }
 }
 
 /// What the response phase reads of a call.

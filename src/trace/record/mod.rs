@@ -141,6 +141,8 @@ struct StoredToken {
     kid: Option<Arc<str>>,
     alg: Arc<str>,
     delegated: bool,
+    /// Boxed: most tokens have none, and records are counted by the byte.
+    binding: Option<Box<crate::decision::TokenBinding>>,
 }
 
 /// One trace entry: its names shared with every other entry of the same check or rule, and

@@ -123,6 +123,7 @@ impl Packer<'_> {
             kid: t.kid.as_deref().map(|s| self.text(s)),
             alg: self.text(&t.alg),
             delegated: t.delegated,
+            binding: t.binding.clone().map(Box::new),
         })
     }
 }
@@ -315,6 +316,7 @@ impl StoredDecision {
                 kid: t.kid.as_deref().map(str::to_owned),
                 alg: t.alg.to_string(),
                 delegated: t.delegated,
+                binding: t.binding.as_deref().cloned(),
             }),
             trace: self.trace.iter().map(StoredEntry::unpack).collect(),
             audit: self.audit.text(&self.url, id),

@@ -171,6 +171,8 @@ struct Token<'a> {
     kid: Option<u32>,
     alg: u32,
     delegated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    binding: Option<crate::decision::TokenBinding>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -366,6 +368,7 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             kid: k.kid.as_deref().map(|s| t.string(s)),
             alg: t.string(&k.alg),
             delegated: k.delegated,
+            binding: k.binding.as_deref().cloned(),
         }),
         trace: r
             .trace
@@ -471,6 +474,7 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                     kid: opt(k.kid, string)?,
                     alg: string(k.alg)?,
                     delegated: k.delegated,
+                    binding: k.binding.map(Box::new),
                 })),
             },
             trace: r

@@ -1,0 +1,238 @@
+//! Pipeline step 2, second half: a sender-constrained token's binding checked against the
+//! request's client certificate and DPoP proof, each check written to the trace. Pure: the
+//! caches are the engine's, the clock the caller's.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::TokenBinding;
+use super::engine::{ProofSeen, canonical_url};
+use crate::policy::ApiService;
+use crate::route::url::{RequestUrl, parse_request_url};
+use crate::token::binding::{
+    BindingError, BindingMethod, BindingMode, b64url, check_certificate, confirmation,
+};
+use crate::token::cert::ThumbprintCache;
+use crate::token::dpop::{ProofRequest, extract_proof, verify_proof};
+use crate::token::replay::{ReplayCache, Seen};
+use crate::token::{Scheme, VerifiedToken};
+use crate::trace_entry::{Step, TraceEntry};
+
+/// What the binding checks remember between requests.
+#[derive(Debug, Default)]
+pub(super) struct BindingCaches {
+    pub(super) thumbprints: ThumbprintCache,
+    pub(super) replays: ReplayCache,
+}
+
+/// How a DPoP proof's `jti` is checked against replay.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Proofs {
+    /// In the engine's replay cache, which remembers it (the active set's decision).
+    Remember,
+    /// Not remembered again: the proof is replayed exactly when the active set's decision of
+    /// the same request found it so (the shadow set).
+    AsActive { replayed: bool },
+}
+
+/// What a binding check found: the token summary's part, the outcome, and the proof first
+/// seen here (for a replay cache shared with other replicas).
+#[derive(Debug)]
+pub(super) struct BindingCheck {
+    pub(super) summary: Option<TokenBinding>,
+    pub(super) result: Result<(), BindingError>,
+    pub(super) proof: Option<ProofSeen>,
+}
+
+impl Default for BindingCheck {
+    /// Nothing checked (`binding: none`).
+    fn default() -> Self {
+        Self {
+            summary: None,
+            result: Ok(()),
+            proof: None,
+        }
+    }
+}
+
+/// What the request offers to prove it is the token's sender.
+pub(super) struct Presented<'r> {
+    pub(super) method: &'r str,
+    pub(super) url: &'r RequestUrl<'r>,
+    pub(super) headers: &'r [(&'r str, &'r str)],
+    pub(super) certificate: Option<&'r str>,
+    pub(super) access_token: &'r str,
+    pub(super) scheme: Scheme,
+}
+
+/// Checks the token's `cnf` as the service's `token.binding` demands. Returns what the token
+/// summary shows (`None` under `binding: none`), and writes one trace entry per check.
+///
+/// Fails with the first binding the request does not satisfy.
+pub(super) fn check(
+    service: &ApiService,
+    token: &VerifiedToken,
+    presented: &Presented<'_>,
+    (caches, proofs): (&BindingCaches, Proofs),
+    now: i64,
+    trace: &mut Vec<TraceEntry>,
+) -> BindingCheck {
+    let policy = service.token.binding;
+    if policy.mode == BindingMode::None {
+        return BindingCheck::default();
+    }
+    let summary = |method: &'static str, result: Cow<'static, str>| TokenBinding {
+        method: Cow::Borrowed(method),
+        result,
+    };
+    let ended = |summary: TokenBinding, result: Result<(), BindingError>| BindingCheck {
+        summary: Some(summary),
+        result,
+        proof: None,
+    };
+    let failed = |e: &BindingError| Cow::Borrowed(e.code());
+    let cnf = match confirmation(token) {
+        Ok(cnf) => cnf,
+        Err(e) => {
+            let mut entry = TraceEntry::step(Step::Token, "token.cnf", "supported", false);
+            entry.detail = Some(e.to_string());
+            trace.push(entry);
+            return ended(summary("unsupported", failed(&e)), Err(e));
+        }
+    };
+    // The DPoP scheme claims a DPoP binding, whatever the token says.
+    let dpop = cnf.jkt.is_some() || presented.scheme == Scheme::Dpop;
+    if cnf.x5t_s256.is_none() && !dpop {
+        if policy.mode == BindingMode::Required {
+            let e = BindingError::Required;
+            let mut entry = TraceEntry::step(Step::Token, "token.cnf", "present", false);
+            entry.expected = Some(Arc::new(Value::from("x5t#S256 or jkt")));
+            entry.detail = Some(e.to_string());
+            trace.push(entry);
+            return ended(summary("none", failed(&e)), Err(e));
+        }
+        let mut entry = TraceEntry::step(Step::Token, "token.cnf", "present", true);
+        entry.detail = Some("the token is not sender-constrained (`binding: allowed`)".into());
+        trace.push(entry);
+        return ended(summary("none", Cow::Borrowed("unbound")), Ok(()));
+    }
+    let method = match (cnf.x5t_s256.is_some(), dpop) {
+        (true, true) => "x5t#S256+jkt",
+        (true, false) => BindingMethod::Certificate.as_str(),
+        _ => BindingMethod::Dpop.as_str(),
+    };
+    if let Some(bound) = cnf.x5t_s256 {
+        let mut entry = TraceEntry::step(Step::Token, "token.cnf.x5t#S256", "equals", true);
+        entry.expected = Some(Arc::new(Value::from(
+            bound.chars().take(64).collect::<String>(),
+        )));
+        match check_certificate(bound, presented.certificate, &caches.thumbprints) {
+            Ok(thumbprint) => {
+                entry.actual = Some(Value::from(b64url(&thumbprint)));
+                entry.detail =
+                    Some("the client certificate is the one the token is bound to".into());
+                trace.push(entry);
+            }
+            Err(e) => {
+                entry.result = false;
+                entry.decisive = true;
+                entry.actual = Some(match &e {
+                    BindingError::CertificateMismatch { presented } => {
+                        Value::from(presented.as_str())
+                    }
+                    _ => Value::Null,
+                });
+                entry.detail = Some(e.to_string());
+                trace.push(entry);
+                return ended(summary(method, failed(&e)), Err(e));
+            }
+        }
+    }
+    let mut proof = None;
+    if dpop {
+        let mut entry = TraceEntry::step(Step::Token, "dpop", "validProof", true);
+        entry.expected = cnf
+            .jkt
+            .map(|jkt| Arc::new(Value::from(jkt.chars().take(64).collect::<String>())));
+        match check_proof(
+            cnf.jkt,
+            presented,
+            (caches, proofs),
+            policy.dpop_window,
+            now,
+            &mut entry,
+        ) {
+            Ok(seen) => {
+                proof = seen;
+                trace.push(entry);
+            }
+            Err(e) => {
+                entry.result = false;
+                entry.decisive = true;
+                entry.detail = Some(e.to_string());
+                trace.push(entry);
+                return ended(summary(method, failed(&e)), Err(e));
+            }
+        }
+    }
+    BindingCheck {
+        summary: Some(summary(method, Cow::Borrowed("verified"))),
+        result: Ok(()),
+        proof,
+    }
+}
+
+/// Checks the request's one DPoP proof; returns its id when this engine saw it first.
+fn check_proof(
+    jkt: Option<&str>,
+    presented: &Presented<'_>,
+    (caches, proofs): (&BindingCaches, Proofs),
+    window: i64,
+    now: i64,
+    entry: &mut TraceEntry,
+) -> Result<Option<ProofSeen>, BindingError> {
+    let proof = extract_proof(presented.headers)?;
+    let request_url = canonical_url(presented.url);
+    let url_matches =
+        |htu: &str| parse_request_url(htu).is_ok_and(|u| canonical_url(&u) == request_url);
+    let checked = verify_proof(
+        proof,
+        &ProofRequest {
+            method: presented.method,
+            url_matches: &url_matches,
+            access_token: presented.access_token,
+            now,
+            window,
+        },
+    )?;
+    entry.actual = Some(Value::from(checked.jkt.as_str()));
+    let Some(jkt) = jkt else {
+        return Err(BindingError::DpopKeyMismatch { bound: false });
+    };
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        jkt.as_bytes(),
+        checked.jkt.as_bytes(),
+    )) {
+        return Err(BindingError::DpopKeyMismatch { bound: true });
+    }
+    let id = ReplayCache::proof_id(&checked.jkt, &checked.jti);
+    // Remembered until no proof with this `iat` can be accepted any more.
+    let until = checked.iat + window;
+    let seen = match proofs {
+        Proofs::Remember => caches.replays.check(id, until, now),
+        Proofs::AsActive { replayed: true } => Seen::Replayed,
+        Proofs::AsActive { replayed: false } => Seen::New,
+    };
+    match seen {
+        Seen::New => {}
+        Seen::Replayed => return Err(BindingError::DpopReplayed { full: false }),
+        Seen::Full => return Err(BindingError::DpopReplayed { full: true }),
+    }
+    entry.detail = Some(format!(
+        "proof signed by the token's key, for this method and URL, made {} s ago, for this token, first use of its `jti`",
+        now - checked.iat
+    ));
+    Ok(matches!(proofs, Proofs::Remember).then_some(ProofSeen { id, until }))
+}

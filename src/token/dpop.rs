@@ -1,0 +1,280 @@
+//! DPoP proofs (RFC 9449): the one `DPoP` header of a request, its signature by the public
+//! key it carries, and its claims (`htm`, `htu`, `iat`, `ath`, `jti`). Pure: the caller
+//! passes the clock and how to compare URLs, and keeps the replay cache.
+
+use std::str::FromStr;
+
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
+use serde_json::{Map, Value};
+
+use super::binding::BindingError;
+
+/// Longest proof accepted: a proof holds one public key and five claims.
+pub const MAX_PROOF_LEN: usize = 8 * 1024;
+
+/// The algorithms a proof may be signed with: asymmetric only (RFC 9449 §4.2), so never
+/// `none` nor an HMAC, whose key would have to be shared.
+pub const PROOF_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+];
+
+/// The `algs` attribute of a `DPoP` challenge.
+pub const PROOF_ALGORITHM_NAMES: &str = "ES256 ES384 EdDSA PS256 PS384 PS512 RS256 RS384 RS512";
+
+/// The request a proof must be for.
+pub struct ProofRequest<'a> {
+    pub method: &'a str,
+    /// Whether the proof's `htu` (query and fragment removed) names this request's URL.
+    pub url_matches: &'a dyn Fn(&str) -> bool,
+    /// The access token sent with the proof, whose hash `ath` must be.
+    pub access_token: &'a str,
+    pub now: i64,
+    pub window: i64,
+}
+
+/// A proof that passed every check but the key binding and replay, which the caller makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedProof {
+    /// RFC 7638 SHA-256 thumbprint of the proof's key, base64url.
+    pub jkt: String,
+    pub jti: String,
+    pub iat: i64,
+}
+
+/// The one `DPoP` header among `headers` (names compared case-insensitively).
+///
+/// Fails when there is none, or more than one (Envoy joins repeated headers with commas,
+/// which a proof never contains).
+pub fn extract_proof<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, BindingError> {
+    let mut found = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("dpop") {
+            if found.is_some() {
+                return Err(invalid("the request carries more than one `DPoP` header"));
+            }
+            found = Some(value.trim());
+        }
+    }
+    let proof = found.ok_or(BindingError::DpopProofRequired)?;
+    if proof.contains(',') {
+        return Err(invalid("the request carries more than one `DPoP` header"));
+    }
+    if proof.is_empty() {
+        return Err(BindingError::DpopProofRequired);
+    }
+    Ok(proof)
+}
+
+fn invalid(reason: &'static str) -> BindingError {
+    BindingError::DpopProofInvalid {
+        reason: reason.into(),
+    }
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, BindingError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| invalid("a part of the proof is not base64url"))
+}
+
+#[derive(serde::Deserialize)]
+struct ProofHeader {
+    typ: Option<String>,
+    alg: Option<String>,
+    jwk: Option<Map<String, Value>>,
+    crit: Option<Value>,
+}
+
+/// JWK members that only a private or symmetric key has.
+const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Whether `jwk` is a key of the kind `alg` signs with.
+fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
+    match (&jwk.algorithm, alg) {
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => p.curve == EllipticCurve::P384,
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
+            p.curve == EllipticCurve::Ed25519
+        }
+        _ => false,
+    }
+}
+
+/// Verifies `proof` for `request`: its form, its signature by its own `jwk`, `htm`, `htu`,
+/// `iat` and `ath`, in that order.
+///
+/// Fails with the first rule broken, each with its own detail code.
+pub fn verify_proof(proof: &str, request: &ProofRequest<'_>) -> Result<CheckedProof, BindingError> {
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(invalid("the proof is longer than 8 KiB"));
+    }
+    let mut parts = proof.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(
+            "a proof is a signed JWT of three dot-separated parts",
+        ));
+    };
+    let header: ProofHeader = serde_json::from_slice(&b64(header_b64)?)
+        .map_err(|_| invalid("the proof's header is not a JSON object"))?;
+    if header.typ.as_deref() != Some("dpop+jwt") {
+        return Err(invalid("the proof's header must have `typ: dpop+jwt`"));
+    }
+    if header.crit.is_some() {
+        return Err(invalid(
+            "the proof's header lists critical extensions (`crit`)",
+        ));
+    }
+    let alg = header
+        .alg
+        .as_deref()
+        .and_then(|a| Algorithm::from_str(a).ok())
+        .filter(|a| PROOF_ALGORITHMS.contains(a))
+        .ok_or(invalid(
+            "the proof must be signed with an asymmetric algorithm (ES256, ES384, EdDSA, PS*, RS*), never `none` or HMAC",
+        ))?;
+    let jwk_members = header
+        .jwk
+        .ok_or(invalid("the proof's header has no `jwk` public key"))?;
+    if PRIVATE_MEMBERS.iter().any(|m| jwk_members.contains_key(*m)) {
+        return Err(invalid(
+            "the proof's `jwk` holds a private or symmetric key",
+        ));
+    }
+    let jwk: Jwk = serde_json::from_value(Value::Object(jwk_members))
+        .map_err(|_| invalid("the proof's `jwk` is not a public key this server reads"))?;
+    if !fits(&jwk, alg) {
+        return Err(invalid(
+            "the proof's `jwk` is not a key of the kind its `alg` signs with",
+        ));
+    }
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+        .map_err(|_| invalid("the proof's `jwk` is not a public key this server reads"))?;
+    let message = &proof.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    if !jsonwebtoken::crypto::verify(signature_b64, message, &key, alg).unwrap_or(false) {
+        return Err(invalid(
+            "the proof's signature does not verify with its `jwk`",
+        ));
+    }
+    let jkt = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| invalid("the proof's `jwk` has no thumbprint"))?;
+    let claims: Map<String, Value> = serde_json::from_slice(&b64(payload_b64)?)
+        .map_err(|_| invalid("the proof's payload is not a JSON object"))?;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    let htm = text("htm").ok_or(invalid("the proof has no `htm` (method) claim"))?;
+    if htm != request.method {
+        return Err(BindingError::DpopMethodMismatch {
+            htm: htm.chars().take(32).collect(),
+        });
+    }
+    let htu = text("htu").ok_or(invalid("the proof has no `htu` (URL) claim"))?;
+    let htu_bare = htu.split(['?', '#']).next().unwrap_or_default();
+    if !(request.url_matches)(htu_bare) {
+        return Err(BindingError::DpopUrlMismatch {
+            htu: htu_bare.chars().take(256).collect(),
+        });
+    }
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_f64)
+        .filter(|f| f.is_finite() && f.abs() < 1e15)
+        .ok_or(invalid("the proof has no numeric `iat` claim"))? as i64;
+    if (request.now - iat).abs() > request.window {
+        return Err(BindingError::DpopStale {
+            iat,
+            window: request.window,
+        });
+    }
+    let ath = text("ath").ok_or(BindingError::DpopTokenHashMismatch)?;
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request.access_token.as_bytes());
+    let mut want = [0u8; 32];
+    let ath_ok = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(ath.as_bytes(), &mut want)
+        .ok()
+        == Some(32)
+        && bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], digest.as_ref()));
+    if !ath_ok {
+        return Err(BindingError::DpopTokenHashMismatch);
+    }
+    let jti = text("jti")
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or(invalid("the proof has no `jti` of 1 to 256 characters"))?;
+    Ok(CheckedProof {
+        jkt,
+        jti: jti.to_owned(),
+        iat,
+    })
+}
+
+/// The `ath` of `access_token`: base64url SHA-256 of its text.
+pub fn token_hash(access_token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// Signs a DPoP proof for `method` and `url` with `key` (PEM, EC or Ed25519 or RSA), for
+/// `access_token`, made at `iat` with id `jti`. For the CLI and tests: clients make their own.
+///
+/// Fails when the PEM holds no usable private key.
+pub fn sign_proof(
+    pem: &[u8],
+    method: &str,
+    url: &str,
+    access_token: &str,
+    iat: i64,
+    jti: &str,
+) -> Result<String, String> {
+    let (encoding, algs, jwk) = proof_key(pem)?;
+    let mut header = jsonwebtoken::Header::new(algs);
+    header.typ = Some("dpop+jwt".into());
+    header.jwk = Some(jwk);
+    let claims = serde_json::json!({
+        "jti": jti, "htm": method, "htu": url, "iat": iat, "ath": token_hash(access_token),
+    });
+    jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| e.to_string())
+}
+
+/// The RFC 7638 thumbprint of the public key of private key `pem`: the `cnf.jkt` of tokens
+/// bound to it.
+///
+/// Fails when the PEM holds no usable private key.
+pub fn key_thumbprint(pem: &[u8]) -> Result<String, String> {
+    let (_, _, jwk) = proof_key(pem)?;
+    jwk.thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| e.to_string())
+}
+
+fn proof_key(pem: &[u8]) -> Result<(jsonwebtoken::EncodingKey, Algorithm, Jwk), String> {
+    let (encoding, algs) = super::signing_key_from_pem(pem)
+        .ok_or("the file holds no RSA, EC or Ed25519 private key in PEM")?;
+    let mut jwk = Jwk::from_encoding_key(&encoding, algs[0]).map_err(|e| e.to_string())?;
+    // An EC key's curve, not the first algorithm of its family, says how it signs.
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Algorithm::ES384,
+        _ => algs[0],
+    };
+    jwk.common.key_algorithm = None;
+    Ok((encoding, alg, jwk))
+}

@@ -1,0 +1,140 @@
+//! The DPoP replay cache: proof ids (`jti`) seen within the proof window, bounded in memory.
+//! A full cache refuses new proofs (fails closed) rather than forgetting ids still in their
+//! window.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+/// Proof ids kept by default; at 60 s windows, this covers about 1 600 proofs a second.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+/// A proof id as stored: 16 bytes of SHA-256 over the key thumbprint and the `jti`, so that
+/// ids of different keys never meet and stored ids have a fixed size.
+pub type ProofId = [u8; 16];
+
+/// What the cache says of a proof id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First use: now remembered until the end of its window.
+    New,
+    Replayed,
+    /// The cache is full of ids still in their window: the proof is refused.
+    Full,
+}
+
+#[derive(Debug)]
+pub struct ReplayCache {
+    /// Proof id → the Unix second after which it may be forgotten.
+    seen: DashMap<ProofId, i64>,
+    capacity: usize,
+    /// When expired ids were last dropped, so that a full cache is swept at most once a second.
+    last_sweep: AtomicI64,
+    full_refusals: AtomicU64,
+}
+
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_REPLAY_CAPACITY)
+    }
+}
+
+impl ReplayCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: DashMap::new(),
+            capacity: capacity.max(1),
+            last_sweep: AtomicI64::new(i64::MIN),
+            full_refusals: AtomicU64::new(0),
+        }
+    }
+
+    /// The id of proof `jti` made with the key of thumbprint `jkt`.
+    pub fn proof_id(jkt: &str, jti: &str) -> ProofId {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(jkt.as_bytes());
+        ctx.update(b".");
+        ctx.update(jti.as_bytes());
+        let mut id = [0; 16];
+        id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        id
+    }
+
+    /// Remembers `id` until `until` unless it was seen and is still remembered at `now`.
+    pub fn check(&self, id: ProofId, until: i64, now: i64) -> Seen {
+        if self.seen.len() >= self.capacity && !self.seen.contains_key(&id) {
+            self.sweep(now);
+            if self.seen.len() >= self.capacity {
+                self.full_refusals.fetch_add(1, Ordering::Relaxed);
+                return Seen::Full;
+            }
+        }
+        match self.seen.entry(id) {
+            dashmap::Entry::Occupied(mut e) => {
+                if *e.get() >= now {
+                    Seen::Replayed
+                } else {
+                    e.insert(until);
+                    Seen::New
+                }
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(until);
+                Seen::New
+            }
+        }
+    }
+
+    fn sweep(&self, now: i64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if last == now
+            || self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.seen.retain(|_, until| *until >= now);
+    }
+
+    /// Proofs refused because the cache was full, since start.
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals.load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_refused_within_its_window_and_accepted_after() {
+        let cache = ReplayCache::new(10);
+        let id = ReplayCache::proof_id("k", "1");
+        assert_eq!(cache.check(id, 160, 100), Seen::New);
+        assert_eq!(cache.check(id, 170, 110), Seen::Replayed);
+        assert_eq!(cache.check(id, 260, 200), Seen::New);
+        assert_ne!(id, ReplayCache::proof_id("other key", "1"));
+    }
+
+    #[test]
+    fn a_full_cache_fails_closed_and_counts_until_ids_expire() {
+        let cache = ReplayCache::new(2);
+        assert_eq!(cache.check([1; 16], 150, 100), Seen::New);
+        assert_eq!(cache.check([2; 16], 150, 100), Seen::New);
+        assert_eq!(cache.check([3; 16], 150, 100), Seen::Full);
+        assert_eq!(cache.check([1; 16], 150, 101), Seen::Replayed);
+        assert_eq!(cache.full_refusals(), 1);
+        assert_eq!(cache.check([3; 16], 250, 151), Seen::New);
+        assert_eq!(cache.len(), 1);
+    }
+}
