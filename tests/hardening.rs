@@ -264,6 +264,7 @@ async fn no_secret_value_reaches_logs_stores_apis_bodies_or_metrics() {
                         },
                     ],
                     client_address: "10.0.0.1".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -473,6 +473,7 @@ async fn a_thousand_concurrent_unknown_kids_cause_at_most_one_fetch() {
                     value: format!("Bearer {token}"),
                 }],
                 client_address: String::new(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

@@ -167,6 +167,7 @@ fn decide_request(token: &str) -> proto::DecideRequest {
             value: format!("Bearer {token}"),
         }],
         client_address: "10.0.0.7:1234".into(),
+        client_certificate: String::new(),
     }
 }
 
@@ -558,6 +559,7 @@ async fn an_oversized_grpc_message_is_refused_and_the_server_goes_on() {
             value,
         }],
         client_address: String::new(),
+        client_certificate: String::new(),
     };
     let error = client
         .decide(request("p".repeat(8 * 1024)))

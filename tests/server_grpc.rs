@@ -336,6 +336,7 @@ async fn decision_api_decides_lists_filters_and_gets() {
             })
             .unwrap_or_default(),
         client_address: "10.0.0.7:1234".into(),
+        ..Default::default()
     };
     let allowed = api
         .decide(decide(

@@ -113,9 +113,7 @@ pub(super) fn check(
             trace.push(entry);
             return ended(summary("none", failed(&e)), Err(e));
         }
-        let mut entry = TraceEntry::step(Step::Token, "token.cnf", "present", true);
-        entry.detail = Some("the token is not sender-constrained (`binding: allowed`)".into());
-        trace.push(entry);
+        // Nothing was checked: the token summary says so, the trace stays as without binding.
         return ended(summary("none", Cow::Borrowed("unbound")), Ok(()));
     }
     let method = match (cnf.x5t_s256.is_some(), dpop) {

@@ -96,7 +96,7 @@ impl DecisionService for Decisions {
                     url: &r.url,
                     headers: &headers,
                     client: super::parse_client(&r.client_address),
-                    client_cert: None,
+                    client_cert: Some(r.client_certificate.as_str()).filter(|c| !c.is_empty()),
                 },
                 "grpc",
             )
