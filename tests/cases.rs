@@ -49,6 +49,25 @@ struct TokenSpec {
     corrupt_signature: Option<bool>,
     /// Add a claim `pad` of this many characters (for oversized tokens).
     pad_claim: Option<usize>,
+    /// Bind the token to this client certificate (`cnf.x5t#S256`; see [`Materials`]).
+    bind_cert: Option<String>,
+    /// Bind the token to this DPoP key (`cnf.jkt`).
+    bind_dpop: Option<String>,
+}
+
+/// A `DPoP` header: a proof made at decision time, valid unless changed.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct ProofSpec {
+    /// The DPoP key that signs it (and whose public key is its `jwk`).
+    key: String,
+    /// Header fields merged over `{typ: dpop+jwt, alg: ES256, jwk}`; `null` removes one.
+    header: Option<Map<String, Value>>,
+    /// Claims merged over `{jti, htm, htu, iat: now, ath}` of this request; `now±N` as for
+    /// tokens.
+    claims: Option<Map<String, Value>>,
+    /// `none` (no signature) or `HS256` (signed with a shared secret) instead of ES256.
+    sign: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +89,120 @@ struct Case {
     authorization: Option<String>,
     /// The scheme word sent before the token (default `Bearer`).
     scheme: Option<String>,
+    /// The client certificate a gateway passed, by name (see [`Materials`]), or `garbage`.
+    #[serde(rename = "clientCert")]
+    client_cert: Option<String>,
+    /// `DPoP` headers, one per proof.
+    #[serde(default)]
+    dpop: Vec<ProofSpec>,
     expect: Expect,
+}
+
+/// Certificates and DPoP keys made fresh for this run, by the names cases give them.
+#[derive(Default)]
+struct Materials {
+    certs: std::collections::HashMap<String, Vec<u8>>,
+    keys: std::collections::HashMap<String, (jsonwebtoken::EncodingKey, Value)>,
+}
+
+impl Materials {
+    /// The DER of certificate `name`.
+    fn cert(&mut self, name: &str) -> &[u8] {
+        self.certs.entry(name.to_owned()).or_insert_with(|| {
+            let made =
+                rcgen::generate_simple_self_signed(vec![format!("{name}.client.test")]).unwrap();
+            made.cert.der().to_vec()
+        })
+    }
+
+    /// The signing key and public JWK of DPoP key `name` (P-256).
+    fn key(&mut self, name: &str) -> &(jsonwebtoken::EncodingKey, Value) {
+        self.keys.entry(name.to_owned()).or_insert_with(|| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let point = key.public_key_raw();
+            let jwk = serde_json::json!({
+                "kty": "EC", "crv": "P-256",
+                "x": support::b64(&point[1..33]), "y": support::b64(&point[33..]),
+            });
+            let signing =
+                jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+            (signing, jwk)
+        })
+    }
+
+    /// RFC 7638 thumbprint of DPoP key `name`.
+    fn jkt(&mut self, name: &str) -> String {
+        let jwk = &self.key(name).1;
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#,
+            jwk["x"], jwk["y"]
+        );
+        support::b64(&sha256(canonical.as_bytes()))
+    }
+
+    /// The `DPoP` header value `spec` describes, for a request `method url` with `token`.
+    fn proof(
+        &mut self,
+        spec: &ProofSpec,
+        method: &str,
+        url: &str,
+        token: &str,
+        now: i64,
+    ) -> String {
+        let (signing, jwk) = self.key(&spec.key).clone();
+        let mut header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        merge(
+            header.as_object_mut().unwrap(),
+            &spec.header.clone().unwrap_or_default(),
+        );
+        let mut claims = serde_json::json!({
+            "jti": ulid::Ulid::new().to_string(),
+            "htm": method,
+            "htu": url.split('?').next().unwrap(),
+            "iat": now,
+            "ath": support::b64(&sha256(token.as_bytes())),
+        });
+        let claims_map = claims.as_object_mut().unwrap();
+        merge(claims_map, &spec.claims.clone().unwrap_or_default());
+        resolve_times(claims_map, now);
+        match spec.sign.as_deref() {
+            None => {
+                let message = format!(
+                    "{}.{}",
+                    support::b64(header.to_string().as_bytes()),
+                    support::b64(claims.to_string().as_bytes())
+                );
+                let signature =
+                    jsonwebtoken::crypto::sign(message.as_bytes(), &signing, Algorithm::ES256)
+                        .unwrap();
+                format!("{message}.{signature}")
+            }
+            Some("none") => format!(
+                "{}.{}.",
+                support::b64(header.to_string().as_bytes()),
+                support::b64(claims.to_string().as_bytes())
+            ),
+            Some("HS256") => {
+                let message = format!(
+                    "{}.{}",
+                    support::b64(header.to_string().as_bytes()),
+                    support::b64(claims.to_string().as_bytes())
+                );
+                let secret = jsonwebtoken::EncodingKey::from_secret(b"a shared secret");
+                let signature =
+                    jsonwebtoken::crypto::sign(message.as_bytes(), &secret, Algorithm::HS256)
+                        .unwrap();
+                format!("{message}.{signature}")
+            }
+            Some(other) => panic!("unknown proof signing `{other}`"),
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 fn get() -> String {
@@ -135,7 +267,12 @@ fn resolve_times(claims: &mut Map<String, Value>, now: i64) {
     }
 }
 
-fn build_token(defaults: &TokenSpec, over: &TokenSpec, now: i64) -> String {
+fn build_token(
+    defaults: &TokenSpec,
+    over: &TokenSpec,
+    now: i64,
+    materials: &mut Materials,
+) -> String {
     if let Some(raw) = over.raw.as_ref().or(defaults.raw.as_ref()) {
         return raw.clone();
     }
@@ -144,6 +281,20 @@ fn build_token(defaults: &TokenSpec, over: &TokenSpec, now: i64) -> String {
     let mut claims = defaults.claims.clone().unwrap_or_default();
     merge(&mut claims, &over.claims.clone().unwrap_or_default());
     resolve_times(&mut claims, now);
+    let mut cnf = Map::new();
+    if let Some(cert) = over.bind_cert.as_ref().or(defaults.bind_cert.as_ref()) {
+        // RFC 8705 §3.1: base64url SHA-256 of the DER certificate.
+        cnf.insert(
+            "x5t#S256".into(),
+            support::b64(&sha256(materials.cert(cert))).into(),
+        );
+    }
+    if let Some(key) = over.bind_dpop.as_ref().or(defaults.bind_dpop.as_ref()) {
+        cnf.insert("jkt".into(), materials.jkt(key).into());
+    }
+    if !cnf.is_empty() {
+        claims.insert("cnf".into(), Value::Object(cnf));
+    }
     if let Some(n) = over.pad_claim {
         claims.insert("pad".into(), Value::from("x".repeat(n)));
     }
@@ -299,6 +450,7 @@ fn decision_cases() {
         // One engine per file: later cases may reuse tokens cached by earlier ones, as in a
         // running server.
         let engine = Engine::default();
+        let mut materials = Materials::default();
         for case in &suite.cases {
             count += 1;
             let mut headers: Vec<(String, String)> = case
@@ -311,6 +463,7 @@ fn decision_cases() {
                     )
                 })
                 .collect();
+            let mut access_token = String::new();
             match (&case.authorization, &case.token) {
                 (Some(authorization), _) => {
                     headers.push(("Authorization".into(), authorization.clone()))
@@ -324,13 +477,24 @@ fn decision_cases() {
                         }),
                     };
                     let scheme = case.scheme.as_deref().unwrap_or("Bearer");
-                    headers.push((
-                        "Authorization".into(),
-                        format!("{scheme} {}", build_token(&defaults, &over, now)),
-                    ));
+                    access_token = build_token(&defaults, &over, now, &mut materials);
+                    headers.push(("Authorization".into(), format!("{scheme} {access_token}")));
                 }
             }
             let url = format!("{}{}", case.url, "a".repeat(case.pad_url.unwrap_or(0)));
+            for spec in &case.dpop {
+                let proof = materials.proof(spec, &case.method, &url, &access_token, now);
+                headers.push(("DPoP".into(), proof));
+            }
+            let client_cert = case.client_cert.as_deref().map(|name| match name {
+                "garbage" => {
+                    "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----".to_owned()
+                }
+                name => base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    materials.cert(name),
+                ),
+            });
             let header_refs: Vec<(&str, &str)> = headers
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -342,7 +506,7 @@ fn decision_cases() {
                     url: &url,
                     headers: &header_refs,
                     client: case.client,
-                    client_cert: None,
+                    client_cert: client_cert.as_deref(),
                 },
                 now_time + Duration::from_millis(1),
             );

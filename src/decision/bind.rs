@@ -96,9 +96,7 @@ pub(super) fn check(
     let cnf = match confirmation(token) {
         Ok(cnf) => cnf,
         Err(e) => {
-            let mut entry = TraceEntry::step(Step::Token, "token.cnf", "supported", false);
-            entry.detail = Some(e.to_string());
-            trace.push(entry);
+            trace.push(cnf_entry(&e));
             return ended(summary("unsupported", failed(&e)), Err(e));
         }
     };
@@ -107,10 +105,7 @@ pub(super) fn check(
     if cnf.x5t_s256.is_none() && !dpop {
         if policy.mode == BindingMode::Required {
             let e = BindingError::Required;
-            let mut entry = TraceEntry::step(Step::Token, "token.cnf", "present", false);
-            entry.expected = Some(Arc::new(Value::from("x5t#S256 or jkt")));
-            entry.detail = Some(e.to_string());
-            trace.push(entry);
+            trace.push(cnf_entry(&e));
             return ended(summary("none", failed(&e)), Err(e));
         }
         // Nothing was checked: the token summary says so, the trace stays as without binding.
@@ -180,6 +175,21 @@ pub(super) fn check(
         result: Ok(()),
         proof,
     }
+}
+
+/// The trace entry of a token refused for its `cnf` alone (absent, or unsupported), which
+/// a replay writes the same.
+pub(super) fn cnf_entry(e: &BindingError) -> TraceEntry {
+    let mut entry = match e {
+        BindingError::Required => {
+            let mut entry = TraceEntry::step(Step::Token, "token.cnf", "present", false);
+            entry.expected = Some(Arc::new(Value::from("x5t#S256 or jkt")));
+            entry
+        }
+        _ => TraceEntry::step(Step::Token, "token.cnf", "supported", false),
+    };
+    entry.detail = Some(e.to_string());
+    entry
 }
 
 /// Checks the request's one DPoP proof; returns its id when this engine saw it first.

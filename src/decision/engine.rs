@@ -720,10 +720,17 @@ fn authenticate(
                     None => BindingCheck::default(),
                 },
             };
-            if service.token.binding.mode != BindingMode::None {
+            // Kept for replay unless there is nothing to tell: `binding: none` and no `cnf`.
+            let policy = service.token.binding;
+            let cnf = crate::token::binding::kind(&verified);
+            if let Some((_, scheme)) = sent
+                && (policy.mode != BindingMode::None || cnf != "none")
+            {
                 progress.bound = Some(RecordedBinding {
-                    mode: service.token.binding.mode,
-                    window: service.token.binding.dpop_window,
+                    mode: policy.mode,
+                    window: policy.dpop_window,
+                    cnf: cnf.into(),
+                    dpop_scheme: scheme == token::Scheme::Dpop,
                     summary: checked.summary.clone(),
                     refused: checked.result.clone().err(),
                 });

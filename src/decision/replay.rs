@@ -66,6 +66,11 @@ pub struct RecordedBinding {
     pub mode: BindingMode,
     /// `token.dpop.window`, in seconds.
     pub window: i64,
+    /// What the token's `cnf` names (see [`kind`](crate::token::binding::kind)).
+    pub cnf: std::borrow::Cow<'static, str>,
+    /// The token came as `Authorization: DPoP`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_scheme: bool,
     /// What the token summary showed of the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<TokenBinding>,
@@ -104,38 +109,100 @@ impl VerifiedFacts {
 pub struct NotReplayable(pub String);
 
 impl RecordedToken {
-    /// The binding check as `service` would make it, from the recorded one. Fails when the
-    /// service checks bindings with other settings (the certificate and proof are not kept).
+    /// The binding check as `service` would make it, from the recorded one: the same when
+    /// the settings are; an unbound token's fate follows from the settings alone. Fails
+    /// when the answer would need the certificate or the proof, which are not kept.
     pub(super) fn replay_binding(
         &self,
         service: &ApiService,
         trace: &mut Vec<TraceEntry>,
     ) -> Result<BindingCheck, NotReplayable> {
         let policy = service.token.binding;
-        let same = match &self.binding {
-            None => policy.mode == BindingMode::None,
-            Some(b) => b.mode == policy.mode && b.window == policy.dpop_window,
+        // No record: `binding: none` and a token without `cnf`.
+        let recorded = self.binding.as_ref();
+        let cnf = recorded.map_or("none", |b| &*b.cnf);
+        let dpop_scheme = recorded.is_some_and(|b| b.dpop_scheme);
+        // Written as the check wrote it where the record tells (nothing for an unbound
+        // token, the same refusal for an absent or unsupported `cnf`), else one entry.
+        let replayed = |check: BindingCheck, trace: &mut Vec<TraceEntry>| {
+            match (&check.summary, &check.result) {
+                (None, _) | (Some(_), Ok(())) if cnf == "none" => {}
+                (Some(_), Err(e @ (BindingError::Required | BindingError::Unsupported { .. }))) => {
+                    trace.push(super::bind::cnf_entry(e));
+                }
+                (Some(summary), result) => {
+                    let mut entry =
+                        TraceEntry::step(Step::Token, "token.cnf", "bound", result.is_ok());
+                    entry.detail = Some(match result {
+                        Err(e) => format!("{e} (replayed)"),
+                        Ok(()) => {
+                            format!("binding `{}` {} (replayed)", summary.method, summary.result)
+                        }
+                    });
+                    trace.push(entry);
+                }
+                (None, _) => {}
+            }
+            Ok(check)
         };
-        if !same {
-            return Err(NotReplayable(format!(
-                "service `{}` checks sender-constrained tokens with other settings (`token.binding`, `token.dpop.window`) than the decision was made with; the client certificate and DPoP proof are not kept",
-                service.name
-            )));
-        }
-        let Some(b) = &self.binding else {
-            return Ok(BindingCheck::default());
-        };
-        let mut entry = TraceEntry::step(Step::Token, "token.cnf", "bound", b.refused.is_none());
-        entry.detail = Some(match &b.refused {
-            Some(e) => format!("{e} (replayed)"),
-            None => "the binding held (replayed)".into(),
-        });
-        trace.push(entry);
-        Ok(BindingCheck {
+        let as_recorded = |b: &RecordedBinding| BindingCheck {
             summary: b.summary.clone(),
             result: b.refused.clone().map_or(Ok(()), Err),
             proof: None,
-        })
+        };
+        let settled = |method: &'static str, result: Result<(), BindingError>| BindingCheck {
+            summary: Some(TokenBinding {
+                method: method.into(),
+                result: match &result {
+                    Ok(()) => "unbound".into(),
+                    Err(e) => e.code().into(),
+                },
+            }),
+            result,
+            proof: None,
+        };
+        match recorded {
+            Some(b) if b.mode == policy.mode && b.window == policy.dpop_window => {
+                return replayed(as_recorded(b), trace);
+            }
+            None if policy.mode == BindingMode::None => return Ok(BindingCheck::default()),
+            _ => {}
+        }
+        let not_kept = || {
+            Err(NotReplayable(format!(
+                "service `{}` checks the token's binding (`cnf` {cnf}) with other settings (`token.binding`, `token.dpop.window`) than the decision was made with; the client certificate and DPoP proof are not kept",
+                service.name
+            )))
+        };
+        if dpop_scheme {
+            return not_kept();
+        }
+        match (policy.mode, cnf) {
+            (BindingMode::None, _) => Ok(BindingCheck::default()),
+            (BindingMode::Required, "none") => {
+                replayed(settled("none", Err(BindingError::Required)), trace)
+            }
+            (_, "none") => replayed(settled("none", Ok(())), trace),
+            (_, "unsupported") => {
+                let refused = (recorded.and_then(|b| b.refused.clone())).unwrap_or(
+                    BindingError::Unsupported {
+                        member: "(not kept)".into(),
+                    },
+                );
+                replayed(settled("unsupported", Err(refused)), trace)
+            }
+            // A bound token is checked alike under `allowed` and `required`; the window
+            // matters only to a DPoP proof.
+            _ => match recorded {
+                Some(b)
+                    if b.mode != BindingMode::None
+                        && (b.window == policy.dpop_window || !cnf.contains("jkt")) =>
+                {
+                    replayed(as_recorded(b), trace)
+                }
+                _ => not_kept(),
+            },
+        }
     }
 }
 

@@ -103,6 +103,20 @@ pub fn confirmation(token: &VerifiedToken) -> Result<Confirmation<'_>, BindingEr
     Ok(found)
 }
 
+/// What the token's `cnf` names, as the token summary and replay inputs write it: `none`,
+/// `x5t#S256`, `jkt`, `x5t#S256+jkt`, or `unsupported`.
+pub fn kind(token: &VerifiedToken) -> &'static str {
+    match confirmation(token) {
+        Err(_) => "unsupported",
+        Ok(c) => match (c.x5t_s256.is_some(), c.jkt.is_some()) {
+            (true, true) => "x5t#S256+jkt",
+            (true, false) => "x5t#S256",
+            (false, true) => "jkt",
+            (false, false) => "none",
+        },
+    }
+}
+
 /// Which binding was checked, and how it ended: the decision's token summary shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingMethod {
