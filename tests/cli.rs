@@ -159,6 +159,46 @@ fn broken_policies() -> Vec<Broken> {
             "is not a duration",
         ),
         broken(
+            "an unknown token binding",
+            vec![(
+                "a.yaml",
+                base.replace("  algorithms", "  binding: sometimes\n  algorithms"),
+            )],
+            "a.yaml",
+            6,
+            "unknown `token.binding` `sometimes`",
+        ),
+        broken(
+            "a DPoP window of zero",
+            vec![(
+                "a.yaml",
+                base.replace("  algorithms", "  dpop: { window: 0s }\n  algorithms"),
+            )],
+            "a.yaml",
+            6,
+            "`token.dpop.window` is zero",
+        ),
+        broken(
+            "a DPoP window over ten minutes",
+            vec![(
+                "a.yaml",
+                base.replace("  algorithms", "  dpop: { window: 11m }\n  algorithms"),
+            )],
+            "a.yaml",
+            6,
+            "longer than 10m",
+        ),
+        broken(
+            "a misspelt DPoP setting",
+            vec![(
+                "a.yaml",
+                base.replace("  algorithms", "  dpop: { windw: 60s }\n  algorithms"),
+            )],
+            "a.yaml",
+            6,
+            "unknown key `windw` in `token.dpop`",
+        ),
+        broken(
             "a missing key file",
             vec![(
                 "a.yaml",

@@ -130,11 +130,11 @@ fn decode_binding(
     }
     if let Some(node) = dpop {
         let map = errs.map(node, "`token.dpop`", DPOP_KEYS)?;
-        if let Some(window) = map.get("window") {
-            let window = errs.duration(window, "`token.dpop.window`", MAX_DPOP_WINDOW)?;
+        if let Some(node) = map.get("window") {
+            let window = errs.duration(node, "`token.dpop.window`", MAX_DPOP_WINDOW)?;
             if window.is_zero() {
                 errs.push(
-                    map.pos,
+                    node.pos,
                     ErrorKind::InvalidValue,
                     "`token.dpop.window` is zero: no proof could be accepted",
                     "use a few seconds at least, e.g. `60s` (the default)",
