@@ -11,7 +11,12 @@ use base64::Engine as _;
 pub const MAX_CERT_TEXT: usize = 32 * 1024;
 
 /// Certificates whose thumbprint is kept by default.
-pub const DEFAULT_THUMBPRINT_CAPACITY: usize = 4_096;
+pub const DEFAULT_THUMBPRINT_CAPACITY: usize = 1_024;
+
+/// Longest certificate text kept in the cache: one URL-encoded PEM certificate fits (about
+/// 2 KiB for EC, 3 KiB for RSA 2048); longer texts (chains) are hashed each time, so that
+/// the cache stays within 8 MiB.
+const MAX_CACHED_TEXT: usize = 8 * 1024;
 
 /// A SHA-256 certificate thumbprint.
 pub type Thumbprint = [u8; 32];
@@ -105,6 +110,9 @@ impl ThumbprintCache {
             return Ok(entry.thumbprint);
         }
         let thumbprint = thumbprint(&certificate_der(text)?);
+        if text.len() > MAX_CACHED_TEXT {
+            return Ok(thumbprint);
+        }
         self.entries.insert(
             hash,
             Arc::new(Entry {

@@ -278,3 +278,121 @@ fn proof_key(pem: &[u8]) -> Result<(jsonwebtoken::EncodingKey, Algorithm, Jwk), 
     jwk.common.key_algorithm = None;
     Ok((encoding, alg, jwk))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://api.test/x";
+
+    fn key_pem() -> String {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem()
+    }
+
+    fn request<'a>(url_matches: &'a dyn Fn(&str) -> bool) -> ProofRequest<'a> {
+        ProofRequest {
+            method: "GET",
+            url_matches,
+            access_token: "tok",
+            now: 1_000,
+            window: 60,
+        }
+    }
+
+    /// `proof` with its header replaced by `header` (the signature then no longer fits,
+    /// which the checks before the signature must not need).
+    fn with_header(proof: &str, header: serde_json::Value) -> String {
+        let (_, rest) = proof.split_once('.').unwrap();
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string());
+        format!("{encoded}.{rest}")
+    }
+
+    #[test]
+    fn a_proof_made_with_a_key_verifies_and_names_that_keys_thumbprint() {
+        let pem = key_pem();
+        let proof = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "j1").unwrap();
+        let matches = |htu: &str| htu == URL;
+        let checked = verify_proof(&proof, &request(&matches)).unwrap();
+        assert_eq!(checked.jkt, key_thumbprint(pem.as_bytes()).unwrap());
+        assert_eq!((checked.jti.as_str(), checked.iat), ("j1", 1_000));
+        // Another token's hash, another time.
+        let other = sign_proof(pem.as_bytes(), "GET", URL, "other", 1_000, "j2").unwrap();
+        assert_eq!(
+            verify_proof(&other, &request(&matches)),
+            Err(BindingError::DpopTokenHashMismatch)
+        );
+        let old = sign_proof(pem.as_bytes(), "GET", URL, "tok", 900, "j3").unwrap();
+        assert!(matches!(
+            verify_proof(&old, &request(&matches)),
+            Err(BindingError::DpopStale { iat: 900, .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_headers_are_refused_before_any_signature_check() {
+        let pem = key_pem();
+        let proof = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "j").unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(proof.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let jwk = header["jwk"].clone();
+        let matches = |_: &str| true;
+        for (what, bad) in [
+            (
+                "crit",
+                serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "crit": ["x"]}),
+            ),
+            (
+                "a P-256 key for ES384",
+                serde_json::json!({"typ": "dpop+jwt", "alg": "ES384", "jwk": jwk}),
+            ),
+            (
+                "no jwk",
+                serde_json::json!({"typ": "dpop+jwt", "alg": "ES256"}),
+            ),
+            (
+                "RS256 with an EC key",
+                serde_json::json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": jwk}),
+            ),
+            (
+                "an unknown alg",
+                serde_json::json!({"typ": "dpop+jwt", "alg": "XS256", "jwk": jwk}),
+            ),
+        ] {
+            let err = verify_proof(&with_header(&proof, bad), &request(&matches)).unwrap_err();
+            assert_eq!(err.code(), "DPOP_PROOF_INVALID", "{what}: {err}");
+        }
+        for garbage in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.??.**",
+            &"A".repeat(MAX_PROOF_LEN + 1),
+        ] {
+            assert_eq!(
+                verify_proof(garbage, &request(&matches))
+                    .unwrap_err()
+                    .code(),
+                "DPOP_PROOF_INVALID",
+                "{garbage:.20}"
+            );
+        }
+    }
+
+    #[test]
+    fn exactly_one_dpop_header_is_taken() {
+        assert_eq!(extract_proof(&[]), Err(BindingError::DpopProofRequired));
+        assert_eq!(extract_proof(&[("DPoP", " a.b.c ")]), Ok("a.b.c"));
+        for two in [
+            &[("dpop", "a.b.c"), ("DPOP", "d.e.f")][..],
+            &[("dpop", "a.b.c, d.e.f")][..],
+        ] {
+            assert_eq!(extract_proof(two).unwrap_err().code(), "DPOP_PROOF_INVALID");
+        }
+    }
+}

@@ -767,10 +767,15 @@
     const known = {
       sub: 'Subject', clientId: 'Client id', iss: 'Issuer', aud: 'Audience', exp: 'Expires',
       kid: 'Key id', alg: 'Algorithm', delegated: 'Issued to a user',
+      binding: 'Sender binding',
     };
     const show = (value) => {
       if (value === null || value === undefined) return null;
       if (typeof value === 'boolean') return value ? 'yes' : 'no (client credentials)';
+      // A binding check: which confirmation method (certificate, DPoP key) and how it ended.
+      if (value && typeof value.method === 'string' && typeof value.result === 'string') {
+        return value.method === 'none' ? `none (${value.result})` : `${value.method}: ${value.result}`;
+      }
       if (Array.isArray(value)) return value.map(String).join(', ');
       if (typeof value === 'object') return el('code', null, JSON.stringify(value));
       return String(value);
