@@ -15,7 +15,12 @@ use crate::token::TokenError;
 pub(super) enum Denial {
     BadUrl(UrlError),
     NoService,
-    Token(TokenError),
+    /// A refused token; `dpop` when it came as `Authorization: DPoP`, whose challenge is
+    /// then `DPoP` too (RFC 9449 §7.1).
+    Token {
+        error: TokenError,
+        dpop: bool,
+    },
     NoOperation {
         path: String,
         status: u16,
@@ -72,12 +77,13 @@ impl Denial {
                 }],
                 format!("No API server defines policy for the URL \"{url}\"."),
             ),
-            Denial::Token(e) => {
-                let mut challenge = format!("{} realm=\"{realm}\"", e.challenge_scheme());
+            Denial::Token { error: e, dpop } => {
+                let scheme = if dpop { "DPoP" } else { e.challenge_scheme() };
+                let mut challenge = format!("{scheme} realm=\"{realm}\"");
                 if let Some(error) = e.oauth_error() {
                     challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", e.description()));
                 }
-                if e.challenge_scheme() == "DPoP" {
+                if scheme == "DPoP" {
                     challenge.push_str(&format!(", algs=\"{}\"", crate::token::dpop::PROOF_ALGORITHM_NAMES));
                 }
                 decision.headers.push("www-authenticate", challenge);

@@ -59,6 +59,8 @@ struct Progress<'p> {
     bound: Option<RecordedBinding>,
     /// A DPoP proof this engine saw first, for the caller to check against other replicas.
     proof: Option<ProofSeen>,
+    /// The token came as `Authorization: DPoP`.
+    dpop_scheme: bool,
 }
 
 /// A DPoP proof id this engine's replay cache saw for the first time, and until when it
@@ -125,7 +127,11 @@ impl PendingDecision {
             bound.refused = Some(error.clone());
             bound.summary = summary;
         }
-        Denial::Token(TokenError::Binding(error)).render(decision);
+        Denial::Token {
+            error: TokenError::Binding(error),
+            dpop: true,
+        }
+        .render(decision);
         self.limit = None;
         self.proof = None;
     }
@@ -371,6 +377,7 @@ impl Engine {
             unreplayable: None,
             bound: None,
             proof: None,
+            dpop_scheme: false,
         };
         let verdict = catch_unwind(AssertUnwindSafe(|| {
             self.run(policies, request, credentials, now, &mut progress)
@@ -518,7 +525,12 @@ impl Engine {
             progress,
         ) {
             Ok(token) => token,
-            Err(e) => return Err(Denial::Token(e)),
+            Err(error) => {
+                return Err(Denial::Token {
+                    error,
+                    dpop: progress.dpop_scheme,
+                });
+            }
         };
         if progress.unreplayable.is_some() {
             // Replaying, and the record cannot tell: the caller reports why, not this deny.
@@ -639,6 +651,7 @@ fn authenticate(
             token::extract_credentials(request.headers, accept_dpop)
                 .map_err(|e| (e, true))
                 .and_then(|(raw, scheme)| {
+                    progress.dpop_scheme = scheme == token::Scheme::Dpop;
                     token::verify_signature_cached(raw, &service.token, cache, now)
                         .map(|(verified, cached)| {
                             let how = if cached { " (cached)" } else { "" };
