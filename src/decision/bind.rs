@@ -15,7 +15,7 @@ use crate::token::binding::{
     BindingError, BindingMethod, BindingMode, b64url, check_certificate, confirmation,
 };
 use crate::token::cert::ThumbprintCache;
-use crate::token::dpop::{ProofRequest, extract_proof, verify_proof};
+use crate::token::dpop::{ProofKeys, ProofRequest, extract_proof, verify_proof};
 use crate::token::replay::{ReplayCache, Seen};
 use crate::token::{Scheme, VerifiedToken};
 use crate::trace_entry::{Step, TraceEntry};
@@ -24,6 +24,7 @@ use crate::trace_entry::{Step, TraceEntry};
 #[derive(Debug, Default)]
 pub(super) struct BindingCaches {
     pub(super) thumbprints: ThumbprintCache,
+    pub(super) proof_keys: ProofKeys,
     pub(super) replays: ReplayCache,
 }
 
@@ -214,6 +215,7 @@ fn check_proof(
             now,
             window,
         },
+        &caches.proof_keys,
     )?;
     entry.actual = Some(Value::from(checked.jkt.as_str()));
     let Some(jkt) = jkt else {

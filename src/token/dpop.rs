@@ -2,7 +2,10 @@
 //! key it carries, and its claims (`htm`, `htu`, `iat`, `ath`, `jti`). Pure: the caller
 //! passes the clock and how to compare URLs, and keeps the replay cache.
 
+use std::borrow::Cow;
+use std::hash::BuildHasher;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
@@ -87,6 +90,20 @@ fn b64(part: &str) -> Result<Vec<u8>, BindingError> {
         .map_err(|_| invalid("a part of the proof is not base64url"))
 }
 
+/// The claims of a proof; others are ignored.
+#[derive(serde::Deserialize)]
+struct ProofClaims<'a> {
+    #[serde(borrow)]
+    htm: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    htu: Option<Cow<'a, str>>,
+    iat: Option<serde_json::Number>,
+    #[serde(borrow)]
+    ath: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    jti: Option<Cow<'a, str>>,
+}
+
 #[derive(serde::Deserialize)]
 struct ProofHeader {
     typ: Option<String>,
@@ -119,22 +136,72 @@ fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
     }
 }
 
-/// Verifies `proof` for `request`: its form, its signature by its own `jwk`, `htm`, `htu`,
-/// `iat` and `ath`, in that order.
-///
-/// Fails with the first rule broken, each with its own detail code.
-pub fn verify_proof(proof: &str, request: &ProofRequest<'_>) -> Result<CheckedProof, BindingError> {
-    if proof.len() > MAX_PROOF_LEN {
-        return Err(invalid("the proof is longer than 8 KiB"));
+/// Proof keys read by default: one per DPoP client seen lately.
+pub const DEFAULT_PROOF_KEY_CAPACITY: usize = 1_024;
+
+/// Longest proof header kept in the cache (one EC or Ed25519 key fits in a few hundred
+/// bytes, an RSA 4096 key in under 1.5 KiB): the cache stays within 2 MiB of headers.
+const MAX_CACHED_HEADER: usize = 2 * 1024;
+
+/// What a proof's header says, read and checked: the algorithm, the public key it carries
+/// and that key's RFC 7638 thumbprint.
+struct ProofKey {
+    header: Box<str>,
+    alg: Algorithm,
+    key: jsonwebtoken::DecodingKey,
+    jkt: String,
+}
+
+/// The proof headers seen lately, found by a seeded hash of their text and compared in full.
+/// A client signs every proof with one key and writes the same header each time, so its
+/// JSON, JWK and thumbprint are read once, not per request; the signature is still checked
+/// on every proof.
+pub struct ProofKeys {
+    entries: quick_cache::sync::Cache<u64, Arc<ProofKey>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for ProofKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProofKeys")
+            .field("len", &self.entries.len())
+            .finish()
     }
-    let mut parts = proof.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid(
-            "a proof is a signed JWT of three dot-separated parts",
-        ));
-    };
+}
+
+impl Default for ProofKeys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PROOF_KEY_CAPACITY)
+    }
+}
+
+impl ProofKeys {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The key of header `header_b64`, read now or earlier.
+    fn get(&self, header_b64: &str) -> Result<Arc<ProofKey>, BindingError> {
+        let hash = self.hasher.hash_one(header_b64);
+        if let Some(found) = self.entries.get(&hash)
+            && *found.header == *header_b64
+        {
+            return Ok(found);
+        }
+        let read = Arc::new(read_header(header_b64)?);
+        if header_b64.len() <= MAX_CACHED_HEADER {
+            self.entries.insert(hash, read.clone());
+        }
+        Ok(read)
+    }
+}
+
+/// Reads and checks a proof header: `typ`, no `crit`, an asymmetric `alg`, and a public
+/// `jwk` of the kind `alg` signs with.
+fn read_header(header_b64: &str) -> Result<ProofKey, BindingError> {
     let header: ProofHeader = serde_json::from_slice(&b64(header_b64)?)
         .map_err(|_| invalid("the proof's header is not a JSON object"))?;
     if header.typ.as_deref() != Some("dpop+jwt") {
@@ -170,34 +237,64 @@ pub fn verify_proof(proof: &str, request: &ProofRequest<'_>) -> Result<CheckedPr
     }
     let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
         .map_err(|_| invalid("the proof's `jwk` is not a public key this server reads"))?;
+    let jkt = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| invalid("the proof's `jwk` has no thumbprint"))?;
+    Ok(ProofKey {
+        header: header_b64.into(),
+        alg,
+        key,
+        jkt,
+    })
+}
+
+/// Verifies `proof` for `request`: its form, its signature by its own `jwk` (read through
+/// `keys`), `htm`, `htu`, `iat` and `ath`, in that order.
+///
+/// Fails with the first rule broken, each with its own detail code.
+pub fn verify_proof(
+    proof: &str,
+    request: &ProofRequest<'_>,
+    keys: &ProofKeys,
+) -> Result<CheckedProof, BindingError> {
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(invalid("the proof is longer than 8 KiB"));
+    }
+    let mut parts = proof.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(
+            "a proof is a signed JWT of three dot-separated parts",
+        ));
+    };
+    let read = keys.get(header_b64)?;
     let message = &proof.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    if !jsonwebtoken::crypto::verify(signature_b64, message, &key, alg).unwrap_or(false) {
+    if !jsonwebtoken::crypto::verify(signature_b64, message, &read.key, read.alg).unwrap_or(false) {
         return Err(invalid(
             "the proof's signature does not verify with its `jwk`",
         ));
     }
-    let jkt = jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|_| invalid("the proof's `jwk` has no thumbprint"))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&b64(payload_b64)?)
-        .map_err(|_| invalid("the proof's payload is not a JSON object"))?;
-    let text = |name: &str| claims.get(name).and_then(Value::as_str);
-    let htm = text("htm").ok_or(invalid("the proof has no `htm` (method) claim"))?;
+    let jkt = read.jkt.clone();
+    let payload = b64(payload_b64)?;
+    let claims: ProofClaims<'_> = serde_json::from_slice(&payload).map_err(|_| {
+        invalid("the proof's payload is not a JSON object of DPoP claims (strings `htm`, `htu`, `ath`, `jti`, each once; a number `iat`)")
+    })?;
+    let htm = (claims.htm.as_deref()).ok_or(invalid("the proof has no `htm` (method) claim"))?;
     if htm != request.method {
         return Err(BindingError::DpopMethodMismatch {
             htm: htm.chars().take(32).collect(),
         });
     }
-    let htu = text("htu").ok_or(invalid("the proof has no `htu` (URL) claim"))?;
+    let htu = (claims.htu.as_deref()).ok_or(invalid("the proof has no `htu` (URL) claim"))?;
     let htu_bare = htu.split(['?', '#']).next().unwrap_or_default();
     if !(request.url_matches)(htu_bare) {
         return Err(BindingError::DpopUrlMismatch {
             htu: htu_bare.chars().take(256).collect(),
         });
     }
-    let iat = claims
-        .get("iat")
-        .and_then(Value::as_f64)
+    let iat = (claims.iat.as_ref())
+        .and_then(serde_json::Number::as_f64)
         .filter(|f| f.is_finite() && f.abs() < 1e15)
         .ok_or(invalid("the proof has no numeric `iat` claim"))? as i64;
     if (request.now - iat).abs() > request.window {
@@ -206,7 +303,7 @@ pub fn verify_proof(proof: &str, request: &ProofRequest<'_>) -> Result<CheckedPr
             window: request.window,
         });
     }
-    let ath = text("ath").ok_or(BindingError::DpopTokenHashMismatch)?;
+    let ath = (claims.ath.as_deref()).ok_or(BindingError::DpopTokenHashMismatch)?;
     let digest =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request.access_token.as_bytes());
     let mut want = [0u8; 32];
@@ -218,7 +315,7 @@ pub fn verify_proof(proof: &str, request: &ProofRequest<'_>) -> Result<CheckedPr
     if !ath_ok {
         return Err(BindingError::DpopTokenHashMismatch);
     }
-    let jti = text("jti")
+    let jti = (claims.jti.as_deref())
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(invalid("the proof has no `jti` of 1 to 256 characters"))?;
     Ok(CheckedProof {
@@ -314,18 +411,18 @@ mod tests {
         let pem = key_pem();
         let proof = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "j1").unwrap();
         let matches = |htu: &str| htu == URL;
-        let checked = verify_proof(&proof, &request(&matches)).unwrap();
+        let checked = verify_proof(&proof, &request(&matches), &ProofKeys::default()).unwrap();
         assert_eq!(checked.jkt, key_thumbprint(pem.as_bytes()).unwrap());
         assert_eq!((checked.jti.as_str(), checked.iat), ("j1", 1_000));
         // Another token's hash, another time.
         let other = sign_proof(pem.as_bytes(), "GET", URL, "other", 1_000, "j2").unwrap();
         assert_eq!(
-            verify_proof(&other, &request(&matches)),
+            verify_proof(&other, &request(&matches), &ProofKeys::default()),
             Err(BindingError::DpopTokenHashMismatch)
         );
         let old = sign_proof(pem.as_bytes(), "GET", URL, "tok", 900, "j3").unwrap();
         assert!(matches!(
-            verify_proof(&old, &request(&matches)),
+            verify_proof(&old, &request(&matches), &ProofKeys::default()),
             Err(BindingError::DpopStale { iat: 900, .. })
         ));
     }
@@ -364,7 +461,12 @@ mod tests {
                 serde_json::json!({"typ": "dpop+jwt", "alg": "XS256", "jwk": jwk}),
             ),
         ] {
-            let err = verify_proof(&with_header(&proof, bad), &request(&matches)).unwrap_err();
+            let err = verify_proof(
+                &with_header(&proof, bad),
+                &request(&matches),
+                &ProofKeys::default(),
+            )
+            .unwrap_err();
             assert_eq!(err.code(), "DPOP_PROOF_INVALID", "{what}: {err}");
         }
         for garbage in [
@@ -375,7 +477,7 @@ mod tests {
             &"A".repeat(MAX_PROOF_LEN + 1),
         ] {
             assert_eq!(
-                verify_proof(garbage, &request(&matches))
+                verify_proof(garbage, &request(&matches), &ProofKeys::default())
                     .unwrap_err()
                     .code(),
                 "DPOP_PROOF_INVALID",
