@@ -193,6 +193,7 @@ impl Engine {
             token: progress.token.as_deref().map(TokenSummary::of),
             trace: progress.trace,
             audit: String::new(),
+            trace_link: None,
             id,
         };
         match verdict {
@@ -243,6 +244,7 @@ impl Engine {
             token: None,
             trace: Vec::new(),
             audit: String::new(),
+            trace_link: None,
         };
         Denial::BadInput(input).render(&mut decision, None);
         decision.duration_micros = started.elapsed().as_micros() as u64;

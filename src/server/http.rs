@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::AppState;
-use crate::decision::{Decision, DecisionRequest, Outcome};
+use crate::decision::{Decision, DecisionRequest, Outcome, TraceLink};
 use crate::trace::{DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT};
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -193,6 +193,8 @@ struct ListQuery {
     limit: Option<String>,
     /// Free text: a case-insensitive part of the URL, service, operation, subject or id.
     q: Option<String>,
+    #[serde(rename = "traceId")]
+    trace_id: Option<String>,
 }
 
 /// A query parameter of the decisions API that cannot be used: (parameter, message).
@@ -247,6 +249,18 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             }
         },
     };
+    let trace_id = match q.trace_id.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match TraceLink::parse_trace_id(s) {
+            Some(id) => Some(id),
+            None => {
+                return Err(bad(
+                    "traceId",
+                    format!("`traceId` must be a W3C trace id (32 hex digits), not `{s}`"),
+                ));
+            }
+        },
+    };
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     Ok((
         DecisionFilter {
@@ -256,6 +270,7 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             subject: non_empty(q.subject),
             since_millis,
             text: non_empty(q.q),
+            trace_id,
         },
         limit,
     ))

@@ -113,11 +113,30 @@ pub fn install_json(
     sink: impl Write + Send + 'static,
     filter: tracing_subscriber::EnvFilter,
 ) -> LogGuard {
+    install_json_with(sink, filter, None)
+}
+
+/// [`install_json`], and decisions' spans exported through `telemetry` when it is given.
+/// The log never shows those spans, whatever `filter` says.
+pub fn install_json_with(
+    sink: impl Write + Send + 'static,
+    filter: tracing_subscriber::EnvFilter,
+    telemetry: Option<&super::otel::Telemetry>,
+) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter::FilterExt as _};
     let (buffer, guard) = start(sink);
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(buffer.clone())
-        .with_env_filter(filter)
+    let not_spans =
+        tracing_subscriber::filter::filter_fn(|meta| meta.target() != super::otel::TARGET);
+    tracing_subscriber::registry()
+        .with(telemetry.map(|t| t.layer()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(buffer.clone())
+                .with_filter(filter.and(not_spans)),
+        )
         .init();
     if tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO) {
         let _ = AUDIT_BUFFER.set(buffer);

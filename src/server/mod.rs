@@ -11,6 +11,7 @@ mod http;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod otel;
 pub mod reload;
 pub mod shared;
 pub mod sideband;
@@ -73,6 +74,18 @@ pub struct ServerConfig {
     pub shared: SharedStores,
     /// The Sideband API's secrets; without them, `/sideband/*` answers 404.
     pub sideband: Option<sideband::SidebandConfig>,
+    /// What the decisions' spans and trace links need to know of the OTLP set-up.
+    pub tracing: TracingOptions,
+}
+
+/// The server's side of tracing; the OTLP exporter itself is the process' (see
+/// [`otel::Telemetry`]).
+#[derive(Debug, Clone, Default)]
+pub struct TracingOptions {
+    /// Denials' spans are exported even when their parent was not sampled.
+    pub always_sample_denials: bool,
+    /// A trace UI's address with `{traceId}` in it, which the web page links trace ids to.
+    pub trace_ui_url: Option<String>,
 }
 
 /// Which state replicas share through Redis.
@@ -143,6 +156,7 @@ impl ServerConfig {
             panic_marker: None,
             shared: SharedStores::default(),
             sideband: None,
+            tracing: TracingOptions::default(),
         }
     }
 }
@@ -172,6 +186,7 @@ pub struct AppState {
     pub(crate) sideband: Option<Arc<sideband::SidebandSecrets>>,
     /// Largest body of a Sideband API call.
     pub(crate) sideband_max_body: usize,
+    pub(crate) tracing: TracingOptions,
 }
 
 /// A listing of recent decisions, and whether the shared store could be read.
@@ -248,6 +263,7 @@ impl AppState {
             shared_limits,
             sideband,
             sideband_max_body: config.transport.max_sideband_body_bytes,
+            tracing: config.tracing.clone(),
         })
     }
 
@@ -294,14 +310,58 @@ impl AppState {
     ///
     /// A token whose key id the service's remote key set lacks makes the key set be fetched
     /// again (rate-limited); if that brings new keys, the request is decided again.
+    ///
+    /// The trace context comes from the request's headers; see [`decide_traced`](Self::decide_traced).
     pub async fn decide(&self, request: &DecisionRequest<'_>, transport: &'static str) -> Decision {
+        self.decide_traced(request, transport, &[]).await
+    }
+
+    /// [`decide`](Self::decide), in the trace whose context `metadata` (the call's own
+    /// metadata, such as gRPC's) or else the request's headers carry; a malformed context is
+    /// ignored. The decision is one `decide` span there when spans are exported.
+    pub async fn decide_traced(
+        &self,
+        request: &DecisionRequest<'_>,
+        transport: &'static str,
+        metadata: &[(&str, &str)],
+    ) -> Decision {
+        use tracing::Instrument as _;
+        let parent = otel::incoming(metadata, request.headers);
+        let span = otel::decide_span(request, transport, parent.as_ref());
+        if span.is_disabled() {
+            return self
+                .decide_in(request, transport, parent.as_ref(), &span)
+                .await;
+        }
+        self.decide_in(request, transport, parent.as_ref(), &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn decide_in(
+        &self,
+        request: &DecisionRequest<'_>,
+        transport: &'static str,
+        parent: Option<&opentelemetry::trace::SpanContext>,
+        span: &tracing::Span,
+    ) -> Decision {
+        use tracing::Instrument as _;
         let started = Instant::now();
         let mut pending =
             self.engine
                 .decide_pending(&self.policies.load(), request, SystemTime::now());
         if pending.decision().detail_code() == Some("UNKNOWN_KEY")
             && let Some(location) = self.remote_location(pending.decision().service.as_deref())
-            && self.keys.refetch_for_unknown_key(&location).await
+            && self
+                .keys
+                .refetch_for_unknown_key(&location)
+                .instrument(tracing::info_span!(
+                    target: otel::TARGET,
+                    "jwks fetch",
+                    otel.kind = "client",
+                    "url.full" = %otel::redact_query(&location.to_string())
+                ))
+                .await
         {
             pending = self
                 .engine
@@ -311,10 +371,12 @@ impl AppState {
             Some(check) => Some(self.count_request(check).await),
             None => None,
         };
-        let decision = pending.finish(count);
+        let mut decision = pending.finish(count);
         if decision.detail_code() == Some("INTERNAL_ERROR") {
             self.metrics.count_panic();
         }
+        decision.trace_link =
+            otel::finish(span, &decision, parent, self.tracing.always_sample_denials);
         self.settle(&decision, transport, started);
         decision
     }
@@ -329,9 +391,18 @@ impl AppState {
         transport: &'static str,
     ) -> Decision {
         let started = Instant::now();
-        let decision =
+        let parent = otel::incoming(&[], request.headers);
+        let span = otel::decide_span(request, transport, parent.as_ref());
+        let _entered = span.enter();
+        let mut decision =
             self.engine
                 .refuse_input(&self.policies.load(), request, input, SystemTime::now());
+        decision.trace_link = otel::finish(
+            &span,
+            &decision,
+            parent.as_ref(),
+            self.tracing.always_sample_denials,
+        );
         self.settle(&decision, transport, started);
         decision
     }
@@ -351,11 +422,21 @@ impl AppState {
     /// process' counters when Redis does not answer in time), else locally.
     async fn count_request(&self, check: &crate::ratelimit::LimitCheck) -> crate::ratelimit::Count {
         use crate::ratelimit::CountedBy;
+        use tracing::Instrument as _;
         let now = crate::time::unix_millis(SystemTime::now()).max(0) as u64;
         let local = self.engine.local_limits();
         let count = match &self.shared_limits {
             None => local.hit(check, now, CountedBy::Local),
-            Some(shared) => match shared.hit(check, now).await {
+            Some(shared) => match shared
+                .hit(check, now)
+                .instrument(tracing::info_span!(
+                    target: otel::TARGET,
+                    "redis rate limit",
+                    otel.kind = "client",
+                    "db.system.name" = "redis"
+                ))
+                .await
+            {
                 Ok(count) => count,
                 Err(_) => local.hit(check, now, CountedBy::LocalFallback),
             },

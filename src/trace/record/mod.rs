@@ -26,7 +26,7 @@ use serde_json::Value;
 use self::audit::Audit;
 pub use self::cap::MAX_RECORD_BYTES;
 pub(super) use self::interner::Interner;
-use crate::decision::{Outcome, Step, TraceEntry};
+use crate::decision::{Outcome, Step, TraceEntry, TraceLink};
 
 /// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
 const ARC_HEADER: usize = 2 * size_of::<usize>();
@@ -80,6 +80,8 @@ pub struct StoredDecision {
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
     audit: Audit,
+    /// Kept inline: two numbers, cheaper than a pointer to them.
+    pub(super) trace_link: Option<TraceLink>,
 }
 
 /// The status the upstream answered with, reported after the record was made (the Sideband

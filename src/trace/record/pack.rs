@@ -206,6 +206,7 @@ impl StoredDecision {
             token: d.token.as_ref().map(|t| p.token(t)),
             trace: p.slice(trace),
             audit,
+            trace_link: d.trace_link,
         };
         #[cfg(debug_assertions)]
         assert!(
@@ -292,6 +293,7 @@ impl StoredDecision {
             }),
             trace: self.trace.iter().map(StoredEntry::unpack).collect(),
             audit: self.audit.text(&self.url, id),
+            trace_link: self.trace_link,
         }
     }
 }
