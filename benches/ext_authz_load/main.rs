@@ -57,6 +57,7 @@ mod report;
 mod requests;
 mod settings;
 mod targets;
+mod tracing;
 
 #[path = "../support/redis_server.rs"]
 mod redis_server;
@@ -190,7 +191,7 @@ fn main() {
     .map(|(label, addr, target, call, _)| (label, addr, target, call))
     .collect();
 
-    let (grpc_runs, http_runs, envoy_runs) = runtime.block_on(async {
+    let (grpc_runs, http_runs, envoy_runs, tracing_runs) = runtime.block_on(async {
         // Portcullis first: its answers are checked and its token cache warmed, and while the
         // checking connection is open, its socket options are read for the ceiling to copy.
         let client = AuthorizationClient::new(connect(servers.portcullis).await);
@@ -263,8 +264,13 @@ fn main() {
                 http_runs.push((target, run));
             }
         }
+        let tracing_runs = if wanted("tracing") {
+            tracing::tracing_runs(&settings, &mix, &probes, ticks).await
+        } else {
+            Vec::new()
+        };
         let envoy_runs = through_envoy(&settings, &servers, &tokens, ticks).await;
-        (runs, http_runs, envoy_runs)
+        (runs, http_runs, envoy_runs, tracing_runs)
     });
 
     report(
@@ -275,6 +281,7 @@ fn main() {
         &http_runs,
         &envoy_runs,
     );
+    report::tracing_report(&tracing_runs);
 
     drop(runtime);
     drop(servers);
@@ -284,6 +291,7 @@ fn main() {
         .map(|(_, r)| r)
         .chain(http_runs.iter().map(|(_, r)| r))
         .chain(&envoy_runs)
+        .chain(tracing_runs.iter().map(|r| &r.measurement))
         .filter(|r| r.errors > 0 || r.wrong > 0)
         .map(|r| {
             format!(

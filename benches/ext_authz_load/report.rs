@@ -221,3 +221,49 @@ fn cpu_per_call<'a>(runs: impl Iterator<Item = &'a Measurement>) {
         );
     }
 }
+
+/// The tracing comparison (issue 20): throughput and CPU per call against tracing off, and
+/// the issue's targets (100% sampling ≥ 80% of off, 1% ≥ 95%).
+pub(crate) fn tracing_report(runs: &[crate::tracing::TracingRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "\nTracing (issue 20): `portcullis serve` processes on the gRPC mix, spans exported \
+         over OTLP gRPC to a receiver in the bench"
+    );
+    println!("{}", table_header("setup"));
+    for run in runs {
+        println!("{}", run.measurement.row());
+    }
+    println!("\nCPU in the measured window (cores busy), CPU per call, spans received:");
+    for run in runs {
+        let m = &run.measurement;
+        let calls = m.histogram.len().max(1) as f64;
+        println!(
+            "  {:<34} {}; µs of CPU per call: server {:.1}; spans received {} (warm-up included)",
+            m.label,
+            m.cores,
+            m.server_cpu * 1e6 / calls,
+            run.spans
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    // Each round's three runs: off, 100%, 1%.
+    for round in runs.chunks(3) {
+        if let [off, full, one] = round {
+            let (off, full, one) = (&off.measurement, &full.measurement, &one.measurement);
+            let ratio = |m: &Measurement| m.rate() / off.rate().max(1.0);
+            println!(
+                "\n  100% sampling: {:.1}% of tracing-off throughput (target ≥ 80%: {})",
+                ratio(full) * 100.0,
+                verdict(ratio(full) >= 0.8)
+            );
+            println!(
+                "  1% sampling:   {:.1}% of tracing-off throughput (target ≥ 95%: {})",
+                ratio(one) * 100.0,
+                verdict(ratio(one) >= 0.95)
+            );
+        }
+    }
+}

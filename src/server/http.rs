@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/decisions/{id}", get(get_decision))
+        .route("/v1/overview", get(overview))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -314,6 +315,36 @@ async fn get_decision(State(state): State<Arc<AppState>>, Path(id): Path<String>
             ),
         ),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct OverviewQuery {
+    seconds: Option<String>,
+}
+
+/// The web page's overview: decisions per second, the rules and services that deny most,
+/// the latency distribution (see `super::overview`), and the trace UI to link trace ids to.
+async fn overview(State(state): State<Arc<AppState>>, Query(q): Query<OverviewQuery>) -> Response {
+    let max = super::overview::WINDOW_SECONDS;
+    let seconds = match q.seconds.as_deref().filter(|s| !s.is_empty()) {
+        None => 300,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    "seconds",
+                    format!("`seconds` must be a number from 1 to {max}, not `{s}`"),
+                );
+            }
+        },
+    };
+    let now = crate::time::unix_millis(std::time::SystemTime::now()).div_euclid(1000);
+    let snapshot = state.overview.snapshot(now, seconds, 10);
+    let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+    body["traceUiUrl"] = json!(state.tracing.trace_ui_url);
+    json_response(StatusCode::OK, body.to_string())
 }
 
 async fn healthz() -> &'static str {

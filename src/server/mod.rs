@@ -12,6 +12,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod otel;
+pub mod overview;
 pub mod reload;
 pub mod shared;
 pub mod sideband;
@@ -187,6 +188,8 @@ pub struct AppState {
     /// Largest body of a Sideband API call.
     pub(crate) sideband_max_body: usize,
     pub(crate) tracing: TracingOptions,
+    /// Decisions per second of the last minutes, for the web page's overview.
+    pub overview: overview::Overview,
 }
 
 /// A listing of recent decisions, and whether the shared store could be read.
@@ -264,6 +267,7 @@ impl AppState {
             sideband,
             sideband_max_body: config.transport.max_sideband_body_bytes,
             tracing: config.tracing.clone(),
+            overview: overview::Overview::default(),
         })
     }
 
@@ -413,8 +417,12 @@ impl AppState {
         if let Some(shared) = &self.shared_decisions {
             shared.record(record);
         }
+        let elapsed = started.elapsed();
         self.metrics
-            .observe(decision, transport, started.elapsed().as_secs_f64());
+            .observe(decision, transport, elapsed.as_secs_f64());
+        let second = crate::time::unix_millis(SystemTime::now()).div_euclid(1000);
+        self.overview
+            .record(decision, second, elapsed.as_micros() as u64);
         audit::write(decision, transport);
     }
 
