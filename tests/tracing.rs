@@ -679,6 +679,20 @@ async fn spans_go_over_http_protobuf_when_asked() {
         "--otlp-service-name",
         "pdp-eu",
     ]);
+    // The URL alone says so too, through the standard variables.
+    let by_url = Server::start_with_env(
+        &support::fixtures().join("policies"),
+        &["--jwks-start-timeout", "0s"],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("{}/v1/traces", receiver.url()),
+            ),
+            ("OTEL_SERVICE_NAME", "pdp-us"),
+        ],
+    );
+    let (_, id) = authorize(&by_url, ITEM, &[]).await;
+    assert_eq!(receiver.decide_span(&id).await.service, "pdp-us");
     let t = trace_id(30);
     let (_, id) = authorize(
         &server,
@@ -845,4 +859,50 @@ async fn a_call_through_envoy_is_one_trace_with_the_decision_inside_envoys_ext_a
     assert_eq!(kept["traceId"], trace.as_str());
     assert_eq!(kept["spanId"], decide.id().as_str());
     assert_eq!(listed(&server, &format!("traceId={trace}")).await, vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sideband_calls_headers_carry_its_trace_context() {
+    let receiver = Receiver::grpc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("sideband.secrets");
+    std::fs::write(&secrets, "kit-secret-0123456789abcdef\n").unwrap();
+    let server = portcullis(&[
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--sideband-secret-file",
+        secrets.to_str().unwrap(),
+    ]);
+    let t = trace_id(40);
+    let body = serde_json::json!({
+        "source_ip": "10.0.0.7",
+        "source_port": "40000",
+        "method": "GET",
+        "url": "https://api.test:443/app/v1/items/7",
+        "headers": [{"host": "api.test"}, {"traceparent": traceparent(&t, "8888888888888888", true)}],
+        "http_version": "1.1",
+    });
+    let answer: Value = http()
+        .post(server.http_url("/sideband/request"))
+        .header("CLIENT-TOKEN", "kit-secret-0123456789abcdef")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let denial: Value =
+        serde_json::from_str(answer["response"]["body"].as_str().expect("a denial")).unwrap();
+    let id = denial["id"].as_str().unwrap();
+    let span = receiver.decide_span(id).await;
+    assert_eq!(
+        (span.trace(), span.parent()),
+        (t.clone(), "8888888888888888".into())
+    );
+    assert_eq!(
+        span.attr("portcullis.transport").as_deref(),
+        Some("sideband")
+    );
+    assert_eq!(record(&server, id).await["traceId"], t.as_str());
 }

@@ -97,14 +97,10 @@ pub(crate) struct ServeArgs {
     /// added when it has no path). Without it no span is exported.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// How spans reach the collector.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
-        value_enum,
-        default_value = "grpc"
-    )]
-    otlp_protocol: server::otel::Protocol,
+    /// How spans reach the collector. Default: `http/protobuf` when the endpoint's path
+    /// ends in `/v1/traces`, else `grpc`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum)]
+    otlp_protocol: Option<server::otel::Protocol>,
     /// The share of calls without a trace context whose traces are sampled (0 to 1); calls
     /// with one follow their parent's sampling flag.
     #[arg(long, env = "PORTCULLIS_OTLP_SAMPLE", default_value_t = 1.0)]
@@ -146,7 +142,9 @@ pub(crate) fn run(
         Some(endpoint) => Some(server::otel::Telemetry::start(
             &server::otel::OtlpConfig {
                 endpoint: endpoint.trim().to_owned(),
-                protocol: args.otlp_protocol,
+                protocol: args
+                    .otlp_protocol
+                    .unwrap_or_else(|| server::otel::Protocol::for_endpoint(endpoint.trim())),
                 sample_ratio: args.otlp_sample,
                 always_sample_denials: args.otlp_always_sample_denials,
                 service_name: args.otlp_service_name.clone(),

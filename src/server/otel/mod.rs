@@ -47,6 +47,19 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl Protocol {
+    /// The protocol an endpoint URL says: OTLP/HTTP's path for traces, `/v1/traces`, means
+    /// HTTP/protobuf; anything else gRPC.
+    pub fn for_endpoint(endpoint: &str) -> Self {
+        let path = endpoint.split(['?', '#']).next().unwrap_or("");
+        if path.trim_end_matches('/').ends_with("/v1/traces") {
+            Protocol::HttpProtobuf
+        } else {
+            Protocol::Grpc
+        }
+    }
+}
+
 /// Where and how decisions' spans are exported.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
@@ -309,6 +322,22 @@ pub(crate) fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_whose_path_is_otlp_https_says_http_protobuf() {
+        assert_eq!(
+            Protocol::for_endpoint("http://collector:4318/v1/traces"),
+            Protocol::HttpProtobuf
+        );
+        assert_eq!(
+            Protocol::for_endpoint("http://collector:4317"),
+            Protocol::Grpc
+        );
+        assert_eq!(
+            Protocol::for_endpoint("http://collector:4317/"),
+            Protocol::Grpc
+        );
+    }
 
     #[test]
     fn query_values_are_redacted_and_names_kept() {
