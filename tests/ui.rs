@@ -582,6 +582,102 @@ async fn a_decision_page_shows_what_the_upstream_answered_through_the_sideband_a
 }
 
 #[tokio::test]
+async fn a_decision_the_shadow_set_decided_differently_is_marked_with_both_traces_side_by_side() {
+    let Some(browser) = browser_or_skip().await else {
+        return;
+    };
+    let shadow = support::candidate(&[(
+        "    paths: [\"/leaderboard\"]\n",
+        "    paths: [\"/leaderboard\"]\n    rules:\n      - description: only players\n        groups: { anyOf: [players] }\n",
+    )]);
+    let server = Server::start(
+        &support::shipped(),
+        &["--shadow-policies", shadow.path().to_str().unwrap()],
+    );
+    let viewer = support::meme_game_token("user.1", &["viewers"]);
+    let url = "https://localhost:8443/meme-game/api/v1/leaderboard";
+    let differs = decide(&server, "GET", url, Some(&viewer)).await;
+    let agrees = decide(&server, "GET", url, None).await;
+
+    browser.goto(&server.http_url("/ui/?shadow=differs")).await;
+    let marked = browser
+        .wait_for(
+            "the decision the shadow set denied, marked in the list",
+            "const row = document.querySelector(`#decision-rows tr[data-id='${arguments[0]}']`);
+             return row && row.querySelector('.badge-shadow') && row.querySelector('.badge-shadow').textContent;",
+            json!([differs]),
+        )
+        .await;
+    assert_eq!(marked, "shadow: deny");
+    let listed = browser
+        .script(
+            "return [...document.querySelectorAll('#decision-rows tr[data-id]')].map(r => r.dataset.id)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        listed,
+        json!([differs]),
+        "only the decision that differs is listed"
+    );
+
+    browser
+        .goto(&server.http_url(&format!("/ui/decisions/{differs}")))
+        .await;
+    let columns = browser
+        .wait_for(
+            "the active and the shadow trace side by side",
+            "const cols = [...document.querySelectorAll('.shadow-compare .shadow-column')];
+             if (cols.length !== 2) return null;
+             return cols.map(c => ({
+               title: c.querySelector('h3').textContent,
+               verdict: c.querySelector('p').textContent,
+               rows: c.querySelectorAll('tbody tr').length,
+               decisive: [...c.querySelectorAll('tbody tr.decisive .rule-name')].map(e => e.textContent),
+             }));",
+            json!([]),
+        )
+        .await;
+    assert!(
+        columns[0]["title"].as_str().unwrap().starts_with("Active"),
+        "{columns}"
+    );
+    assert!(
+        columns[1]["title"].as_str().unwrap().starts_with("Shadow"),
+        "{columns}"
+    );
+    assert!(
+        columns[0]["verdict"].as_str().unwrap().contains("200"),
+        "{columns}"
+    );
+    assert!(
+        columns[1]["verdict"].as_str().unwrap().contains("403"),
+        "{columns}"
+    );
+    assert_eq!(columns[1]["decisive"], json!(["only players"]), "{columns}");
+    assert!(columns[0]["rows"].as_u64().unwrap() >= 3, "{columns}");
+
+    // A decision both sets agree on has no shadow section.
+    browser
+        .goto(&server.http_url(&format!("/ui/decisions/{agrees}")))
+        .await;
+    browser
+        .wait_for(
+            "the page of a decision both sets agree on",
+            "return document.querySelector('#pipeline-heading') !== null",
+            json!([]),
+        )
+        .await;
+    let shadow_section = browser
+        .script(
+            "return document.querySelector('#shadow-heading') !== null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shadow_section, json!(false));
+}
+
+#[tokio::test]
 async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser() {
     let Some(browser) = browser_or_skip().await else {
         return;
@@ -660,11 +756,13 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
     // The free-text filter narrows the list, and the address keeps the filter.
     let search = browser.element("#f-q").await;
     browser.send_keys(&search, &denied).await;
+    // A prefix of the id may already leave one row: wait for the whole id in the address too.
     browser
         .wait_for(
-            "only the denied row",
+            "only the denied row, for the whole id",
             "const ids = [...document.querySelectorAll('#decision-rows tr')].map(r => r.dataset.id);
-             return ids.length === 1 && ids[0] === arguments[0];",
+             return ids.length === 1 && ids[0] === arguments[0]
+                 && location.search === '?q=' + arguments[0];",
             json!([denied]),
         )
         .await;

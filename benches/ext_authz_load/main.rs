@@ -32,12 +32,15 @@
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
 //! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS`
-//! [`ceiling,replay,portcullis,redis,http-ceiling,authorize,sideband`] (e.g. `portcullis`
-//! alone under `perf record`), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
+//! [`ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband,tracing`] (e.g.
+//! `portcullis` alone under `perf record`; `shadow` is Portcullis deciding every request with
+//! a shadow set as large as the active one too, issue 19), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
 //! is compared with the memory store's; `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
-//! before answering (a busy wait), to see how throughput falls with work per call.
+//! before answering (a busy wait), to see how throughput falls with work per call;
+//! `LOAD_TRACING_BASELINE` [unset]: the path of another `portcullis` binary (e.g. built from
+//! the commit before tracing came) that the `tracing` target loads first in each round.
 //!
 //! The ceiling copies one transport setting from Portcullis at run time: whether the gRPC
 //! server sets `TCP_NODELAY` on the connections it accepts (read from Portcullis' own sockets
@@ -144,6 +147,11 @@ fn main() {
         ),
         ("Portcullis", Some(servers.portcullis), Target::Memory),
         (
+            "Portcullis with a shadow set",
+            Some(servers.portcullis_shadow),
+            Target::Shadow,
+        ),
+        (
             "Portcullis, Redis trace store",
             servers.portcullis_redis.as_ref().map(|(addr, _)| *addr),
             Target::Redis,
@@ -156,6 +164,7 @@ fn main() {
             Target::Replay => "replay",
             Target::Memory => "portcullis",
             Target::Redis => "redis",
+            Target::Shadow => "shadow",
         };
         let wanted = settings.targets.split(',').any(|t| t.trim() == name);
         Some((label, addr.filter(|_| wanted)?, target))
@@ -215,6 +224,7 @@ fn main() {
         if let Some((addr, _)) = &servers.portcullis_redis {
             verify(*addr, &probes, false).await;
         }
+        verify(servers.portcullis_shadow, &probes, false).await;
         for &(_, addr, target, call) in &http_targets {
             verify_http(addr, &probes, target, call).await;
         }

@@ -185,6 +185,8 @@ pub(crate) enum Target {
     Memory,
     /// Portcullis writing its decisions to Redis too.
     Redis,
+    /// Portcullis with a shadow set as large as the active one (the same policies).
+    Shadow,
 }
 
 pub(crate) struct Servers {
@@ -197,6 +199,8 @@ pub(crate) struct Servers {
     _secrets: tempfile::TempDir,
     /// Portcullis with the Redis trace store, if one was asked for.
     pub(crate) portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
+    /// Portcullis deciding every request with a shadow set too.
+    pub(crate) portcullis_shadow: SocketAddr,
     pub(crate) ceiling: SocketAddr,
     pub(crate) replay: SocketAddr,
     /// Portcullis' answers for [`Replay`], set by the first [`verify`] of Portcullis.
@@ -255,6 +259,19 @@ impl Servers {
                     let portcullis_task = tokio::spawn(bound.run(async {
                         let _ = p_stop_rx.await;
                     }));
+                    let mut config = ServerConfig::new(POLICY_DIR.into());
+                    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                    config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                    config.shutdown_grace = Duration::from_secs(2);
+                    config.shadow_policies = Some(POLICY_DIR.into());
+                    let bound = portcullis::server::bind(config)
+                        .await
+                        .unwrap_or_else(|e| panic!("Portcullis (shadow) does not start: {e}"));
+                    let shadow = bound.grpc_addr;
+                    let (s_stop_tx, s_stop_rx) = oneshot::channel::<()>();
+                    let shadow_task = tokio::spawn(bound.run(async {
+                        let _ = s_stop_rx.await;
+                    }));
                     let (r_stop_tx, r_stop_rx) = oneshot::channel::<()>();
                     let mut redis_task = None;
                     let mut with_redis = None;
@@ -289,7 +306,14 @@ impl Servers {
                         spawn_answering(replay_service, nodelay).await;
                     ready_tx
                         .send((
-                            [portcullis, portcullis_http, http_ceiling, ceiling, replay],
+                            [
+                                portcullis,
+                                portcullis_http,
+                                http_ceiling,
+                                ceiling,
+                                replay,
+                                shadow,
+                            ],
                             state,
                             with_redis,
                         ))
@@ -299,8 +323,10 @@ impl Servers {
                     let _ = c_stop_tx.send(());
                     let _ = rp_stop_tx.send(());
                     let _ = r_stop_tx.send(());
+                    let _ = s_stop_tx.send(());
                     let stopped = async {
                         let _ = portcullis_task.await;
+                        let _ = shadow_task.await;
                         let _ = ceiling_task.await;
                         let _ = replay_task.await;
                         if let Some(task) = redis_task {
@@ -317,16 +343,27 @@ impl Servers {
                 });
             })
             .expect("the servers' thread starts");
-        let ([portcullis, portcullis_http, http_ceiling, ceiling, replay], state, portcullis_redis) =
-            ready_rx
-                .recv_timeout(STARTUP)
-                .expect("the servers start within 30 s");
+        let (
+            [
+                portcullis,
+                portcullis_http,
+                http_ceiling,
+                ceiling,
+                replay,
+                portcullis_shadow,
+            ],
+            state,
+            portcullis_redis,
+        ) = ready_rx
+            .recv_timeout(STARTUP)
+            .expect("the servers start within 30 s");
         Self {
             portcullis,
             portcullis_http,
             http_ceiling,
             _secrets: secrets,
             portcullis_redis,
+            portcullis_shadow,
             ceiling,
             replay,
             answers,

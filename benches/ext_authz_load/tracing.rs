@@ -1,7 +1,9 @@
 //! The tracing comparison (issue 20): the real `portcullis serve` binary three times, with
 //! tracing off, with every decision's span exported (sampling 1.0) and with 1% exported, to
-//! an OTLP gRPC receiver in this process that counts what it gets. Each server is loaded with
-//! the same gRPC mix in turn, in the same run, its CPU read from `/proc/<pid>`.
+//! an OTLP gRPC receiver in this process that counts what it gets; with
+//! `LOAD_TRACING_BASELINE`, first another binary (the build before tracing) with no flags.
+//! Each server is loaded with the same gRPC mix in turn, in the same run, its CPU read from
+//! `/proc/<pid>`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -74,8 +76,8 @@ fn start_receiver() -> (SocketAddr, Arc<AtomicU64>) {
 struct Serve(Child, SocketAddr);
 
 impl Serve {
-    fn start(extra: &[String]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    fn start(binary: &str, extra: &[String]) -> Serve {
+        let mut child = Command::new(binary)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--policies", POLICY_DIR])
             .args([
@@ -123,8 +125,19 @@ impl Drop for Serve {
 
 /// One tracing run: its measurement, and the spans the receiver got during it.
 pub(crate) struct TracingRun {
+    pub(crate) setup: Setup,
     pub(crate) measurement: Measurement,
     pub(crate) spans: u64,
+}
+
+/// Which server a tracing run loaded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Setup {
+    /// `LOAD_TRACING_BASELINE`'s binary.
+    Baseline,
+    Off,
+    Full,
+    OnePercent,
 }
 
 /// The three set-ups in turn (each `settings.rounds` times), loaded as the gRPC targets are.
@@ -136,10 +149,22 @@ pub(crate) async fn tracing_runs(
 ) -> Vec<TracingRun> {
     let (receiver, received) = start_receiver();
     let endpoint = format!("http://{receiver}");
-    let setups: [(&str, Vec<String>); 3] = [
-        ("serve, tracing off", vec![]),
+    let this = env!("CARGO_BIN_EXE_portcullis").to_owned();
+    let mut setups: Vec<(Setup, &str, String, Vec<String>)> = Vec::new();
+    if let Some(baseline) = &settings.tracing_baseline {
+        setups.push((
+            Setup::Baseline,
+            "serve, build before tracing",
+            baseline.clone(),
+            vec![],
+        ));
+    }
+    setups.extend([
+        (Setup::Off, "serve, tracing off", this.clone(), vec![]),
         (
+            Setup::Full,
             "serve, tracing 100%",
+            this.clone(),
             vec![
                 "--otlp-endpoint".into(),
                 endpoint.clone(),
@@ -148,7 +173,9 @@ pub(crate) async fn tracing_runs(
             ],
         ),
         (
+            Setup::OnePercent,
             "serve, tracing 1%",
+            this,
             vec![
                 "--otlp-endpoint".into(),
                 endpoint.clone(),
@@ -156,16 +183,16 @@ pub(crate) async fn tracing_runs(
                 "0.01".into(),
             ],
         ),
-    ];
+    ]);
     let mut runs = Vec::new();
     for round in 1..=settings.rounds {
-        for (label, flags) in &setups {
+        for (setup, label, binary, flags) in &setups {
             let label = if settings.rounds > 1 {
                 format!("{label} (round {round})")
             } else {
                 (*label).to_owned()
             };
-            let server = Serve::start(flags);
+            let server = Serve::start(binary, flags);
             verify(server.1, probes, false).await;
             // What the checks exported is not the load's.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -184,7 +211,11 @@ pub(crate) async fn tracing_runs(
             tokio::time::sleep(Duration::from_secs(1)).await;
             let spans = received.load(Ordering::Relaxed) - before;
             eprintln!("  {}   [cores: {}]", measurement.row(), measurement.cores);
-            runs.push(TracingRun { measurement, spans });
+            runs.push(TracingRun {
+                setup: *setup,
+                measurement,
+                spans,
+            });
         }
     }
     runs

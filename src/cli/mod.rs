@@ -10,6 +10,7 @@ macro_rules! outln {
 
 mod check;
 mod decide;
+mod replay;
 mod schema;
 mod serve;
 mod test;
@@ -62,6 +63,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Decide on one request and print the decision as JSON; exit 0 allow, 1 deny.
     Decide(decide::DecideArgs),
+    /// Decide recorded decisions again with candidate policies and print what would change;
+    /// exit 1 when `--fail-on` kinds changed, 2 when the input cannot be used.
+    Replay(replay::ReplayArgs),
     /// Sign a development token that the example policies accept (local trial only).
     Token(token::TokenArgs),
     /// Run the test suites (`*.test.yaml`) beside the policies; exit 0 all pass, 1 any fail.
@@ -86,6 +90,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(&args, filter("info")),
         Command::Check { dir, flags } => check::run(&dir, &flags),
         Command::Decide(args) => decide::run(&args),
+        Command::Replay(args) => replay::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Schema => schema::run(),

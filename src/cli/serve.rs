@@ -15,6 +15,12 @@ pub(crate) struct ServeArgs {
     /// The policy directory.
     #[arg(long, env = "PORTCULLIS_POLICIES", default_value = "policies")]
     policies: PathBuf,
+    /// A second policy directory (a candidate change) that decides every request too,
+    /// without effect on the answer: decisions it would decide differently are marked
+    /// (`?shadow=differs`) and counted (`portcullis_shadow_decisions_total`). Reloaded like
+    /// the active set; one that does not compile is logged and never affects the answers.
+    #[arg(long, env = "PORTCULLIS_SHADOW_POLICIES")]
+    shadow_policies: Option<PathBuf>,
     /// Address of the gRPC listener (Envoy ext_authz, decision API, health, reflection).
     #[arg(
         long,
@@ -195,6 +201,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.jwks_start_timeout = args.jwks_start_timeout;
     config.jwks_refetch_interval = args.jwks_refetch_interval;
     config.transport = args.transport.config();
+    config.shadow_policies = args.shadow_policies.clone();
     config.admin_token = portcullis::server::admin::load_token(args.admin_token_file.as_deref())?;
     config.sideband =
         args.sideband_secret_file

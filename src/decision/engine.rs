@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 
 use super::denial::Denial;
+use super::replay::{NotReplayable, RecordedToken, ReplayInputs};
 use super::{
     Decision, DecisionRequest, Headers, InvalidInput, Outcome, RequestSummary, TokenSummary,
 };
@@ -22,6 +23,8 @@ use crate::trace_entry::{Step, TraceEntry};
 
 /// Longest URL kept in a decision; longer ones are cut with a marker.
 const MAX_SHOWN_URL: usize = 2048;
+/// The marker that ends a cut URL.
+const TRUNCATED: &str = "…[truncated]";
 
 /// The decision engine: the pipeline with its token cache. Shared by all requests.
 #[derive(Debug, Default)]
@@ -41,6 +44,20 @@ struct Progress<'p> {
     trace: Vec<TraceEntry>,
     /// The rate limit still to count, once the rules allowed.
     limit: Option<LimitCheck>,
+    /// A token refused before its claims were read, and whether it was refused before any
+    /// key was used (for the replay inputs).
+    refused: Option<(TokenError, bool)>,
+    /// Replaying: what stopped the pipeline because the record lacks it.
+    unreplayable: Option<NotReplayable>,
+}
+
+/// Where the pipeline's token comes from.
+#[derive(Clone, Copy)]
+enum Credentials<'a> {
+    /// The request's headers: the bearer token is read and verified.
+    Headers(&'a [(&'a str, &'a str)]),
+    /// A recorded decision's token facts and token summary (replay).
+    Recorded(Option<&'a RecordedToken>, Option<&'a TokenSummary>),
 }
 
 /// A decision whose rules allowed, with the operation's rate limit still to count; the caller
@@ -69,6 +86,9 @@ impl PendingDecision {
         let (Some(check), Some(count)) = (self.limit, count) else {
             return decision;
         };
+        if let Some(inputs) = &mut decision.inputs {
+            inputs.count = Some(count.count);
+        }
         let within = !count.exceeds(&check);
         let mut entry = TraceEntry::step(
             Step::Rule,
@@ -156,6 +176,124 @@ impl Engine {
         request: &DecisionRequest<'_>,
         now: SystemTime,
     ) -> PendingDecision {
+        self.decide_pending_recording(policies, None, request, now)
+    }
+
+    /// [`decide_pending`](Self::decide_pending), with replay inputs that also keep the claims
+    /// `also` (the shadow set) reads, so that its decisions can be replayed too.
+    pub fn decide_pending_recording(
+        &self,
+        policies: &PolicySet,
+        also: Option<&PolicySet>,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+    ) -> PendingDecision {
+        self.pipeline(
+            policies,
+            request,
+            Credentials::Headers(request.headers),
+            now,
+            |progress, decision| {
+                let token = progress.service.and_then(|service| {
+                    if let Some((error, unread)) = &progress.refused {
+                        return Some(RecordedToken::refused(service, error, *unread));
+                    }
+                    let also = also.and_then(|set| set.service(&service.name));
+                    (progress.token.as_deref()).map(|t| RecordedToken::verified(service, also, t))
+                });
+                let unreplayable = decision.request.url.ends_with(TRUNCATED).then(|| {
+                    format!("the URL was longer than {MAX_SHOWN_URL} bytes and is kept cut")
+                });
+                decision.inputs = Some(Box::new(ReplayInputs {
+                    at: unix_millis(now),
+                    token,
+                    count: None,
+                    unreplayable,
+                }));
+            },
+        )
+    }
+
+    /// The shadow set's decision on `request`: no replay inputs, and the active decision's
+    /// rate-limit `count` reused (a shadow set never counts), none meaning within the limit.
+    pub fn decide_shadow(
+        &self,
+        policies: &PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+        count: Option<Count>,
+    ) -> Decision {
+        let pending = self.pipeline(
+            policies,
+            request,
+            Credentials::Headers(request.headers),
+            now,
+            |_, _| {},
+        );
+        pending.finish(count)
+    }
+
+    /// Decides again, with `policies`, the request a recorded decision was made on, from
+    /// what its record kept: its request, time, token facts and rate-limit count (nothing is
+    /// counted). Fails when the answer depends on something the record does not keep.
+    pub fn replay(
+        &self,
+        policies: &PolicySet,
+        recorded: &Decision,
+    ) -> Result<Decision, NotReplayable> {
+        let Some(inputs) = recorded.inputs.as_deref() else {
+            return Err(NotReplayable(
+                "the record keeps no inputs (the interface could not read the request)".into(),
+            ));
+        };
+        if let Some(reason) = &inputs.unreplayable {
+            return Err(NotReplayable(reason.clone()));
+        }
+        let client = match recorded.request.client.as_deref().map(str::parse) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => {
+                return Err(NotReplayable(
+                    "the recorded client address is not an IP address".into(),
+                ));
+            }
+        };
+        let now = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(inputs.at).unwrap_or(0));
+        let request = DecisionRequest {
+            method: &recorded.request.method,
+            url: &recorded.request.url,
+            headers: &[],
+            client,
+        };
+        let mut unreplayable = None;
+        let pending = self.pipeline(
+            policies,
+            &request,
+            Credentials::Recorded(inputs.token.as_ref(), recorded.token.as_ref()),
+            now,
+            |progress, _| unreplayable = progress.unreplayable.take(),
+        );
+        if let Some(reason) = unreplayable {
+            return Err(reason);
+        }
+        let count = pending.limit().map(|_| Count {
+            count: inputs.count.unwrap_or(1),
+            millis_left: 0,
+            counted_by: CountedBy::Local,
+        });
+        Ok(pending.finish(count))
+    }
+
+    /// The pipeline, with `done` to see what it learned before the decision is returned.
+    fn pipeline<'p>(
+        &self,
+        policies: &'p PolicySet,
+        request: &DecisionRequest<'_>,
+        credentials: Credentials<'_>,
+        now: SystemTime,
+        done: impl FnOnce(&mut Progress<'p>, &mut Decision),
+    ) -> PendingDecision {
         let started = Instant::now();
         let id = ulid::Ulid::from_datetime(now).to_string();
         let shown_url = shown_url(request.url);
@@ -165,9 +303,11 @@ impl Engine {
             token: None,
             trace: Vec::with_capacity(8),
             limit: None,
+            refused: None,
+            unreplayable: None,
         };
         let verdict = catch_unwind(AssertUnwindSafe(|| {
-            self.run(policies, request, now, &mut progress)
+            self.run(policies, request, credentials, now, &mut progress)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(decision_id = %id, "panic while deciding; the request is denied");
@@ -191,9 +331,11 @@ impl Engine {
             upstream_headers: Headers::default(),
             body: None,
             token: progress.token.as_deref().map(TokenSummary::of),
-            trace: progress.trace,
+            trace: std::mem::take(&mut progress.trace),
             audit: String::new(),
             trace_link: None,
+            inputs: None,
+            shadow: None,
             id,
         };
         match verdict {
@@ -205,6 +347,7 @@ impl Engine {
             }
             Err(denial) => denial.render(&mut decision, progress.service),
         }
+        done(&mut progress, &mut decision);
         decision.duration_micros = started.elapsed().as_micros() as u64;
         PendingDecision {
             limit: progress.limit.filter(|_| decision.is_allowed()),
@@ -245,6 +388,8 @@ impl Engine {
             trace: Vec::new(),
             audit: String::new(),
             trace_link: None,
+            inputs: None,
+            shadow: None,
         };
         Denial::BadInput(input).render(&mut decision, None);
         decision.duration_micros = started.elapsed().as_micros() as u64;
@@ -255,6 +400,7 @@ impl Engine {
         &self,
         policies: &'p PolicySet,
         request: &DecisionRequest<'_>,
+        credentials: Credentials<'_>,
         now: SystemTime,
         progress: &mut Progress<'p>,
     ) -> Result<Headers, Denial> {
@@ -296,11 +442,20 @@ impl Engine {
         progress.trace.push(entry);
 
         // 2. Token.
-        let token = match authenticate(service, request, &self.tokens, unix_seconds(now), progress)
-        {
+        let token = match authenticate(
+            service,
+            credentials,
+            &self.tokens,
+            unix_seconds(now),
+            progress,
+        ) {
             Ok(token) => token,
             Err(e) => return Err(Denial::Token(e)),
         };
+        if progress.unreplayable.is_some() {
+            // Replaying, and the record cannot tell: the caller reports why, not this deny.
+            return Err(Denial::Internal);
+        }
 
         // 3. Operation.
         let found = match service
@@ -402,19 +557,48 @@ impl Engine {
 
 fn authenticate(
     service: &ApiService,
-    request: &DecisionRequest<'_>,
+    credentials: Credentials<'_>,
     cache: &TokenCache,
     now: i64,
     progress: &mut Progress<'_>,
 ) -> Result<Arc<VerifiedToken>, TokenError> {
-    let result = token::extract_bearer(request.headers).and_then(|raw| {
-        let (verified, cached) = token::verify_signature_cached(raw, &service.token, cache, now)?;
-        progress.token = Some(verified.clone());
-        token::check_claims(&verified, &service.token, now)?;
-        Ok((verified, cached))
-    });
+    let verified = match credentials {
+        Credentials::Headers(headers) => token::extract_bearer(headers)
+            .map_err(|e| (e, true))
+            .and_then(|raw| {
+                token::verify_signature_cached(raw, &service.token, cache, now)
+                    .map(|(verified, cached)| (verified, if cached { " (cached)" } else { "" }))
+                    .map_err(|e| (e, false))
+            }),
+        Credentials::Recorded(None, _) => {
+            progress.unreplayable = Some(NotReplayable(format!(
+                "the request now matches service `{}`, and the record keeps no token for it",
+                service.name
+            )));
+            return Err(TokenError::KeysUnavailable);
+        }
+        Credentials::Recorded(Some(recorded), summary) => match recorded.replay(service, summary) {
+            Ok(result) => result
+                .map(|verified| (verified, " (replayed)"))
+                .map_err(|e| (e, true)),
+            Err(reason) => {
+                progress.unreplayable = Some(reason);
+                return Err(TokenError::KeysUnavailable);
+            }
+        },
+    };
+    let result = match verified {
+        Ok((verified, how)) => {
+            progress.token = Some(verified.clone());
+            token::check_claims(&verified, &service.token, now).map(|()| (verified, how))
+        }
+        Err((e, unread)) => {
+            progress.refused = Some((e.clone(), unread));
+            Err(e)
+        }
+    };
     match result {
-        Ok((verified, cached)) => {
+        Ok((verified, how)) => {
             let mut entry =
                 TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
             let (by_key, kid) = match verified.kid.as_deref() {
@@ -425,7 +609,7 @@ fn authenticate(
                 "{:?} signature{by_key}{kid}{} verified{}; issuer, audience and validity period accepted",
                 verified.alg,
                 if by_key.is_empty() { "" } else { "`" },
-                if cached { " (cached)" } else { "" }
+                how
             ));
             progress.trace.push(entry);
             Ok(verified)
@@ -494,7 +678,7 @@ fn shown_url(url: &str) -> String {
     while !redacted.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}…[truncated]", &redacted[..cut])
+    format!("{}{TRUNCATED}", &redacted[..cut])
 }
 
 /// Methods are tokens; anything else is shown escaped and short.

@@ -5,6 +5,7 @@
 
 mod denial;
 mod engine;
+pub mod replay;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 pub use self::engine::{Engine, PendingDecision};
+pub use self::replay::{NotReplayable, ReplayInputs};
 use crate::time::format_unix;
 use crate::token::VerifiedToken;
 pub use crate::trace_entry::{Step, TraceEntry};
@@ -226,6 +228,39 @@ pub struct Decision {
     /// in (exported or not), else the trace of the span this decision exported, if any.
     #[serde(flatten)]
     pub trace_link: Option<TraceLink>,
+    /// What the decision was made on, for replay (see [`ReplayInputs`]); `None` for a request
+    /// an interface could not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<ReplayInputs>>,
+    /// The shadow set's decision, when it differs from this one (outcome, status or
+    /// decisive rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowDecision>>,
+}
+
+/// What the shadow policy set decided on the same request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowDecision {
+    pub outcome: Outcome,
+    pub status: u16,
+    /// The decisive rule or check (see [`Decision::decisive_rule`]).
+    pub rule: Option<String>,
+    pub policy_revision: Arc<str>,
+    pub trace: Vec<TraceEntry>,
+}
+
+impl ShadowDecision {
+    /// The shadow view of `decision`, the shadow set's own.
+    pub fn of(decision: Decision) -> Self {
+        Self {
+            outcome: decision.outcome,
+            status: decision.status,
+            rule: decision.decisive_rule().map(str::to_owned),
+            policy_revision: decision.policy_revision,
+            trace: decision.trace,
+        }
+    }
 }
 
 /// The W3C trace id of a decision's trace and, when Portcullis made a span for it, that
@@ -319,5 +354,17 @@ impl Decision {
     /// The rule or check that decided a denial.
     pub fn decisive(&self) -> Option<&TraceEntry> {
         self.trace.iter().find(|e| e.decisive)
+    }
+
+    /// The name of what decided a denial: its rule, or else the attribute its check read
+    /// (`token.exp`, `url`); `None` for an allow.
+    pub fn decisive_rule(&self) -> Option<&str> {
+        self.decisive()
+            .map(|e| e.rule.as_deref().unwrap_or(&e.attribute))
+    }
+
+    /// Whether `other` decided differently: another outcome, status or decisive rule.
+    pub fn differs_from(&self, outcome: Outcome, status: u16, rule: Option<&str>) -> bool {
+        self.outcome != outcome || self.status != status || self.decisive_rule() != rule
     }
 }

@@ -20,7 +20,7 @@ use crate::ratelimit::RateLimit;
 use crate::route::url::RequestUrl;
 use crate::route::{BaseMatch, BaseUrlIndex, OperationIndex, OperationLookup};
 use crate::rule::{AccessRule, ClaimNames, Template};
-use crate::token::TokenRequirements;
+use crate::token::{ClaimPath, TokenRequirements};
 
 /// Largest policy file read.
 pub const MAX_POLICY_FILE: u64 = 4 * 1024 * 1024;
@@ -64,6 +64,9 @@ pub struct ApiService {
     pub(crate) operation_index: OperationIndex,
     /// Status when a path is under the base URL but no operation matches (403 or 404).
     pub unmatched_status: u16,
+    /// The token claims its rules and upstream headers read, which a decision's record keeps
+    /// for replay; in name order.
+    pub recorded_claims: Box<[ClaimPath]>,
 }
 
 /// A validated, compiled, immutable set of services. Swapped whole on reload.

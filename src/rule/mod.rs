@@ -128,6 +128,31 @@ impl AccessRule {
     }
 }
 
+impl AccessRule {
+    /// Adds the token claims this rule reads (by path, as written) to `out`.
+    pub fn claims_read<'r>(&'r self, names: &'r ClaimNames, out: &mut Vec<&'r ClaimPath>) {
+        match &self.kind {
+            // `sub` is a field of the verified token; whether it is the client's own id is
+            // read from these two.
+            RuleKind::Delegated(_) | RuleKind::ClientIp(_) => {}
+            RuleKind::Groups { .. } => out.push(&names.groups),
+            RuleKind::Scopes { .. } => out.push(&names.scopes),
+            RuleKind::Claim { claim, test } => {
+                out.push(claim);
+                if let ClaimTest::Equals(t) | ClaimTest::Contains(t) = test {
+                    out.extend(t.claims());
+                }
+            }
+            RuleKind::Any(rules) | RuleKind::All(rules) => {
+                for rule in rules {
+                    rule.claims_read(names, out);
+                }
+            }
+            RuleKind::Not(rule) => rule.claims_read(names, out),
+        }
+    }
+}
+
 /// The claims a service reads groups and scopes from.
 #[derive(Debug, Clone)]
 pub struct ClaimNames {

@@ -91,6 +91,14 @@ impl Template {
         }
     }
 
+    /// The claims the template reads.
+    pub fn claims(&self) -> impl Iterator<Item = &ClaimPath> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Claim(claim) => Some(claim),
+            _ => None,
+        })
+    }
+
     pub fn path_params(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::PathParam(name) => Some(&**name),

@@ -58,6 +58,13 @@ fn trace_entry(e: &TraceEntry) -> proto::TraceEntry {
     }
 }
 
+fn outcome_to_pb(outcome: Outcome) -> proto::Outcome {
+    match outcome {
+        Outcome::Allow => proto::Outcome::Allow,
+        Outcome::Deny => proto::Outcome::Deny,
+    }
+}
+
 pub fn decision_to_pb(d: &Decision) -> proto::Decision {
     proto::Decision {
         id: d.id.clone(),
@@ -71,10 +78,7 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
             url: d.request.url.clone(),
             client: d.request.client.clone().unwrap_or_default(),
         }),
-        outcome: match d.outcome {
-            Outcome::Allow => proto::Outcome::Allow,
-            Outcome::Deny => proto::Outcome::Deny,
-        } as i32,
+        outcome: outcome_to_pb(d.outcome) as i32,
         status: u32::from(d.status),
         headers: d
             .headers
@@ -116,6 +120,13 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
         upstream_status: d.upstream_status.map_or(0, u32::from),
         trace_id: d.trace_link.map(|l| l.trace_hex()).unwrap_or_default(),
         span_id: d.trace_link.and_then(|l| l.span_hex()).unwrap_or_default(),
+        shadow: d.shadow.as_deref().map(|s| proto::ShadowDecision {
+            outcome: outcome_to_pb(s.outcome) as i32,
+            status: u32::from(s.status),
+            rule: s.rule.clone().unwrap_or_default(),
+            policy_revision: s.policy_revision.to_string(),
+            trace: s.trace.iter().map(trace_entry).collect(),
+        }),
     }
 }
 

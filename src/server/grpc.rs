@@ -75,6 +75,11 @@ fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, St
         status,
         subject: Some(request.subject.clone()).filter(|s| !s.is_empty()),
         since_millis,
+        until_millis: request
+            .until
+            .as_ref()
+            .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)),
+        shadow_differs: request.shadow_differs,
         text: None,
         trace_id,
     })

@@ -196,6 +196,12 @@ struct ListQuery {
     q: Option<String>,
     #[serde(rename = "traceId")]
     trace_id: Option<String>,
+    /// `differs`: only decisions the shadow policy set decided differently.
+    shadow: Option<String>,
+    /// Only decisions before this time (RFC 3339, or Unix milliseconds): the paging cursor.
+    until: Option<String>,
+    /// `json` (the default, one object) or `ndjson` (one decision a line).
+    format: Option<String>,
 }
 
 /// A query parameter of the decisions API that cannot be used: (parameter, message).
@@ -238,6 +244,29 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             }
         },
     };
+    let until_millis = match q.until.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match (s.parse::<i64>(), humantime::parse_rfc3339_weak(s)) {
+            (Ok(millis), _) => Some(millis),
+            (_, Ok(t)) => Some(crate::time::unix_millis(t)),
+            _ => {
+                return Err(bad(
+                    "until",
+                    format!("`until` must be an RFC 3339 time or Unix milliseconds, not `{s}`"),
+                ));
+            }
+        },
+    };
+    let shadow_differs = match q.shadow.as_deref().filter(|s| !s.is_empty()) {
+        None => false,
+        Some("differs") => true,
+        Some(s) => {
+            return Err(bad(
+                "shadow",
+                format!("`shadow` can only be `differs`, not `{s}`"),
+            ));
+        }
+    };
     let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
         None => DEFAULT_LIST_LIMIT,
         Some(s) => match s.parse::<usize>() {
@@ -270,6 +299,8 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             status,
             subject: non_empty(q.subject),
             since_millis,
+            until_millis,
+            shadow_differs,
             text: non_empty(q.q),
             trace_id,
         },
@@ -281,6 +312,18 @@ async fn list_decisions(
     State(state): State<Arc<AppState>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
+    let ndjson = match q.format.as_deref().filter(|s| !s.is_empty()) {
+        None | Some("json") => false,
+        Some("ndjson") => true,
+        Some(other) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "format",
+                format!("`format` must be `json` or `ndjson`, not `{other}`"),
+            );
+        }
+    };
     let (filter, limit) = match parse_list_query(q) {
         Ok(parsed) => parsed,
         Err((target, message)) => {
@@ -289,6 +332,26 @@ async fn list_decisions(
     };
     let listing = state.list_decisions(&filter, limit).await;
     let decisions: Vec<Decision> = listing.decisions.iter().map(|d| d.decision()).collect();
+    if ndjson {
+        let mut body = String::with_capacity(decisions.len() * 2048);
+        for d in &decisions {
+            body.push_str(&serde_json::to_string(d).unwrap_or_default());
+            body.push('\n');
+        }
+        let mut response = (StatusCode::OK, body).into_response();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        // Said in a header, as the body is only decisions.
+        if listing.shared == Some(false) {
+            response.headers_mut().insert(
+                "x-shared-store",
+                http::HeaderValue::from_static("unavailable"),
+            );
+        }
+        return response;
+    }
     let body = match listing.shared {
         // Said in the answer, so that a short list is not mistaken for all there is.
         Some(false) => json!({ "decisions": decisions, "sharedStore": "unavailable" }),

@@ -20,6 +20,15 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    service: String,
+    active: &'static str,
+    shadow: &'static str,
+    /// `true` when the two differ in outcome, status or decisive rule.
+    differs: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RevisionLabels {
     revision: String,
 }
@@ -62,6 +71,7 @@ pub struct Metrics {
     rate_limit_counts: Family<CountedByLabels, Counter>,
     log_lines_dropped: Counter,
     spans_dropped: Counter,
+    shadow_decisions: Family<ShadowLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,8 +225,15 @@ impl Metrics {
             "Decision spans not exported: the export queue was full or the collector failed",
             spans_dropped.clone(),
         );
+        let shadow_decisions = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_decisions",
+            "Decisions of the shadow policy set, by service, the active and the shadow outcome, and whether they differ (outcome, status or decisive rule)",
+            shadow_decisions.clone(),
+        );
         Self {
             spans_dropped,
+            shadow_decisions,
             registry,
             shared_records,
             shared_up,
@@ -239,6 +256,18 @@ impl Metrics {
     }
 
     /// Counts a decision and its latency; `transport` is `ext_authz`, `grpc` or `http`.
+    /// Counts the shadow set's decision on a request `active` decided.
+    pub fn observe_shadow(&self, active: &Decision, shadow: &Decision, differs: bool) {
+        self.shadow_decisions
+            .get_or_create(&ShadowLabels {
+                service: active.service.as_deref().unwrap_or("").to_owned(),
+                active: active.outcome.as_str(),
+                shadow: shadow.outcome.as_str(),
+                differs,
+            })
+            .inc();
+    }
+
     pub fn observe(&self, decision: &Decision, transport: &'static str, seconds: f64) {
         self.decisions
             .get_or_create(&DecisionLabels {

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub shared: SharedStores,
     /// The Sideband API's secrets; without them, `/sideband/*` answers 404.
     pub sideband: Option<sideband::SidebandConfig>,
+    /// A second policy directory every request is also decided by, without effect on the
+    /// answer; a decision records the shadow set's when the two differ.
+    pub shadow_policies: Option<PathBuf>,
     /// What the decisions' spans and trace links need to know of the OTLP set-up.
     pub tracing: TracingOptions,
 }
@@ -158,6 +161,7 @@ impl ServerConfig {
             shared: SharedStores::default(),
             sideband: None,
             tracing: TracingOptions::default(),
+            shadow_policies: None,
         }
     }
 }
@@ -166,6 +170,10 @@ impl ServerConfig {
 #[derive(Debug)]
 pub struct AppState {
     policies: ArcSwap<PolicySet>,
+    /// The shadow set, once one compiled.
+    shadow: arc_swap::ArcSwapOption<PolicySet>,
+    /// What the last loads of the shadow set found.
+    shadow_status: std::sync::Mutex<reload::ReloadStatus>,
     engine: Engine,
     pub store: TraceStore,
     pub metrics: Arc<Metrics>,
@@ -242,6 +250,8 @@ impl AppState {
         metrics.count_reload("success", loaded);
         Ok(Self {
             policies: ArcSwap::from_pointee(policies),
+            shadow: arc_swap::ArcSwapOption::empty(),
+            shadow_status: std::sync::Mutex::new(reload::ReloadStatus::default()),
             engine: match &config.panic_marker {
                 Some(marker) => Engine::new(config.token_cache_capacity).with_panic_marker(marker),
                 None => Engine::new(config.token_cache_capacity),
@@ -351,9 +361,14 @@ impl AppState {
     ) -> Decision {
         use tracing::Instrument as _;
         let started = Instant::now();
-        let mut pending =
-            self.engine
-                .decide_pending(&self.policies.load(), request, SystemTime::now());
+        let shadow = self.shadow.load_full();
+        let mut now = SystemTime::now();
+        let mut pending = self.engine.decide_pending_recording(
+            &self.policies.load(),
+            shadow.as_deref(),
+            request,
+            now,
+        );
         if pending.decision().detail_code() == Some("UNKNOWN_KEY")
             && let Some(location) = self.remote_location(pending.decision().service.as_deref())
             && self
@@ -367,9 +382,13 @@ impl AppState {
                 ))
                 .await
         {
-            pending = self
-                .engine
-                .decide_pending(&self.policies.load(), request, SystemTime::now());
+            now = SystemTime::now();
+            pending = self.engine.decide_pending_recording(
+                &self.policies.load(),
+                shadow.as_deref(),
+                request,
+                now,
+            );
         }
         let count = match pending.limit() {
             Some(check) => Some(self.count_request(check).await),
@@ -379,10 +398,36 @@ impl AppState {
         if decision.detail_code() == Some("INTERNAL_ERROR") {
             self.metrics.count_panic();
         }
+        if let Some(shadow) = shadow {
+            self.decide_shadow(&mut decision, &shadow, request, now, count);
+        }
         decision.trace_link =
             otel::finish(span, &decision, parent, self.tracing.always_sample_denials);
         self.settle(&decision, transport, started);
         decision
+    }
+
+    /// Decides `request` with the shadow set too, counts how it compares with `decision`,
+    /// and keeps the shadow decision in `decision` when they differ.
+    fn decide_shadow(
+        &self,
+        decision: &mut Decision,
+        shadow: &PolicySet,
+        request: &DecisionRequest<'_>,
+        now: SystemTime,
+        count: Option<crate::ratelimit::Count>,
+    ) {
+        let theirs = self.engine.decide_shadow(shadow, request, now, count);
+        let differs = decision.differs_from(theirs.outcome, theirs.status, theirs.decisive_rule());
+        self.metrics.observe_shadow(decision, &theirs, differs);
+        if differs {
+            decision.shadow = Some(Box::new(crate::decision::ShadowDecision::of(theirs)));
+        }
+    }
+
+    /// The shadow policy set, if one is loaded.
+    pub fn shadow_policies(&self) -> Option<Arc<PolicySet>> {
+        self.shadow.load_full()
     }
 
     /// Denies a request that `transport` could not read well enough to decide on (400
@@ -566,6 +611,10 @@ pub async fn bind(mut config: ServerConfig) -> Result<BoundServer, BindError> {
         .await
         .map_err(|e| BindError::Listen(config.http_listen, e))?;
     let mut state = AppState::new(policies, &config, Arc::new(fetchers))?;
+    if let Some(dir) = &config.shadow_policies {
+        // A shadow set that does not compile is reported, and never stops the server.
+        state.reload_shadow(dir, &config.policy_options);
+    }
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| BindError::Listen(config.grpc_listen, e))?;
@@ -656,9 +705,22 @@ impl BoundServer {
                 options: self.config.policy_options.clone(),
                 events: self.config.watch_events,
                 poll: self.config.reload_poll,
+                slot: reload::PolicySlot::Active,
             },
         ));
         let _abort_watcher = AbortOnDrop(watcher);
+        let _abort_shadow_watcher = self.config.shadow_policies.clone().map(|dir| {
+            AbortOnDrop(tokio::spawn(reload::watch(
+                self.state.clone(),
+                reload::WatchConfig {
+                    dir,
+                    options: self.config.policy_options.clone(),
+                    events: self.config.watch_events,
+                    poll: self.config.reload_poll,
+                    slot: reload::PolicySlot::Shadow,
+                },
+            )))
+        });
         let _abort_secrets = self
             .state
             .sideband

@@ -34,6 +34,16 @@ pub struct ReloadFailure {
     pub errors: Vec<String>,
 }
 
+impl ReloadFailure {
+    fn now(revision: &Arc<str>, errors: &crate::policy::PolicyErrors) -> Self {
+        Self {
+            revision: revision.clone(),
+            at_millis: unix_millis(),
+            errors: errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -91,11 +101,7 @@ impl AppState {
                 }
                 let count = errors.0.len();
                 let mut status = self.reload_status.lock().unwrap_or_else(|p| p.into_inner());
-                status.failure = Some(ReloadFailure {
-                    revision: revision.clone(),
-                    at_millis: unix_millis(),
-                    errors: errors.0.iter().map(ToString::to_string).collect(),
-                });
+                status.failure = Some(ReloadFailure::now(&revision, &errors));
                 ReloadResult::Failed {
                     revision,
                     errors: count,
@@ -105,6 +111,61 @@ impl AppState {
         self.metrics
             .count_reload(result.label(), self.reload_status().last_success_millis);
         result
+    }
+
+    /// Reads and compiles the shadow policy directory; swaps the new set in if it compiles.
+    /// A failure is logged and kept in [`shadow_status`](Self::shadow_status); the last
+    /// shadow set that compiled (or none) goes on, and the active set is never touched.
+    pub fn reload_shadow(&self, dir: &Path, options: &PolicyOptions) -> ReloadResult {
+        let (sources, problems) = read_sources(dir);
+        let mut status = self.shadow_status.lock().unwrap_or_else(|p| p.into_inner());
+        match compile_read(dir, &sources, problems, options) {
+            Ok(set) => {
+                status.last_success_millis = unix_millis();
+                status.failure = None;
+                let from = self.shadow.load().as_ref().map(|s| s.revision().clone());
+                if from.as_ref() == Some(set.revision()) {
+                    return ReloadResult::Unchanged;
+                }
+                let to = set.revision().clone();
+                self.shadow.store(Some(Arc::new(set)));
+                self.keys.start_new(&self.metrics);
+                tracing::info!(to = %to, "shadow policies loaded");
+                ReloadResult::Changed {
+                    from: from.unwrap_or_else(|| "".into()),
+                    to,
+                }
+            }
+            Err(errors) => {
+                let revision = sources_revision(&sources);
+                for e in &errors.0 {
+                    tracing::error!(revision = %revision, "shadow policies do not compile; the last good shadow set (if any) goes on: {e}");
+                }
+                status.failure = Some(ReloadFailure::now(&revision, &errors));
+                ReloadResult::Failed {
+                    revision,
+                    errors: errors.0.len(),
+                }
+            }
+        }
+    }
+
+    /// What the last loads of the shadow set found.
+    pub fn shadow_status(&self) -> ReloadStatus {
+        self.shadow_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The files the set in `slot` was compiled from (none for a shadow set not loaded).
+    fn inputs_of(&self, slot: PolicySlot) -> Vec<PathBuf> {
+        match slot {
+            PolicySlot::Active => self.policies().inputs().to_vec(),
+            PolicySlot::Shadow => (self.shadow.load().as_ref())
+                .map(|s| s.inputs().to_vec())
+                .unwrap_or_default(),
+        }
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
@@ -165,10 +226,20 @@ fn watch_targets(dir: &Path, inputs: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)
     targets
 }
 
-/// How the policy directory is watched.
+/// Which policy set a directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySlot {
+    /// The set that decides.
+    Active,
+    /// The set every request is also decided by, without effect (`--shadow-policies`).
+    Shadow,
+}
+
+/// How a policy directory is watched.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub dir: PathBuf,
+    pub slot: PolicySlot,
     pub options: PolicyOptions,
     /// File events (notify); when off, only SIGHUP and polling reload.
     pub events: bool,
@@ -184,6 +255,17 @@ impl AppState {
         dir: &Path,
         options: &PolicyOptions,
     ) -> ReloadResult {
+        self.reload_slot_in_background(PolicySlot::Active, dir, options)
+            .await
+    }
+
+    /// [`reload_in_background`](Self::reload_in_background) for the set in `slot`.
+    pub async fn reload_slot_in_background(
+        self: &Arc<Self>,
+        slot: PolicySlot,
+        dir: &Path,
+        options: &PolicyOptions,
+    ) -> ReloadResult {
         let (state, dir, options) = (self.clone(), dir.to_path_buf(), options.clone());
         let runtime = tokio::runtime::Handle::try_current().ok();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -193,7 +275,10 @@ impl AppState {
                 lower_priority();
                 // Fetch tasks for new remote key sets are started on the server's runtime.
                 let _entered = runtime.as_ref().map(|r| r.enter());
-                let _ = tx.send(state.reload(&dir, &options));
+                let _ = tx.send(match slot {
+                    PolicySlot::Active => state.reload(&dir, &options),
+                    PolicySlot::Shadow => state.reload_shadow(&dir, &options),
+                });
             });
         let failed = |why: String| {
             tracing::error!("policy reload failed to run: {why}");
@@ -251,7 +336,7 @@ pub async fn watch(state: Arc<AppState>, config: WatchConfig) {
         }
         Some(watcher)
     };
-    let mut inputs = state.policies().inputs().to_vec();
+    let mut inputs = state.inputs_of(config.slot);
     let mut _watcher = make_watcher(&inputs);
     let mut last_print = fingerprint(&config.dir, &inputs);
     let mut hangup = hangup_signal();
@@ -276,9 +361,9 @@ pub async fn watch(state: Arc<AppState>, config: WatchConfig) {
             }
         }
         let result = state
-            .reload_in_background(&config.dir, &config.options)
+            .reload_slot_in_background(config.slot, &config.dir, &config.options)
             .await;
-        let new_inputs = state.policies().inputs().to_vec();
+        let new_inputs = state.inputs_of(config.slot);
         if new_inputs != inputs {
             inputs = new_inputs;
             _watcher = make_watcher(&inputs);

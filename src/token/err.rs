@@ -1,12 +1,21 @@
 //! Why a bearer token was refused: one variant per cause, each knowing its detail code, its
 //! RFC 6750 `error_description` and a message that says how to fix it.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::time::format_unix;
 
-/// A refused bearer token. Messages never contain the token itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A refused bearer token. Messages never contain the token itself. Serialised in a record's
+/// replay inputs (a refusal that does not depend on the policy is replayed as it was).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 #[non_exhaustive]
 pub enum TokenError {
     /// No `Authorization: Bearer …` header; `scheme` is the other scheme that was sent, if any.
@@ -19,7 +28,7 @@ pub enum TokenError {
         len: usize,
     },
     Malformed {
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     AlgorithmNotAllowed {
         alg: String,

@@ -7,6 +7,7 @@ pub mod err;
 pub mod jwks;
 pub mod remote;
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -79,6 +80,33 @@ pub struct TokenRequirements {
     pub groups_claim: ClaimPath,
     pub scope_claim: ClaimPath,
     pub keys: KeySource,
+    /// Names the key set and the accepted algorithms (see [`keys_id`]).
+    pub keys_id: Arc<str>,
+}
+
+/// Names a service's key set and accepted algorithms, for a decision's replay inputs: a
+/// token's signature, checked once with them, holds for another policy set whose service
+/// names the same. A key file by its content, a remote key set by where it is fetched from.
+pub fn keys_id(keys: &KeySource, algorithms: &[Algorithm]) -> Arc<str> {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(64);
+    match keys {
+        KeySource::Static { keys, .. } => {
+            // Half the fingerprint tells key files apart well enough, in less of a record.
+            id.push_str("file:");
+            for b in &keys.fingerprint[..8] {
+                let _ = write!(id, "{b:02x}");
+            }
+        }
+        KeySource::Remote(remote) => {
+            let _ = write!(id, "url:{}", remote.location);
+        }
+    }
+    for (i, alg) in algorithms.iter().enumerate() {
+        id.push(if i == 0 { '/' } else { ',' });
+        let _ = write!(id, "{alg:?}");
+    }
+    id.into()
 }
 
 /// A token whose signature has been verified, with the claims decoded.
@@ -180,7 +208,7 @@ pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Tok
     }
     if credentials.is_empty() {
         return Err(TokenError::Malformed {
-            reason: "the Bearer credentials are empty",
+            reason: Cow::Borrowed("the Bearer credentials are empty"),
         });
     }
     // One pass over the token with a byte-class table: this runs on every request, cached
@@ -204,7 +232,7 @@ pub fn extract_bearer<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Tok
     // RFC 6750 b64token characters.
     if outside {
         return Err(TokenError::Malformed {
-            reason: "the token contains characters outside the base64url alphabet",
+            reason: Cow::Borrowed("the token contains characters outside the base64url alphabet"),
         });
     }
     Ok(credentials)
@@ -221,7 +249,7 @@ fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenError::Malformed {
-            reason: "a part of the token is not base64url",
+            reason: Cow::Borrowed("a part of the token is not base64url"),
         })
 }
 
@@ -274,24 +302,26 @@ fn verify_signature(
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed {
-            reason: if token.split('.').count() == 5 {
+            reason: Cow::Borrowed(if token.split('.').count() == 5 {
                 "encrypted tokens (JWE) are not accepted"
             } else {
                 "a signed JWT has three dot-separated parts"
-            },
+            }),
         });
     };
     let header: JoseHeader =
         serde_json::from_slice(&b64(header_b64)?).map_err(|_| TokenError::Malformed {
-            reason: "the header is not a JSON object",
+            reason: Cow::Borrowed("the header is not a JSON object"),
         })?;
     if header.crit.is_some() {
         return Err(TokenError::Malformed {
-            reason: "the header lists critical extensions (`crit`), none of which are supported",
+            reason: Cow::Borrowed(
+                "the header lists critical extensions (`crit`), none of which are supported",
+            ),
         });
     }
     let alg_name = header.alg.ok_or(TokenError::Malformed {
-        reason: "the header has no `alg`",
+        reason: Cow::Borrowed("the header has no `alg`"),
     })?;
     let alg = Algorithm::from_str(&alg_name)
         .ok()
@@ -306,7 +336,7 @@ fn verify_signature(
         Err(e) => {
             return Err(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::Base64(_) => TokenError::Malformed {
-                    reason: "the signature is not base64url",
+                    reason: Cow::Borrowed("the signature is not base64url"),
                 },
                 _ => TokenError::InvalidSignature,
             });
@@ -314,7 +344,7 @@ fn verify_signature(
     }
     let claims: Map<String, Value> =
         serde_json::from_slice(&b64(payload_b64)?).map_err(|_| TokenError::Malformed {
-            reason: "the payload is not a JSON object",
+            reason: Cow::Borrowed("the payload is not a JSON object"),
         })?;
     decode_claims(claims, alg, header.kid)
 }
@@ -373,12 +403,12 @@ fn numeric_date(
                         })
                 })
                 .ok_or(TokenError::Malformed {
-                    reason: "a time claim is out of range",
+                    reason: Cow::Borrowed("a time claim is out of range"),
                 })?;
             Ok(Some(value))
         }
         Some(_) => Err(TokenError::Malformed {
-            reason: "a time claim (`exp`, `nbf`, `iat`) is not a number",
+            reason: Cow::Borrowed("a time claim (`exp`, `nbf`, `iat`) is not a number"),
         }),
     }
 }
@@ -388,7 +418,9 @@ fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(TokenError::Malformed {
-            reason: "a string claim (`sub`, `iss`, `client_id`, `azp`) is not a string",
+            reason: Cow::Borrowed(
+                "a string claim (`sub`, `iss`, `client_id`, `azp`) is not a string",
+            ),
         }),
     }
 }
@@ -406,11 +438,11 @@ fn decode_claims(
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
             .ok_or(TokenError::Malformed {
-                reason: "`aud` is neither a string nor an array of strings",
+                reason: Cow::Borrowed("`aud` is neither a string nor an array of strings"),
             })?,
         Some(_) => {
             return Err(TokenError::Malformed {
-                reason: "`aud` is neither a string nor an array of strings",
+                reason: Cow::Borrowed("`aud` is neither a string nor an array of strings"),
             });
         }
     };

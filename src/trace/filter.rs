@@ -15,6 +15,11 @@ pub struct DecisionFilter {
     pub subject: Option<String>,
     /// Only decisions at or after this time (milliseconds since the Unix epoch).
     pub since_millis: Option<i64>,
+    /// Only decisions before this time (milliseconds since the Unix epoch): the cursor that
+    /// pages back through the store.
+    pub until_millis: Option<i64>,
+    /// Only decisions the shadow policy set decided differently.
+    pub shadow_differs: bool,
     /// A case-insensitive substring of the URL, service, operation, subject or decision id;
     /// empty matches everything.
     pub text: Option<String>,
@@ -54,12 +59,14 @@ impl<'f> Matcher<'f> {
         f.outcome.is_none_or(|o| o == d.outcome)
             && f.status.is_none_or(|s| s == d.status)
             && f.since_millis.is_none_or(|t| record.unix_millis >= t)
+            && f.until_millis.is_none_or(|t| record.unix_millis < t)
+            && (!f.shadow_differs || record.shadow_differs())
             && f.service
                 .as_deref()
                 .is_none_or(|s| d.service.as_deref() == Some(s))
             && f.subject.as_deref().is_none_or(|s| subject == Some(s))
             && f.trace_id
-                .is_none_or(|t| d.trace_link.is_some_and(|l| l.trace_id == t))
+                .is_none_or(|t| d.trace_link.as_ref().is_some_and(|l| l.trace_id == t))
             && self.needle.as_deref().is_none_or(|needle| {
                 [
                     Some(&*d.url),

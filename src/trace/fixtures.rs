@@ -126,7 +126,7 @@ pub(super) fn long_url(n: usize) -> Decision {
 /// Decisions of every kind the store keeps differently: the engine's own (allow, each
 /// denial, long URL, invalid URL, internal error) and others (read back from another
 /// replica's JSON, a foreign id and time, an odd audit text and values, a URL past the
-/// audit cap).
+/// audit cap), the last one only over a cap.
 pub(super) fn every_kind() -> (Vec<Decision>, Vec<Decision>) {
     let invalid_url = decide("GET", "https://api.test/app/v1/files/..%5Citems", &[]);
     assert_eq!(invalid_url.status, 400, "{}", invalid_url.audit);
@@ -170,8 +170,13 @@ pub(super) fn every_kind() -> (Vec<Decision>, Vec<Decision>) {
         "Request to the URL \"{}\" denied due to an invalid OAuth access token.",
         near_limit.request.url
     );
+    // What a shadow set decided differently, kept with its trace.
+    let mut shadowed = allowed(12, "carol");
+    shadowed.shadow = Some(Box::new(crate::decision::ShadowDecision::of(
+        full_trace_deny(13),
+    )));
     (
         engine_made.to_vec(),
-        vec![replica, other_id, odd, near_limit],
+        vec![replica, other_id, odd, shadowed, near_limit],
     )
 }

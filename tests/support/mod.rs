@@ -111,3 +111,49 @@ pub fn rs256(claims: &Value) -> String {
         Some(("rsa-a", Algorithm::RS256)),
     )
 }
+
+/// The shipped example policies.
+pub fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A copy of the shipped policies (with their keys) in which each `(from, to)` replaces
+/// text of `meme-game.yaml`.
+pub fn candidate(edits: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if path.is_dir() {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            for key in std::fs::read_dir(&path).unwrap() {
+                let key = key.unwrap().path();
+                std::fs::copy(&key, dir.path().join(name).join(key.file_name().unwrap())).unwrap();
+            }
+        } else if !name.to_string_lossy().ends_with(".test.yaml") {
+            std::fs::copy(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    let file = dir.path().join("meme-game.yaml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "meme-game.yaml has no `{from}`");
+        text = text.replacen(from, to, 1);
+    }
+    std::fs::write(&file, text).unwrap();
+    dir
+}
+
+/// A valid token for the shipped `meme-game` service, signed with its development key.
+pub fn meme_game_token(sub: &str, groups: &[&str]) -> String {
+    let pem = std::fs::read(shipped().join("keys/meme-game.dev-key.pem")).unwrap();
+    let now = unix_now();
+    let claims = json!({
+        "iss": "https://auth.example.com", "aud": "meme-game", "sub": sub,
+        "groups": groups, "scope": "memes:read", "iat": now, "exp": now + 600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("meme-game-dev-rsa-1".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}

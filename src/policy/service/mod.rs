@@ -13,7 +13,7 @@ use self::token::decode_token;
 pub(crate) use self::token::{ALGORITHMS, check_key_url};
 use super::err::{ErrorKind, Errors};
 use super::yaml::{Node, NodeKind, Pos};
-use super::{ApiService, PolicyOptions};
+use super::{ApiService, Operation, PolicyOptions};
 use crate::route::Origin;
 use crate::route::url::{Scheme, parse_authority};
 use crate::rule::{ClaimNames, Template};
@@ -142,6 +142,7 @@ pub(crate) fn decode_service(
     let name_pos = name_node.map_or(map.pos, |n| n.pos);
     let service = match token {
         Some(token) if errs.list.len() == before => Some(ApiService {
+            recorded_claims: claims_read(&operations, &upstream_headers, &claim_names),
             name: name.as_str().into(),
             description,
             base_urls: base_urls
@@ -164,6 +165,28 @@ pub(crate) fn decode_service(
         name_pos,
         base_urls,
     })
+}
+
+/// The claims a decision's record keeps for replay: those the service's rules and upstream
+/// headers read and the two a delegation check compares `sub` with; each once, in name order.
+fn claims_read(
+    operations: &[Operation],
+    upstream_headers: &[(Box<str>, Template)],
+    names: &ClaimNames,
+) -> Box<[ClaimPath]> {
+    let always = [ClaimPath::new("client_id"), ClaimPath::new("azp")];
+    let mut read: Vec<&ClaimPath> = always.iter().collect();
+    for operation in operations {
+        for rule in &operation.rules {
+            rule.claims_read(names, &mut read);
+        }
+    }
+    for (_, template) in upstream_headers {
+        read.extend(template.claims());
+    }
+    read.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    read.dedup_by(|a, b| a.as_str() == b.as_str());
+    read.into_iter().cloned().collect()
 }
 
 fn service_name(node: &Node, errs: &mut Errors<'_>) -> Option<String> {

@@ -84,14 +84,16 @@ pub(super) fn decode_token(
         (Some(n), Some(algs)) => decode_jwks(n, algs, issuer, errs, ctx),
         _ => None,
     };
+    let (keys, algorithms) = (keys?, algorithms?);
     Some(TokenRequirements {
         issuer: issuer?.into(),
         audiences: audiences?.into_iter().map(|(a, _)| a.into()).collect(),
-        algorithms: algorithms?,
+        keys_id: crate::token::keys_id(&keys, &algorithms),
+        algorithms,
         leeway: leeway?.as_secs() as i64,
         groups_claim: groups_claim?,
         scope_claim: scope_claim?,
-        keys: keys?,
+        keys,
     })
 }
 

@@ -207,6 +207,8 @@ mod tests {
             trace: Vec::new(),
             audit: String::new(),
             trace_link: None,
+            inputs: None,
+            shadow: None,
         }
     }
 

@@ -13,7 +13,7 @@
   // decisions evicted from the store leave the page too.
   const FULL_LIST_EVERY = 20;
   const LIMIT = 100;
-  const FILTERS = ['service', 'outcome', 'status', 'subject', 'since', 'q'];
+  const FILTERS = ['service', 'outcome', 'status', 'subject', 'since', 'q', 'shadow'];
   const STAGES = [
     { step: 'baseUrl', title: 'Base URL match', check: 'base URL' },
     { step: 'token', title: 'Token checks', check: 'bearer token' },
@@ -376,7 +376,11 @@
     cell({ class: 'col-url', 'data-label': 'URL' }, el('span', { class: 'url', title: request.url || '' }, request.url || '')),
     cell({ 'data-label': 'Service' }, d.service || muted('—')),
     cell({ 'data-label': 'Operation' }, d.operation || muted('—')),
-    cell({ 'data-label': 'Outcome' }, outcomeBadge(d.outcome)),
+    cell({ 'data-label': 'Outcome' }, outcomeBadge(d.outcome),
+      d.shadow ? el('span', {
+        class: 'badge badge-shadow',
+        title: 'The shadow policy set decided ' + d.shadow.outcome + ' (' + d.shadow.status + ')',
+      }, 'shadow: ' + d.shadow.outcome) : null),
     cell({ class: 'num', 'data-label': 'Status' }, String(d.status)),
     cell({ 'data-label': 'Subject' }, subject || muted('—')),
     cell({ class: 'num', 'data-label': 'Duration' }, duration(d.durationMicros)));
@@ -529,6 +533,7 @@
       whySection(d),
       requestSection(d),
       pipelineSection(d),
+      d.shadow ? shadowSection(d) : null,
       responseSection(d),
       tokenSection(d),
       el('details', { class: 'raw' },
@@ -694,6 +699,28 @@
     return section('pipeline-heading', 'Pipeline',
       el('p', { class: 'hint' }, 'Each check in evaluation order; the decisive one is highlighted. Nested rules (under any, all, not) are indented.'),
       el('div', { class: 'table-wrap' }, table));
+  }
+
+  // The active and the shadow set's traces side by side, each as evaluated.
+  function shadowSection(d) {
+    const s = d.shadow;
+    const verdict = (outcome, status, rule) =>
+      [outcomeBadge(outcome), ' ', String(status), rule ? [' — decided by ', el('strong', { class: 'rule-name' }, rule)] : null];
+    const decisive = (d.trace || []).find((t) => t.decisive);
+    const column = (title, revision, trace, summary) => el('div', { class: 'shadow-column' },
+      el('h3', null, title, ' ', el('code', { class: 'revision' }, revision || '')),
+      el('p', null, summary),
+      el('div', { class: 'table-wrap' }, el('table', { class: 'trace' },
+        el('thead', null, el('tr', null,
+          ['Check', 'Attribute', 'Operator', 'Expected', 'Actual', 'Result', 'Policy']
+            .map((h) => el('th', { scope: 'col' }, h)))),
+        el('tbody', null, (trace || []).map(traceRow)))));
+    return section('shadow-heading', 'Shadow policy set',
+      el('p', { class: 'hint' }, 'The shadow set decided this request differently; the answer was the active set\'s.'),
+      el('div', { class: 'shadow-compare' },
+        column('Active', d.policyRevision, d.trace,
+          verdict(d.outcome, d.status, decisive ? (decisive.rule || decisive.attribute) : null)),
+        column('Shadow', s.policyRevision, s.trace, verdict(s.outcome, s.status, s.rule))));
   }
 
   function traceRow(t) {

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::audit::MAX_AUDIT_BYTES;
 use super::size::{
-    body_bytes, entry_bytes, entry_names_bytes, record_bytes, token_bytes, trace_bytes,
+    body_bytes, entry_bytes, entry_names_bytes, record_bytes, shadow_bytes, token_bytes,
+    trace_bytes,
 };
 use super::text::{REDACTED, cut_middle, cut_text, redact_jwts};
 use super::value::{MAX_VALUE_BYTES, MAX_VALUE_STRING_BYTES, cap_value, value_within_caps};
@@ -62,8 +63,9 @@ pub(crate) struct Capped {
     pub truncated: bool,
 }
 
-/// Copies `decision`, cut and scrubbed so that its footprint is at most [`MAX_RECORD_BYTES`].
-pub(crate) fn cap_decision(decision: &Decision) -> Capped {
+/// Copies `decision`, cut and scrubbed so that its footprint, with `extra` bytes the record
+/// keeps beside it (the encoded replay inputs), is at most [`MAX_RECORD_BYTES`].
+pub(crate) fn cap_decision(decision: &Decision, extra: usize) -> Capped {
     let mut d = decision.clone();
     let mut cut = false;
 
@@ -87,13 +89,20 @@ pub(crate) fn cap_decision(decision: &Decision) -> Capped {
         cut |= cap_token(token);
     }
     cut |= cap_trace(&mut d.trace);
+    if let Some(shadow) = &mut d.shadow {
+        cut |= cut_arc(&mut shadow.policy_revision);
+        if let Some(rule) = &mut shadow.rule {
+            cut |= cut_text(rule, MAX_NAME_BYTES);
+        }
+        cut |= cap_trace(&mut shadow.trace);
+    }
     cut |= redact_jwts(&mut d.audit);
     cut |= cut_middle(&mut d.audit, MAX_AUDIT_BYTES);
 
-    let bytes = record_bytes(&d);
+    let bytes = record_bytes(&d) + extra;
     if bytes > MAX_RECORD_BYTES {
         cut = true;
-        shed(&mut d, bytes);
+        shed(&mut d, bytes, extra);
     }
     Capped {
         decision: d,
@@ -104,7 +113,7 @@ pub(crate) fn cap_decision(decision: &Decision) -> Capped {
 /// Whether [`cap_decision`] would return `d` as it is, so that it can be stored without a
 /// copy (the common case). May answer `false` for a decision that capping leaves alone;
 /// never `true` for one it would change.
-pub(crate) fn within_caps(d: &Decision) -> bool {
+pub(crate) fn within_caps(d: &Decision, extra: usize) -> bool {
     let short = |s: &str| s.len() <= MAX_SHORT_BYTES;
     let name = |s: &Option<Arc<str>>| s.as_ref().is_none_or(|s| s.len() <= MAX_NAME_BYTES);
     short(&d.id)
@@ -135,8 +144,20 @@ pub(crate) fn within_caps(d: &Decision) -> bool {
                 && t.aud.len() <= MAX_AUDIENCES
                 && t.aud.iter().all(|a| short(a))
         })
-        && d.trace.len() <= MAX_TRACE_ENTRIES
-        && d.trace.iter().all(|e| {
+        && trace_within_caps(&d.trace)
+        && d.shadow.as_ref().is_none_or(|s| {
+            s.policy_revision.len() <= MAX_NAME_BYTES
+                && s.rule.as_ref().is_none_or(|r| r.len() <= MAX_NAME_BYTES)
+                && trace_within_caps(&s.trace)
+        })
+        && plain_within(&d.audit, MAX_AUDIT_BYTES)
+        && record_bytes(d) + extra <= MAX_RECORD_BYTES
+}
+
+fn trace_within_caps(trace: &[TraceEntry]) -> bool {
+    let name = |s: &Option<Arc<str>>| s.as_ref().is_none_or(|s| s.len() <= MAX_NAME_BYTES);
+    trace.len() <= MAX_TRACE_ENTRIES
+        && trace.iter().all(|e| {
             let value = |v: &Value| value_within_caps(v, 0, &mut MAX_VALUE_BYTES.to_owned());
             name(&e.rule)
                 && e.attribute.len() <= MAX_NAME_BYTES
@@ -147,8 +168,6 @@ pub(crate) fn within_caps(d: &Decision) -> bool {
                     .as_deref()
                     .is_none_or(|d| plain_within(d, MAX_TEXT_BYTES))
         })
-        && plain_within(&d.audit, MAX_AUDIT_BYTES)
-        && record_bytes(d) <= MAX_RECORD_BYTES
 }
 
 /// Whether `s` is at most `max` bytes with nothing token-shaped in it.
@@ -317,9 +336,19 @@ fn removed_entries_marker(kept: &[TraceEntry], more: usize) -> TraceEntry {
 /// those entries themselves (and deciding entries after the first), error details after the
 /// first, audiences after the first, decision header values, the values of the deciding
 /// entry; and in the last resort it cuts the URL and the audit message short. `bytes` is
-/// the record's [`record_bytes`].
-fn shed(d: &mut Decision, mut bytes: usize) {
+/// the record's [`record_bytes`] and `extra`. A shadow decision's trace goes first, down to
+/// its deciding entry.
+fn shed(d: &mut Decision, mut bytes: usize, extra: usize) {
     let over = |bytes: usize| bytes > MAX_RECORD_BYTES;
+
+    // 0. The shadow decision's trace but its deciding entry.
+    if over(bytes)
+        && let Some(shadow) = &mut d.shadow
+    {
+        let before = shadow_bytes(shadow);
+        keep_first_decisive(&mut shadow.trace);
+        bytes = replaced(bytes, before, shadow_bytes(shadow));
+    }
 
     // 1. Values and details of entries that did not decide, last first.
     for entry in d.trace.iter_mut().rev().filter(|e| !e.decisive) {
@@ -340,17 +369,7 @@ fn shed(d: &mut Decision, mut bytes: usize) {
     // 3. All entries but the first deciding one, with one marker for them.
     if over(bytes) {
         let before = trace_bytes(&d.trace);
-        let total = d.trace.len();
-        let first_decisive = d.trace.iter().position(|e| e.decisive);
-        let mut kept: Vec<TraceEntry> = first_decisive
-            .map(|i| d.trace.swap_remove(i))
-            .into_iter()
-            .collect();
-        if total > kept.len() {
-            let marker = removed_entries_marker(&kept, total - kept.len());
-            kept.push(marker);
-        }
-        d.trace = kept;
+        keep_first_decisive(&mut d.trace);
         bytes = replaced(bytes, before, trace_bytes(&d.trace));
     }
     // 4. Error details after the first.
@@ -404,10 +423,24 @@ fn shed(d: &mut Decision, mut bytes: usize) {
     }
     // The steps above kept a running estimate; measure once more to check it.
     debug_assert!(
-        !over(record_bytes(d)),
+        !over(record_bytes(d) + extra),
         "a record of {} bytes after shedding",
-        record_bytes(d)
+        record_bytes(d) + extra
     );
+}
+
+/// Keeps of `trace` only its first deciding entry, and one marker for the entries removed.
+fn keep_first_decisive(trace: &mut Vec<TraceEntry>) {
+    let total = trace.len();
+    let mut kept: Vec<TraceEntry> = (trace.iter().position(|e| e.decisive))
+        .map(|i| trace.swap_remove(i))
+        .into_iter()
+        .collect();
+    if total > kept.len() {
+        let marker = removed_entries_marker(&kept, total - kept.len());
+        kept.push(marker);
+    }
+    *trace = kept;
 }
 
 /// `total` after a part of it measuring `before` came to measure `after`.

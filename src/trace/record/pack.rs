@@ -8,13 +8,15 @@ use std::sync::Arc;
 use super::audit::Audit;
 use super::cap::{Capped, cap_decision, within_caps};
 use super::interner::Interner;
+use super::text::has_jwt;
 use super::value::{decode_value, encode_value};
 use super::{
     ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, StoredBody, StoredDecision,
     StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, UpstreamStatus,
 };
 use crate::decision::{
-    Decision, ErrorBody, ErrorDetail, Headers, RequestSummary, Step, TokenSummary, TraceEntry,
+    Decision, ErrorBody, ErrorDetail, Headers, ReplayInputs, RequestSummary, Step, TokenSummary,
+    TraceEntry,
 };
 
 /// Request methods shared between records; any other is kept as it came.
@@ -134,23 +136,43 @@ impl StoredDecision {
     }
 
     pub(crate) fn capped(decision: &Decision, interner: &Interner) -> Self {
-        if within_caps(decision) {
-            return Self::pack(decision, false, 1, interner);
+        let (inputs, inputs_cut) = encode_inputs(decision);
+        let extra = inputs.as_ref().map_or(0, |i| i.len());
+        if !inputs_cut && within_caps(decision, extra) {
+            return Self::pack(decision, false, 1, interner, inputs);
         }
+        // Room for the note that may replace the inputs.
         let Capped {
             decision: capped,
             truncated,
-        } = cap_decision(decision);
-        Self::pack(&capped, truncated, 2, interner)
+        } = cap_decision(decision, extra.max(MAX_NOTE_BYTES));
+        // Replay reads the request and token summary the record shows: cut, they would
+        // decide another request.
+        let inputs = match &decision.inputs {
+            Some(i) if capped.request != decision.request || capped.token != decision.token => {
+                inputs_note(
+                    i.at,
+                    "the request or token summary was cut to store it".into(),
+                )
+            }
+            _ => inputs,
+        };
+        Self::pack(&capped, truncated || inputs_cut, 2, interner, inputs)
     }
 
     /// The record of `d`, which is capped already and held by `holders` decisions (see
     /// [`Packer`]); strings and values behind an `Arc` that something else holds too (the
     /// policy set) are shared, and not counted.
-    fn pack(d: &Decision, truncated: bool, holders: usize, interner: &Interner) -> Self {
+    fn pack(
+        d: &Decision,
+        truncated: bool,
+        holders: usize,
+        interner: &Interner,
+        inputs: Option<Box<[u8]>>,
+    ) -> Self {
         // Before packing: the interner's own references would make texts look shared.
         #[cfg(debug_assertions)]
-        let bound = super::size::record_bytes(d);
+        let bound = super::size::record_bytes(d) + inputs.as_ref().map_or(0, |i| i.len());
         let mut p = Packer {
             interner,
             holders,
@@ -159,6 +181,9 @@ impl StoredDecision {
         let url = &d.request.url;
         let audit = Audit::of(&d.audit, url, &d.id);
         p.bytes += audit.heap_bytes();
+        p.bytes += inputs.as_ref().map_or(0, |i| i.len());
+        p.bytes += d.shadow.as_deref().map_or(0, super::size::shadow_bytes);
+        p.bytes += super::size::trace_link_bytes(d.trace_link.as_ref());
         let headers: Vec<DecisionHeader> = (d.headers.0.iter())
             .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
             .collect();
@@ -206,7 +231,9 @@ impl StoredDecision {
             token: d.token.as_ref().map(|t| p.token(t)),
             trace: p.slice(trace),
             audit,
-            trace_link: d.trace_link,
+            trace_link: d.trace_link.map(Box::new),
+            inputs,
+            shadow: d.shadow.clone(),
         };
         #[cfg(debug_assertions)]
         assert!(
@@ -293,9 +320,49 @@ impl StoredDecision {
             }),
             trace: self.trace.iter().map(StoredEntry::unpack).collect(),
             audit: self.audit.text(&self.url, id),
-            trace_link: self.trace_link,
+            trace_link: self.trace_link.as_deref().copied(),
+            inputs: (self.inputs.as_deref()).and_then(|json| serde_json::from_slice(json).ok()),
+            shadow: self.shadow.clone(),
         }
     }
+}
+
+/// The most a record keeps of a decision's replay inputs, encoded; the claims a policy reads
+/// are a few short values, so more means a claim no rule should read whole.
+const MAX_INPUT_BYTES: usize = 4 * 1024;
+
+/// The decision's replay inputs as the record keeps them (JSON), and whether they had to be
+/// replaced by a note saying why they are not kept: too large, or holding something shaped
+/// like a token, which no record keeps.
+fn encode_inputs(d: &Decision) -> (Option<Box<[u8]>>, bool) {
+    let Some(inputs) = d.inputs.as_deref() else {
+        return (None, false);
+    };
+    let json = serde_json::to_vec(inputs).unwrap_or_default();
+    let why = if json.len() > MAX_INPUT_BYTES {
+        format!("its inputs took more than {MAX_INPUT_BYTES} bytes and were not kept")
+    } else if has_jwt(std::str::from_utf8(&json).unwrap_or_default()) {
+        "its inputs held token-shaped text, which records never keep".to_owned()
+    } else {
+        return (Some(json.into_boxed_slice()), false);
+    };
+    (inputs_note(inputs.at, why), true)
+}
+
+/// Longest [`inputs_note`].
+const MAX_NOTE_BYTES: usize = 160;
+
+/// Inputs that say only why the decision cannot be replayed.
+fn inputs_note(at: i64, why: String) -> Option<Box<[u8]>> {
+    let note = ReplayInputs {
+        at,
+        token: None,
+        count: None,
+        unreplayable: Some(why),
+    };
+    let json = serde_json::to_vec(&note).ok()?;
+    debug_assert!(json.len() <= MAX_NOTE_BYTES, "{} bytes", json.len());
+    Some(json.into_boxed_slice())
 }
 
 impl StoredEntry {
@@ -404,12 +471,12 @@ mod tests {
         let (engine_made, others) = every_kind();
         let store = TraceStore::new(100);
         for (i, d) in engine_made.iter().chain(&others).enumerate() {
-            let capped = cap_decision(d).decision;
-            if i < engine_made.len() + 3 {
-                assert!(within_caps(d), "decision {i}");
+            let capped = cap_decision(d, 0).decision;
+            if i < engine_made.len() + others.len() - 1 {
+                assert!(within_caps(d, 0), "decision {i}");
                 assert_eq!(capped, *d, "nothing of decision {i} is over a cap");
             } else {
-                assert!(!within_caps(d), "decision {i}");
+                assert!(!within_caps(d, 0), "decision {i}");
             }
             let first = store.record(d);
             // The second record of a decision shares names with the first.
@@ -425,7 +492,7 @@ mod tests {
             assert!(again.approx_bytes <= first.approx_bytes, "decision {i}");
         }
         // What the engine's decisions repeat of themselves is not stored.
-        let near_limit = &others[3];
+        let near_limit = others.last().unwrap();
         for d in engine_made.iter().chain([near_limit]) {
             let stored = store.get(&d.id).unwrap();
             assert!(matches!(stored.audit, Audit::Rendered(_)), "{}", d.audit);

@@ -12,7 +12,9 @@ use super::{
     ARC_HEADER, AUDIENCE_INLINE, BODY_INLINE, DETAIL_INLINE, ENTRY_INLINE, HEADER_INLINE,
     RECORD_INLINE, TOKEN_INLINE,
 };
-use crate::decision::{Decision, ErrorBody, Headers, TokenSummary, TraceEntry};
+use crate::decision::{
+    Decision, ErrorBody, Headers, ShadowDecision, TokenSummary, TraceEntry, TraceLink,
+};
 
 /// At most the heap bytes of the record of `d` (which `StoredDecision::pack` measures
 /// exactly): its layout, with nothing shared with other records and nothing rebuilt, every
@@ -35,6 +37,37 @@ pub(super) fn record_bytes(d: &Decision) -> usize {
         + d.body.as_ref().map_or(0, body_bytes)
         + d.token.as_ref().map_or(0, token_bytes)
         + trace_bytes(&d.trace)
+        + d.shadow.as_deref().map_or(0, shadow_bytes)
+        + trace_link_bytes(d.trace_link.as_ref())
+}
+
+/// Heap bytes of a record's trace link (boxed when there is one).
+pub(super) fn trace_link_bytes(link: Option<&TraceLink>) -> usize {
+    link.map_or(0, |_| size_of::<TraceLink>())
+}
+
+/// Heap bytes of a shadow decision as the record keeps it (whole, not interned).
+pub(super) fn shadow_bytes(s: &ShadowDecision) -> usize {
+    size_of::<ShadowDecision>()
+        + s.rule.as_ref().map_or(0, String::len)
+        + arc_bytes(&s.policy_revision)
+        + s.trace.len() * size_of::<TraceEntry>()
+        + s.trace
+            .iter()
+            .map(|e| {
+                text_bytes(&e.attribute)
+                    + e.rule.as_deref().map_or(0, text_bytes)
+                    + e.location.as_deref().map_or(0, text_bytes)
+                    + e.operator.owned_bytes()
+                    + e.expected
+                        .as_deref()
+                        .map_or(0, |v| ARC_HEADER + size_of::<Value>() + value_bytes(v))
+                    + e.actual
+                        .as_ref()
+                        .map_or(0, |v| size_of::<Value>() + value_bytes(v))
+                    + e.detail.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
 }
 
 /// A string the record may keep behind an `Arc` of its own.

@@ -68,6 +68,11 @@ pub(super) fn redact_jwts(s: &mut String) -> bool {
     found
 }
 
+/// Whether `s` has a JWT-shaped run.
+pub(super) fn has_jwt(s: &str) -> bool {
+    s.contains("eyJ") && find_jwt(s, 0).is_some()
+}
+
 /// The next JWT-shaped run of `s` at or after `from`: `eyJ` and at least ten more base64url
 /// characters, a dot, a base64url part, a dot, and an optional base64url part.
 fn find_jwt(s: &str, from: usize) -> Option<(usize, usize)> {

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::audit::{Audit, AuditSentence};
 use super::value::{Encoded, encode_value};
 use super::{EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken};
-use crate::decision::{Outcome, Step, TraceLink};
+use crate::decision::{Outcome, ShadowDecision, Step, TraceLink};
 
 /// The version this build writes and reads.
 const VERSION: u32 = 1;
@@ -103,6 +104,47 @@ struct Record<'a> {
     /// Replicas that predate it ignore it, and a record without it has no trace link.
     #[serde(rename = "ot", default, skip_serializing_if = "Option::is_none")]
     trace_link: Option<TraceLink>,
+    /// The replay inputs, as the record keeps them (JSON).
+    #[serde(
+        rename = "in",
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none"
+    )]
+    inputs: Option<&'a RawValue>,
+    #[serde(rename = "sh", default, skip_serializing_if = "Option::is_none")]
+    shadow: Option<Shadow<'a>>,
+}
+
+/// A shadow decision, with what its JSON cannot say: which trace entries found a `null`
+/// (the JSON of a trace entry writes it as no value).
+#[derive(Serialize, Deserialize)]
+struct Shadow<'a> {
+    d: Cow<'a, ShadowDecision>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nulls: Vec<u32>,
+}
+
+impl<'a> Shadow<'a> {
+    fn of(shadow: &'a ShadowDecision) -> Self {
+        let nulls = (shadow.trace.iter().enumerate())
+            .filter(|(_, e)| e.actual == Some(Value::Null))
+            .map(|(i, _)| i as u32)
+            .collect();
+        Self {
+            d: Cow::Borrowed(shadow),
+            nulls,
+        }
+    }
+
+    /// The shadow decision; `None` for a null at an entry it does not have.
+    fn read(self) -> Option<ShadowDecision> {
+        let mut shadow = self.d.into_owned();
+        for i in self.nulls {
+            shadow.trace.get_mut(i as usize)?.actual = Some(Value::Null);
+        }
+        Some(shadow)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -342,7 +384,11 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             .collect(),
         sentence,
         audit,
-        trace_link: r.trace_link,
+        trace_link: r.trace_link.as_deref().copied(),
+        // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
+        inputs: (r.inputs.as_deref())
+            .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
+        shadow: r.shadow.as_deref().map(Shadow::of),
     }
 }
 
@@ -457,7 +503,12 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 (None, Some(text)) => Audit::Text(Box::from(&*text)),
                 _ => return None,
             },
-            trace_link: r.trace_link,
+            trace_link: r.trace_link.map(Box::new),
+            inputs: r.inputs.map(|json| Box::from(json.get().as_bytes())),
+            shadow: match r.shadow {
+                None => None,
+                Some(s) => Some(Box::new(s.read()?)),
+            },
         };
         // Another replica's caps may differ from this one's.
         out.push(StoredDecision::of(&uncapped.decision()));

@@ -1,0 +1,198 @@
+//! What a decision was made on, kept with its record so that another policy set can decide
+//! the same request again (shadow sets, `portcullis replay`): beside what the decision shows
+//! anyway (its request and token summary, which are not repeated here), the decision time, the
+//! token's other verified facts and the claims the rules read, and the rate-limit count. The
+//! token itself is never kept, so a replay that would need it (a changed key set, a claim
+//! nobody recorded) says so instead of guessing.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::TokenSummary;
+use crate::policy::ApiService;
+use crate::token::{TokenError, VerifiedToken};
+
+/// The inputs of one decision, as its record keeps them: the method, URL (credentials in the
+/// query redacted: routing never reads the query) and client are the decision's `request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayInputs {
+    /// When it was decided, in Unix milliseconds: a replay checks expiry at this time.
+    pub at: i64,
+    /// The token as the matched service checked it; `None` when no service matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<RecordedToken>,
+    /// The operation's rate-limit count, when the decision counted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Why this decision cannot be replayed at all, when something it was made on was not
+    /// kept (a URL cut to its shown length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplayable: Option<String>,
+}
+
+/// A bearer token as a service checked it: refused (and why), or verified with its facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedToken {
+    /// The key set and accepted algorithms it was checked with (see
+    /// [`keys_id`](crate::token::keys_id)).
+    pub keys: Arc<str>,
+    /// Refused before its claims were read: the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<TokenError>,
+    /// The refusal came from reading the `Authorization` header, before any key was used, so
+    /// it holds for every service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unread: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<VerifiedFacts>,
+}
+
+/// What a verified token said that a decision may read, beyond the decision's token summary
+/// (algorithm, key id, issuer, audiences, subject, client). Claims are kept by the path a
+/// rule names; `absent` lists the paths read that the token did not have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub claims: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
+}
+
+impl VerifiedFacts {
+    fn kept(&self, path: &str) -> bool {
+        self.claims.contains_key(path) || self.absent.iter().any(|a| a == path)
+    }
+}
+
+/// Why a recorded decision cannot be decided again by a policy set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReplayable(pub String);
+
+impl RecordedToken {
+    /// The record of a token `service` refused before reading its claims.
+    pub(super) fn refused(service: &ApiService, error: &TokenError, unread: bool) -> Self {
+        Self {
+            keys: service.token.keys_id.clone(),
+            refused: Some(error.clone()),
+            unread,
+            verified: None,
+        }
+    }
+
+    /// The record of a token whose signature `service` verified, keeping the claims that
+    /// service reads and those `also` (the shadow set's service of the same name) reads.
+    pub(super) fn verified(
+        service: &ApiService,
+        also: Option<&ApiService>,
+        token: &VerifiedToken,
+    ) -> Self {
+        let also = also.map_or(&[][..], |s| &s.recorded_claims);
+        let mut facts = VerifiedFacts {
+            exp: token.exp,
+            nbf: token.nbf,
+            iat: token.iat,
+            claims: Map::new(),
+            absent: Vec::new(),
+        };
+        for path in service.recorded_claims.iter().chain(also) {
+            let name = path.as_str();
+            if facts.kept(name) {
+                continue;
+            }
+            match path.lookup(&token.claims) {
+                Some(value) => {
+                    facts.claims.insert(name.to_owned(), value.clone());
+                }
+                None => facts.absent.push(name.to_owned()),
+            }
+        }
+        Self {
+            keys: service.token.keys_id.clone(),
+            refused: None,
+            unread: false,
+            verified: Some(facts),
+        }
+    }
+
+    /// The token as `service` would see it: the same refusal, or the verified token rebuilt
+    /// from its facts. Fails when the answer depends on what was not kept.
+    /// `summary` is the recorded decision's token summary.
+    pub(super) fn replay(
+        &self,
+        service: &ApiService,
+        summary: Option<&TokenSummary>,
+    ) -> Result<Result<Arc<VerifiedToken>, TokenError>, NotReplayable> {
+        let same_keys = self.keys == service.token.keys_id;
+        if let Some(error) = &self.refused {
+            if self.unread || same_keys {
+                return Ok(Err(error.clone()));
+            }
+            return Err(NotReplayable(format!(
+                "the token was refused ({}) with other keys or algorithms than service `{}` has; the token itself is not kept",
+                error.code(),
+                service.name
+            )));
+        }
+        let (Some(facts), Some(summary)) = (&self.verified, summary) else {
+            return Err(NotReplayable("the record keeps no token facts".into()));
+        };
+        let alg = summary
+            .alg
+            .parse::<jsonwebtoken::Algorithm>()
+            .map_err(|_| {
+                NotReplayable(format!(
+                    "the recorded algorithm `{}` is unknown",
+                    summary.alg
+                ))
+            })?;
+        if !service.token.algorithms.contains(&alg) {
+            return Ok(Err(TokenError::AlgorithmNotAllowed {
+                alg: summary.alg.clone(),
+                allowed: (service.token.algorithms.iter())
+                    .map(|a| format!("{a:?}"))
+                    .collect(),
+            }));
+        }
+        if !same_keys {
+            return Err(NotReplayable(format!(
+                "service `{}` checks signatures with another key set than the one that verified the token; the token itself is not kept",
+                service.name
+            )));
+        }
+        if let Some(missing) = service
+            .recorded_claims
+            .iter()
+            .find(|p| !facts.kept(p.as_str()))
+        {
+            return Err(NotReplayable(format!(
+                "service `{}` reads the claim `{}`, which the record does not keep",
+                service.name,
+                missing.as_str()
+            )));
+        }
+        Ok(Ok(Arc::new(VerifiedToken {
+            alg,
+            kid: summary.kid.as_deref().map(Into::into),
+            claims: facts.claims.clone(),
+            sub: summary.sub.clone(),
+            client_id: summary.client_id.clone(),
+            iss: summary.iss.clone(),
+            aud: summary.aud.clone(),
+            exp: facts.exp,
+            nbf: facts.nbf,
+            iat: facts.iat,
+        })))
+    }
+}
