@@ -596,6 +596,57 @@ async fn an_unsampled_parent_is_followed_and_denials_can_be_forced_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_trace_context_are_sampled_at_the_ratio() {
+    let receiver = Receiver::grpc().await;
+    let half = portcullis(&["--otlp-endpoint", &receiver.url(), "--otlp-sample", "0.5"]);
+    let none = portcullis(&["--otlp-endpoint", &receiver.url(), "--otlp-sample", "0"]);
+    const CALLS: usize = 200;
+    let mut halves = Vec::new();
+    for _ in 0..CALLS {
+        halves.push(authorize(&half, ITEM, &[]).await.1);
+    }
+    let mut nones = Vec::new();
+    for _ in 0..20 {
+        nones.push(authorize(&none, ITEM, &[]).await.1);
+    }
+    // A caller's sampled context is followed whatever the ratio; spans are exported in
+    // order, so once these markers arrive the others would have too.
+    let sampled = traceparent(&trace_id(20), "6666666666666666", true);
+    let (_, mark_half) = authorize(&half, ITEM, &[("traceparent", &sampled)]).await;
+    let (_, mark_none) = authorize(&none, ITEM, &[("traceparent", &sampled)]).await;
+    receiver.decide_span(&mark_half).await;
+    receiver.decide_span(&mark_none).await;
+
+    let spans = receiver.spans();
+    let exported = |ids: &[String]| {
+        ids.iter()
+            .filter(|id| spans.iter().any(|g| is_decision(g, id)))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let half_exported = exported(&halves);
+    // Binomial(200, 0.5): outside 60..=140 once in about 10^8 runs.
+    assert!(
+        (60..=140).contains(&half_exported.len()),
+        "{} of {CALLS} exported at ratio 0.5",
+        half_exported.len()
+    );
+    assert_eq!(
+        exported(&nones),
+        Vec::<String>::new(),
+        "ratio 0 exports no root"
+    );
+    // An exported root's record keeps its trace; an unsampled root's has none.
+    let kept = record(&half, &half_exported[0]).await;
+    assert_eq!(kept["traceId"].as_str().map(str::len), Some(32));
+    let dropped = halves
+        .iter()
+        .find(|id| !half_exported.contains(id))
+        .unwrap();
+    assert_eq!(record(&half, dropped).await.get("traceId"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_receiver_stopped_decisions_keep_flowing_and_drops_are_counted() {
     let mut receiver = Receiver::grpc().await;
     let server = portcullis(&["--otlp-endpoint", &receiver.url()]);

@@ -217,6 +217,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         config.panic_marker = Some(marker);
     }
     config.tracing = server::TracingOptions {
+        sample_ratio: args.otlp_sample,
         always_sample_denials: args.otlp_always_sample_denials,
         trace_ui_url: args.trace_ui_url.clone(),
     };

@@ -84,12 +84,25 @@ pub struct ServerConfig {
 
 /// The server's side of tracing; the OTLP exporter itself is the process' (see
 /// [`otel::Telemetry`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TracingOptions {
+    /// The share of calls without a trace context whose spans are exported (the exporter's
+    /// `--otlp-sample`); decided before a span is made, so an unsampled call costs nothing.
+    pub sample_ratio: f64,
     /// Denials' spans are exported even when their parent was not sampled.
     pub always_sample_denials: bool,
     /// A trace UI's address with `{traceId}` in it, which the web page links trace ids to.
     pub trace_ui_url: Option<String>,
+}
+
+impl Default for TracingOptions {
+    fn default() -> Self {
+        Self {
+            sample_ratio: 1.0,
+            always_sample_denials: false,
+            trace_ui_url: None,
+        }
+    }
 }
 
 /// Which state replicas share through Redis.
@@ -341,7 +354,7 @@ impl AppState {
     ) -> Decision {
         use tracing::Instrument as _;
         let parent = otel::incoming(metadata, request.headers);
-        let span = otel::decide_span(request, transport, parent.as_ref());
+        let span = otel::decide_span(request, transport, parent.as_ref(), &self.tracing);
         if span.is_disabled() {
             return self
                 .decide_in(request, transport, parent.as_ref(), &span)
@@ -441,7 +454,7 @@ impl AppState {
     ) -> Decision {
         let started = Instant::now();
         let parent = otel::incoming(&[], request.headers);
-        let span = otel::decide_span(request, transport, parent.as_ref());
+        let span = otel::decide_span(request, transport, parent.as_ref(), &self.tracing);
         let _entered = span.enter();
         let mut decision =
             self.engine

@@ -43,8 +43,15 @@ pub struct DecisionSampler {
 
 impl DecisionSampler {
     pub fn new(ratio: f64, always_denials: bool) -> Self {
+        // Without forced denials, `decide_span` has sampled roots at `ratio` already and
+        // makes no span for the rest: the SDK keeps the roots it is given.
+        let roots = if always_denials {
+            Sampler::TraceIdRatioBased(ratio)
+        } else {
+            Sampler::AlwaysOn
+        };
         Self {
-            inner: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+            inner: Sampler::ParentBased(Box::new(roots)),
             always_denials,
         }
     }

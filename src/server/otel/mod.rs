@@ -202,7 +202,24 @@ pub(crate) fn decide_span(
     request: &DecisionRequest<'_>,
     transport: &'static str,
     parent: Option<&SpanContext>,
+    options: &super::TracingOptions,
 ) -> tracing::Span {
+    if !tracing::span_enabled!(target: TARGET, tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
+    // Head sampling here rather than only in the SDK's sampler: a span the sampler drops
+    // has already cost its attributes and the layer's bookkeeping (at 1% sampling, most of
+    // what tracing at 100% costs). With denials forced in, every span is recorded, and the
+    // sampler decides (see `export::DecisionSampler`).
+    if !options.always_sample_denials {
+        let sampled = match parent {
+            Some(parent) => parent.is_sampled(),
+            None => fastrand::f64() < options.sample_ratio,
+        };
+        if !sampled {
+            return tracing::Span::none();
+        }
+    }
     let span = tracing::info_span!(
         target: TARGET,
         "decide",
