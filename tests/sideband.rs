@@ -803,12 +803,14 @@ fn stalled_call(server: &Server) -> std::net::TcpStream {
 
 #[tokio::test]
 async fn a_busy_server_answers_429_with_retry_after_so_kits_pause() {
-    let kit = start(&["--max-concurrent-requests", "1", "--request-timeout", "1s"]);
+    // The stalled call holds the one slot until its 3 s deadline: time for a loaded machine to
+    // make the calls that find the server busy.
+    let kit = start(&["--max-concurrent-requests", "1", "--request-timeout", "3s"]);
     let request = kit_request("GET", "https://api.test:443/app/v1/items/7", &[], None).to_string();
     let mut stalled = stalled_call(&kit.server);
     // Past the limit: refused at once, the kit's way.
     let mut refused = None;
-    for _ in 0..50 {
+    for _ in 0..100 {
         let answer = kit.call("/sideband/request", &request).await;
         if answer.status == 429 {
             refused = Some(answer);

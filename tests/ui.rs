@@ -756,11 +756,13 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
     // The free-text filter narrows the list, and the address keeps the filter.
     let search = browser.element("#f-q").await;
     browser.send_keys(&search, &denied).await;
+    // A prefix of the id may already leave one row: wait for the whole id in the address too.
     browser
         .wait_for(
-            "only the denied row",
+            "only the denied row, for the whole id",
             "const ids = [...document.querySelectorAll('#decision-rows tr')].map(r => r.dataset.id);
-             return ids.length === 1 && ids[0] === arguments[0];",
+             return ids.length === 1 && ids[0] === arguments[0]
+                 && location.search === '?q=' + arguments[0];",
             json!([denied]),
         )
         .await;
@@ -978,4 +980,148 @@ async fn operator_sees_decisions_live_and_why_one_was_denied_in_a_real_browser()
         })
         .collect();
     assert!(errors.is_empty(), "console errors:\n{console:#?}");
+}
+
+/// Asks the server for a decision as nginx would, in the trace `traceparent`; returns the id.
+async fn decide_in_trace(server: &Server, url: &str, traceparent: &str) -> String {
+    let response = reqwest::Client::new()
+        .get(server.http_url("/v1/authorize"))
+        .timeout(Duration::from_secs(10))
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URL", url)
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .expect("the server answers /v1/authorize");
+    response.headers()["x-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_overview_charts_the_decisions_just_made_and_leads_to_the_filtered_list() {
+    let Some(browser) = browser_or_skip().await else {
+        return;
+    };
+    let server = Server::start(
+        &support::fixtures().join("policies"),
+        &["--trace-ui-url", "https://jaeger.example/trace/{traceId}"],
+    );
+    let token = support::app_token(json!({}));
+    let viewer = support::app_token(json!({"groups": ["viewers"], "scope": "items:write"}));
+    for _ in 0..3 {
+        decide(
+            &server,
+            "GET",
+            "https://api.test/app/v1/items/7",
+            Some(&token),
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        decide(
+            &server,
+            "PUT",
+            "https://api.test/app/v1/items/7",
+            Some(&viewer),
+        )
+        .await;
+    }
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = decide_in_trace(
+        &server,
+        "https://api.test/app/v1/items/7",
+        &format!("00-{trace}-00f067aa0ba902b7-01"),
+    )
+    .await;
+    // The rule that decided the PUT denials, as the decisions API says.
+    let listing: Value =
+        serde_json::from_str(&server.get_text("/v1/decisions?status=403&limit=1").await).unwrap();
+    let rule = listing["decisions"][0]["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["decisive"] == true)
+        .and_then(|e| e["rule"].as_str())
+        .expect("a decisive rule")
+        .to_owned();
+
+    browser.goto(&server.http_url("/ui/")).await;
+    let totals = browser
+        .wait_for(
+            "the chart with the decisions just made",
+            "const s = document.getElementById('rate-svg');
+             const sum = (o) => [...s.querySelectorAll('rect[data-outcome=' + o + ']')]
+               .reduce((n, r) => n + Number(r.dataset.count), 0);
+             return sum('allow') + sum('deny') >= 7 && [sum('allow'), sum('deny')];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        totals,
+        json!([3, 4]),
+        "3 allowed, 3 forbidden and 1 without a token"
+    );
+    let top = browser
+        .script(
+            "return [...document.querySelectorAll('#top-rules li')].map(li => [li.querySelector('a').textContent, li.dataset.count]);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(top[0], json!([rule, "3"]), "{top}");
+    let services = browser
+        .script(
+            "return [...document.querySelectorAll('#top-services li')].map(li => [li.querySelector('a').textContent, li.dataset.count]);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(services[0], json!(["app", "4"]), "{services}");
+    let latency = browser
+        .script(
+            "return [...document.querySelectorAll('#latency-svg rect')].reduce((n, r) => n + Number(r.dataset.count), 0);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(latency, json!(7));
+    browser
+        .screenshot(&screenshot_dir().join("overview.png"))
+        .await;
+
+    // A deny bar leads to the denials from its second on.
+    let bar = browser
+        .element("#rate-svg a:has(rect[data-outcome=deny])")
+        .await;
+    browser.click(&bar).await;
+    let path = browser.path().await;
+    assert!(path.starts_with("/ui/?outcome=deny&since="), "{path}");
+    let outcomes = browser
+        .wait_for(
+            "the denials listed",
+            "const rows = [...document.querySelectorAll('#decision-rows tr')];
+             return rows.length > 0 && document.getElementById('f-outcome').value === 'deny'
+               && rows.map(r => r.querySelector('td:nth-child(6)').textContent);",
+            json!([]),
+        )
+        .await;
+    for outcome in outcomes.as_array().unwrap() {
+        assert!(outcome.as_str().unwrap().ends_with("deny"), "{outcomes}");
+    }
+
+    // The decision in a trace shows its trace id, linked to the trace UI.
+    browser
+        .goto(&server.http_url(&format!("/ui/decisions/{traced}")))
+        .await;
+    let link = browser
+        .wait_for(
+            "the trace link",
+            "const a = document.querySelector('a.trace-link');
+             return a && [a.getAttribute('href'), a.textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        link,
+        json!([format!("https://jaeger.example/trace/{trace}"), trace])
+    );
 }

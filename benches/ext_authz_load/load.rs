@@ -130,6 +130,20 @@ pub(crate) async fn load(
     settings: &Settings,
     ticks: f64,
 ) -> Measurement {
+    load_in(label, addr, mix, ceiling, settings, ticks, &[]).await
+}
+
+/// [`load`], with the CPU of the processes `others` (name, pid) read too: a server in a
+/// process of its own is named `servers`.
+pub(crate) async fn load_in(
+    label: &str,
+    addr: SocketAddr,
+    mix: &Arc<Vec<Probe>>,
+    ceiling: bool,
+    settings: &Settings,
+    ticks: f64,
+    others: &[(&'static str, u32)],
+) -> Measurement {
     let mut channels = Vec::new();
     for _ in 0..settings.connections {
         channels.push(connect(addr).await);
@@ -172,7 +186,7 @@ pub(crate) async fn load(
             (histogram, errors, wrong)
         }));
     }
-    let window = measure_window(measure_from, end, &[]).await;
+    let window = measure_window(measure_from, end, others).await;
     let (total, errors, wrong) = join_tallies(label, tasks).await;
     Measurement::of(
         label,

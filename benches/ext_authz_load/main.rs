@@ -32,13 +32,15 @@
 //! or a file path), `ENVOY` [`.venv-envoy/bin/envoy` of the crate], `ENVOY_SECONDS` [5],
 //! `ENVOY_CONCURRENCY` [`1,16`], `ENVOY_WORKERS` [1] (Envoy's `--concurrency`),
 //! `LOAD_SKIP_ENVOY` [unset], `LOAD_TARGETS`
-//! [`ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband`] (e.g.
+//! [`ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband,tracing`] (e.g.
 //! `portcullis` alone under `perf record`; `shadow` is Portcullis deciding every request with
 //! a shadow set as large as the active one too, issue 19), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
 //! is compared with the memory store's; `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
-//! before answering (a busy wait), to see how throughput falls with work per call.
+//! before answering (a busy wait), to see how throughput falls with work per call;
+//! `LOAD_TRACING_BASELINE` [unset]: the path of another `portcullis` binary (e.g. built from
+//! the commit before tracing came) that the `tracing` target loads first in each round.
 //!
 //! The ceiling copies one transport setting from Portcullis at run time: whether the gRPC
 //! server sets `TCP_NODELAY` on the connections it accepts (read from Portcullis' own sockets
@@ -58,6 +60,7 @@ mod report;
 mod requests;
 mod settings;
 mod targets;
+mod tracing;
 
 #[path = "../support/redis_server.rs"]
 mod redis_server;
@@ -197,7 +200,7 @@ fn main() {
     .map(|(label, addr, target, call, _)| (label, addr, target, call))
     .collect();
 
-    let (grpc_runs, http_runs, envoy_runs) = runtime.block_on(async {
+    let (grpc_runs, http_runs, envoy_runs, tracing_runs) = runtime.block_on(async {
         // Portcullis first: its answers are checked and its token cache warmed, and while the
         // checking connection is open, its socket options are read for the ceiling to copy.
         let client = AuthorizationClient::new(connect(servers.portcullis).await);
@@ -271,8 +274,13 @@ fn main() {
                 http_runs.push((target, run));
             }
         }
+        let tracing_runs = if wanted("tracing") {
+            tracing::tracing_runs(&settings, &mix, &probes, ticks).await
+        } else {
+            Vec::new()
+        };
         let envoy_runs = through_envoy(&settings, &servers, &tokens, ticks).await;
-        (runs, http_runs, envoy_runs)
+        (runs, http_runs, envoy_runs, tracing_runs)
     });
 
     report(
@@ -283,6 +291,7 @@ fn main() {
         &http_runs,
         &envoy_runs,
     );
+    report::tracing_report(&tracing_runs);
 
     drop(runtime);
     drop(servers);
@@ -292,6 +301,7 @@ fn main() {
         .map(|(_, r)| r)
         .chain(http_runs.iter().map(|(_, r)| r))
         .chain(&envoy_runs)
+        .chain(tracing_runs.iter().map(|r| &r.measurement))
         .filter(|r| r.errors > 0 || r.wrong > 0)
         .map(|r| {
             format!(

@@ -229,3 +229,70 @@ fn cpu_per_call<'a>(runs: impl Iterator<Item = &'a Measurement>) {
         );
     }
 }
+
+/// The tracing comparison (issue 20): throughput and CPU per call against tracing off, and
+/// the issue's targets (100% sampling ≥ 80% of off, 1% ≥ 95%).
+pub(crate) fn tracing_report(runs: &[crate::tracing::TracingRun]) {
+    use crate::tracing::Setup;
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "\nTracing (issue 20): `portcullis serve` processes on the gRPC mix, spans exported \
+         over OTLP gRPC to a receiver in the bench"
+    );
+    println!("{}", table_header("setup"));
+    for run in runs {
+        println!("{}", run.measurement.row());
+    }
+    println!("\nCPU in the measured window (cores busy), CPU per call, spans received:");
+    for run in runs {
+        let m = &run.measurement;
+        let calls = m.histogram.len().max(1) as f64;
+        println!(
+            "  {:<34} {}; µs of CPU per call: server {:.1}; spans received {} (warm-up included)",
+            m.label,
+            m.cores,
+            m.server_cpu * 1e6 / calls,
+            run.spans
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let sum_rate = |setup: Setup| {
+        (runs.iter().filter(|r| r.setup == setup))
+            .map(|r| r.measurement.rate())
+            .sum::<f64>()
+    };
+    let cpu_per_call = |setup: Setup| {
+        let (cpu, calls) =
+            (runs.iter().filter(|r| r.setup == setup)).fold((0.0, 0.0), |(c, n), r| {
+                (
+                    c + r.measurement.server_cpu,
+                    n + r.measurement.histogram.len() as f64,
+                )
+            });
+        cpu * 1e6 / calls.max(1.0)
+    };
+    let off = sum_rate(Setup::Off).max(1.0);
+    if sum_rate(Setup::Baseline) > 0.0 {
+        println!(
+            "\n  tracing off: {:.1}% of the build before tracing's throughput; CPU per call {:.1} µs \
+             against {:.1} µs (target: unchanged within noise)",
+            off / sum_rate(Setup::Baseline) * 100.0,
+            cpu_per_call(Setup::Off),
+            cpu_per_call(Setup::Baseline)
+        );
+    }
+    let full = sum_rate(Setup::Full) / off;
+    let one = sum_rate(Setup::OnePercent) / off;
+    println!(
+        "\n  100% sampling: {:.1}% of tracing-off throughput, all rounds (target ≥ 80%: {})",
+        full * 100.0,
+        verdict(full >= 0.8)
+    );
+    println!(
+        "  1% sampling:   {:.1}% of tracing-off throughput, all rounds (target ≥ 95%: {})",
+        one * 100.0,
+        verdict(one >= 0.95)
+    );
+}

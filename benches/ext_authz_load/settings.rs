@@ -29,11 +29,15 @@ pub(crate) struct Settings {
     pub(crate) envoy_concurrency: Vec<usize>,
     pub(crate) envoy_workers: usize,
     /// Which targets to load: gRPC `ceiling`, `replay`, `portcullis`, `shadow`, `redis`, HTTP
-    /// `http-ceiling`, `authorize`, `sideband` (all by default; `redis` only with `LOAD_REDIS`).
+    /// `http-ceiling`, `authorize`, `sideband`, and `tracing` (the `portcullis serve` binary
+    /// with tracing off, 100% and 1%) (all by default; `redis` only with `LOAD_REDIS`).
     pub(crate) targets: String,
     /// `LOAD_REDIS`: a Redis URL or `auto`.
     pub(crate) redis: Option<String>,
     pub(crate) replay_busy: Duration,
+    /// `LOAD_TRACING_BASELINE`: another `portcullis` binary (the build before tracing) the
+    /// tracing comparison loads too, to show what tracing off costs against none at all.
+    pub(crate) tracing_baseline: Option<String>,
 }
 
 impl Settings {
@@ -70,10 +74,14 @@ impl Settings {
             envoy_workers: env_or("ENVOY_WORKERS", 1usize).max(1),
             targets: env_or(
                 "LOAD_TARGETS",
-                "ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband".to_owned(),
+                "ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband,tracing"
+                    .to_owned(),
             ),
             redis: std::env::var("LOAD_REDIS").ok().filter(|r| !r.is_empty()),
             replay_busy: Duration::from_nanos(env_or("REPLAY_BUSY_NS", 0)),
+            tracing_baseline: std::env::var("LOAD_TRACING_BASELINE")
+                .ok()
+                .filter(|b| !b.is_empty()),
         }
     }
 }

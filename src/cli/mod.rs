@@ -82,22 +82,15 @@ pub fn run() -> ExitCode {
     let filter = |default: &str| {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into())
     };
-    // The server logs JSON lines (the audit events among them) for log pipelines, written in
-    // batches off the decision path; the guard writes out what is buffered when `run` ends.
-    let log = if matches!(cli.command, Command::Serve(_)) {
-        Some(portcullis::server::log::install_json(
-            std::io::stderr(),
-            filter("info"),
-        ))
-    } else {
+    // The server installs its own log (JSON lines, with its span exporter): see `serve::run`.
+    if !matches!(cli.command, Command::Serve(_)) {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(filter("warn"))
             .init();
-        None
-    };
+    }
     let result = match cli.command {
-        Command::Serve(args) => serve::run(&args),
+        Command::Serve(args) => serve::run(&args, filter("info")),
         Command::Check { dir, flags } => check::run(&dir, &flags),
         Command::Decide(args) => decide::run(&args),
         Command::Replay(args) => replay::run(&args),
@@ -106,8 +99,6 @@ pub fn run() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Schema => schema::run(),
     };
-    // Buffered log lines first, then the error that ends the process.
-    drop(log);
     match result {
         Ok(code) => code,
         Err(e) => {

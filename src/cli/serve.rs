@@ -108,18 +108,87 @@ pub(crate) struct ServeArgs {
     /// `--client-cert-header` is trusted; from any other peer the header is ignored.
     #[arg(long, env = "PORTCULLIS_TRUSTED_GATEWAYS", value_delimiter = ',', value_parser = parse_network)]
     trusted_gateways: Vec<ipnet::IpNet>,
+    /// Export a span for every decision over OTLP to this collector URL
+    /// (`http://127.0.0.1:4317` for gRPC; for HTTP/protobuf the base URL, `/v1/traces` is
+    /// added when it has no path). Without it no span is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// How spans reach the collector. Default: `http/protobuf` when the endpoint's path
+    /// ends in `/v1/traces`, else `grpc`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum)]
+    otlp_protocol: Option<server::otel::Protocol>,
+    /// The share of calls without a trace context whose traces are sampled (0 to 1); calls
+    /// with one follow their parent's sampling flag.
+    #[arg(long, env = "PORTCULLIS_OTLP_SAMPLE", default_value_t = 1.0)]
+    otlp_sample: f64,
+    /// Export every denial's span, even when its parent was not sampled (then as a root
+    /// span of its own trace, linked to the parent).
+    #[arg(long, env = "PORTCULLIS_OTLP_ALWAYS_SAMPLE_DENIALS")]
+    otlp_always_sample_denials: bool,
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "portcullis")]
+    otlp_service_name: String,
+    /// A trace UI's address for a trace, `{traceId}` standing for the trace id
+    /// (`https://jaeger.example/trace/{traceId}`): the web page links decisions' trace ids
+    /// to it.
+    #[arg(long, env = "PORTCULLIS_TRACE_UI_URL", value_parser = parse_trace_ui_url)]
+    trace_ui_url: Option<String>,
     #[command(flatten)]
     flags: PolicyFlags,
     #[command(flatten)]
     transport: super::transport::TransportArgs,
 }
 
-pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+/// Serves with the log of `filter` (JSON lines, the audit events among them, written in
+/// batches off the decision path) and, with an OTLP endpoint, decisions' spans exported.
+pub(crate) fn run(
+    args: &ServeArgs,
+    filter: tracing_subscriber::EnvFilter,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
+    let telemetry = match args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        None => None,
+        Some(endpoint) => Some(server::otel::Telemetry::start(
+            &server::otel::OtlpConfig {
+                endpoint: endpoint.trim().to_owned(),
+                protocol: args
+                    .otlp_protocol
+                    .unwrap_or_else(|| server::otel::Protocol::for_endpoint(endpoint.trim())),
+                sample_ratio: args.otlp_sample,
+                always_sample_denials: args.otlp_always_sample_denials,
+                service_name: args.otlp_service_name.clone(),
+            },
+            runtime.handle(),
+        )?),
+    };
+    let log = server::log::install_json_with(std::io::stderr(), filter, telemetry.as_ref());
+    let result = runtime.block_on(serve(args));
+    // Off the runtime's threads, which run the export: the spans still queued, within a
+    // bound so that a dead collector does not hold the exit.
+    if let Some(telemetry) = &telemetry {
+        telemetry.shutdown(Duration::from_secs(5));
+    }
+    // Buffered log lines before the error that ends the process.
+    drop(log);
+    result
+}
+
+fn parse_trace_ui_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if !text.contains("{traceId}") {
+        return Err("the trace UI URL must contain `{traceId}`, e.g. `https://jaeger.example/trace/{traceId}`".into());
+    }
+    if !(text.starts_with("https://") || text.starts_with("http://")) {
+        return Err("the trace UI URL must start with `https://` or `http://`".into());
+    }
+    Ok(text.to_owned())
 }
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -164,6 +233,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         );
         config.panic_marker = Some(marker);
     }
+    config.tracing = server::TracingOptions {
+        sample_ratio: args.otlp_sample,
+        always_sample_denials: args.otlp_always_sample_denials,
+        trace_ui_url: args.trace_ui_url.clone(),
+    };
     config.reload_poll =
         (!args.no_watch && !args.reload_poll.is_zero()).then_some(args.reload_poll);
     let bound = match server::bind(config).await {

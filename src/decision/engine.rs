@@ -407,6 +407,7 @@ impl Engine {
                 .map(|t| TokenSummary::of(t, progress.binding.take())),
             trace: std::mem::take(&mut progress.trace),
             audit: String::new(),
+            trace_link: None,
             inputs: None,
             shadow: None,
             id,
@@ -461,6 +462,7 @@ impl Engine {
             token: None,
             trace: Vec::new(),
             audit: String::new(),
+            trace_link: None,
             inputs: None,
             shadow: None,
         };

@@ -254,6 +254,10 @@ pub struct Decision {
     pub token: Option<TokenSummary>,
     pub trace: Vec<TraceEntry>,
     pub audit: String,
+    /// The trace the decision took part in: the gateway's trace context when a valid one came
+    /// in (exported or not), else the trace of the span this decision exported, if any.
+    #[serde(flatten)]
+    pub trace_link: Option<TraceLink>,
     /// What the decision was made on, for replay (see [`ReplayInputs`]); `None` for a request
     /// an interface could not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +290,72 @@ impl ShadowDecision {
             policy_revision: decision.policy_revision,
             trace: decision.trace,
         }
+    }
+}
+
+/// The W3C trace id of a decision's trace and, when Portcullis made a span for it, that
+/// span's id (lower-case hex, as tracing backends show them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceLink {
+    #[serde(with = "hex_u128")]
+    pub trace_id: u128,
+    #[serde(default, with = "hex_u64", skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<u64>,
+}
+
+impl TraceLink {
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The span id as 16 lower-case hex digits.
+    pub fn span_hex(&self) -> Option<String> {
+        self.span_id.map(|s| format!("{s:016x}"))
+    }
+
+    /// A trace id written as 32 hex digits (any case), not all zero.
+    pub fn parse_trace_id(text: &str) -> Option<u128> {
+        (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(text, 16).ok())
+            .flatten()
+            .filter(|id| *id != 0)
+    }
+}
+
+mod hex_u128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{id:032x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        super::TraceLink::parse_trace_id(&text)
+            .ok_or_else(|| serde::de::Error::custom("a trace id is 32 hex digits, not all zero"))
+    }
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.collect_str(&format_args!("{id:016x}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        (text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(&text, 16).ok())
+            .flatten()
+            .filter(|id| *id != 0)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("a span id is 16 hex digits, not all zero"))
     }
 }
 

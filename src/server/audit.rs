@@ -38,6 +38,7 @@ pub fn write(decision: &Decision, transport: &'static str) {
 pub fn event(decision: &Decision, transport: &'static str) {
     // Every value is a `&str` (none formatted with `%`): the JSON formatter writes it as it
     // is, without formatting it into a string of its own first.
+    let trace_id = decision.trace_link.map(|l| l.trace_hex());
     tracing::info!(
         target: "portcullis::audit",
         decision_id = decision.id.as_str(),
@@ -50,6 +51,7 @@ pub fn event(decision: &Decision, transport: &'static str) {
         method = decision.request.method.as_str(),
         url = decision.request.url.as_str(),
         transport,
+        trace_id = trace_id.as_deref().unwrap_or(""),
         message = decision.audit.as_str(),
     );
 }
@@ -86,6 +88,11 @@ pub fn write_line(out: &mut Vec<u8>, decision: &Decision, transport: &str, now: 
     field(out, "method", &decision.request.method);
     field(out, "url", &decision.request.url);
     field(out, "transport", transport);
+    out.extend_from_slice(b",\"trace_id\":\"");
+    if let Some(link) = decision.trace_link {
+        let _ = write!(out, "{:032x}", link.trace_id);
+    }
+    out.push(b'"');
     field(out, "message", &decision.audit);
     out.extend_from_slice(b"},\"target\":\"");
     out.extend_from_slice(TARGET.as_bytes());
@@ -166,6 +173,12 @@ mod tests {
         allowed.status = 200;
         allowed.body = None;
         allowed.audit = "Request to the URL \"x\" allowed.".into();
+        decisions.push(allowed.clone());
+        // One in a trace: the gateway's context came with it.
+        allowed.trace_link = Some(crate::decision::TraceLink {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: Some(0x00f067aa0ba902b7),
+        });
         decisions.push(allowed);
         decisions
     }

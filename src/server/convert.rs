@@ -122,6 +122,8 @@ pub fn decision_to_pb(d: &Decision) -> proto::Decision {
         trace: d.trace.iter().map(trace_entry).collect(),
         audit: d.audit.clone(),
         upstream_status: d.upstream_status.map_or(0, u32::from),
+        trace_id: d.trace_link.map(|l| l.trace_hex()).unwrap_or_default(),
+        span_id: d.trace_link.and_then(|l| l.span_hex()).unwrap_or_default(),
         shadow: d.shadow.as_deref().map(|s| proto::ShadowDecision {
             outcome: outcome_to_pb(s.outcome) as i32,
             status: u32::from(s.status),

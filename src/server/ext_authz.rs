@@ -143,8 +143,11 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let check = request.into_inner();
-        let attributes = check.attributes.unwrap_or_default();
+        // Envoy's tracer puts its ext_authz span's context in the call's metadata.
+        let metadata = super::otel::metadata_context(request.metadata());
+        let check = request.get_ref();
+        let no_attributes = Default::default();
+        let attributes = check.attributes.as_ref().unwrap_or(&no_attributes);
         let client = attributes
             .source
             .as_ref()
@@ -172,7 +175,7 @@ impl Authorization for ExtAuthz {
             .filter(|c| !c.is_empty());
         let decision = self
             .state
-            .decide(
+            .decide_traced(
                 &DecisionRequest {
                     method: &http.method,
                     url: &url,
@@ -181,6 +184,7 @@ impl Authorization for ExtAuthz {
                     client_cert,
                 },
                 "ext_authz",
+                &metadata,
             )
             .await;
         Ok(Response::new(check_response(&decision)))

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::AppState;
 use super::convert::decision_to_pb;
 use super::ext_authz::ExtAuthz;
-use crate::decision::{DecisionRequest, Outcome};
+use crate::decision::{DecisionRequest, Outcome, TraceLink};
 use crate::proto;
 use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -61,6 +61,14 @@ fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, St
         .since
         .as_ref()
         .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+    let trace_id = match request.trace_id.as_str() {
+        "" => None,
+        text => Some(TraceLink::parse_trace_id(text).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "trace_id `{text}` is not a W3C trace id (32 hex digits, not all zero)"
+            ))
+        })?),
+    };
     Ok(DecisionFilter {
         service: Some(request.service.clone()).filter(|s| !s.is_empty()),
         outcome,
@@ -73,6 +81,7 @@ fn filter_of(request: &proto::ListDecisionsRequest) -> Result<DecisionFilter, St
             .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)),
         shadow_differs: request.shadow_differs,
         text: None,
+        trace_id,
     })
 }
 
@@ -82,7 +91,8 @@ impl DecisionService for Decisions {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
-        let r = request.into_inner();
+        let metadata = super::otel::metadata_context(request.metadata());
+        let r = request.get_ref();
         let headers: Vec<(&str, &str)> = r
             .headers
             .iter()
@@ -90,7 +100,7 @@ impl DecisionService for Decisions {
             .collect();
         let decision = self
             .state
-            .decide(
+            .decide_traced(
                 &DecisionRequest {
                     method: &r.method,
                     url: &r.url,
@@ -99,6 +109,7 @@ impl DecisionService for Decisions {
                     client_cert: Some(r.client_certificate.as_str()).filter(|c| !c.is_empty()),
                 },
                 "grpc",
+                &metadata,
             )
             .await;
         Ok(Response::new(decision_to_pb(&decision)))

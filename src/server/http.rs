@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::AppState;
-use crate::decision::{Decision, DecisionRequest, Outcome};
+use crate::decision::{Decision, DecisionRequest, Outcome, TraceLink};
 use crate::trace::{DEFAULT_LIST_LIMIT, DecisionFilter, MAX_LIST_LIMIT};
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/decisions/{id}", get(get_decision))
+        .route("/v1/overview", get(overview))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -208,6 +209,8 @@ struct ListQuery {
     limit: Option<String>,
     /// Free text: a case-insensitive part of the URL, service, operation, subject or id.
     q: Option<String>,
+    #[serde(rename = "traceId")]
+    trace_id: Option<String>,
     /// `differs`: only decisions the shadow policy set decided differently.
     shadow: Option<String>,
     /// Only decisions before this time (RFC 3339, or Unix milliseconds): the paging cursor.
@@ -291,6 +294,18 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             }
         },
     };
+    let trace_id = match q.trace_id.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match TraceLink::parse_trace_id(s) {
+            Some(id) => Some(id),
+            None => {
+                return Err(bad(
+                    "traceId",
+                    format!("`traceId` must be a W3C trace id (32 hex digits), not `{s}`"),
+                ));
+            }
+        },
+    };
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     Ok((
         DecisionFilter {
@@ -302,6 +317,7 @@ fn parse_list_query(q: ListQuery) -> Result<(DecisionFilter, usize), BadParamete
             until_millis,
             shadow_differs,
             text: non_empty(q.q),
+            trace_id,
         },
         limit,
     ))
@@ -377,6 +393,36 @@ async fn get_decision(State(state): State<Arc<AppState>>, Path(id): Path<String>
             ),
         ),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct OverviewQuery {
+    seconds: Option<String>,
+}
+
+/// The web page's overview: decisions per second, the rules and services that deny most,
+/// the latency distribution (see `super::overview`), and the trace UI to link trace ids to.
+async fn overview(State(state): State<Arc<AppState>>, Query(q): Query<OverviewQuery>) -> Response {
+    let max = super::overview::WINDOW_SECONDS;
+    let seconds = match q.seconds.as_deref().filter(|s| !s.is_empty()) {
+        None => 300,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    "seconds",
+                    format!("`seconds` must be a number from 1 to {max}, not `{s}`"),
+                );
+            }
+        },
+    };
+    let now = crate::time::unix_millis(std::time::SystemTime::now()).div_euclid(1000);
+    let snapshot = state.overview.snapshot(now, seconds, 10);
+    let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+    body["traceUiUrl"] = json!(state.tracing.trace_ui_url);
+    json_response(StatusCode::OK, body.to_string())
 }
 
 async fn healthz() -> &'static str {

@@ -113,16 +113,56 @@ pub fn install_json(
     sink: impl Write + Send + 'static,
     filter: tracing_subscriber::EnvFilter,
 ) -> LogGuard {
+    install_json_with(sink, filter, None)
+}
+
+/// [`install_json`], and decisions' spans exported through `telemetry` when it is given.
+/// The log never shows those spans, whatever `filter` says.
+pub fn install_json_with(
+    sink: impl Write + Send + 'static,
+    filter: tracing_subscriber::EnvFilter,
+    telemetry: Option<&super::otel::Telemetry>,
+) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let (buffer, guard) = start(sink);
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(buffer.clone())
-        .with_env_filter(filter)
-        .init();
+    // No `Option` layer for "no telemetry": an absent layer's interest is `always`, which
+    // would enable every call site of every library.
+    match telemetry {
+        Some(telemetry) => tracing_subscriber::registry()
+            .with(telemetry.layer())
+            .with(json_layer(buffer.clone(), filter))
+            .init(),
+        None => tracing_subscriber::registry()
+            .with(json_layer(buffer.clone(), filter))
+            .init(),
+    }
     if tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO) {
         let _ = AUDIT_BUFFER.set(buffer);
     }
     guard
+}
+
+/// The log's layer: JSON lines into `buffer`, filtered by `filter`, never the decisions' spans.
+fn json_layer<S>(
+    buffer: LogBuffer,
+    filter: tracing_subscriber::EnvFilter,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
+    // A `Targets` filter, not a closure: its interest in a call site is decided once, and
+    // with the level hint kept, the libraries' trace-level spans and events (h2's, per frame)
+    // stay disabled where they are called instead of costing a registry lookup each.
+    let not_spans = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target(super::otel::TARGET, LevelFilter::OFF);
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_writer(buffer)
+        .with_filter(filter.and(not_spans))
 }
 
 fn write_out(shared: &Shared, mut sink: impl Write, interval: Duration) {

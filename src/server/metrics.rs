@@ -3,9 +3,10 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
@@ -37,6 +38,12 @@ struct TransportLabels {
     transport: &'static str,
 }
 
+/// An exemplar's labels: the trace of the decision observed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabels {
+    trace_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     transport: &'static str,
@@ -47,7 +54,7 @@ struct RefusalLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
-    latency: Family<TransportLabels, Histogram>,
+    latency: Family<TransportLabels, HistogramWithExemplars<TraceLabels>>,
     store_records: Gauge,
     store_bytes: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
@@ -63,6 +70,7 @@ pub struct Metrics {
     shared_up: Gauge,
     rate_limit_counts: Family<CountedByLabels, Counter>,
     log_lines_dropped: Counter,
+    spans_dropped: Counter,
     shadow_decisions: Family<ShadowLabels, Counter>,
     dpop_replay_checks: Family<CountedByLabels, Counter>,
     dpop_replay_cache_full: Counter,
@@ -112,9 +120,11 @@ impl Metrics {
         );
         // 2 µs to about 1 s: a cached-token decision is a few µs, a fresh RSA one ~25 µs; the
         // tail covers a loaded server.
-        let latency = Family::<TransportLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(2e-6, 2.0, 20))
-        });
+        // Each bucket keeps the trace id of its latest decision that had one, as an exemplar.
+        let latency =
+            Family::<TransportLabels, HistogramWithExemplars<TraceLabels>>::new_with_constructor(
+                || HistogramWithExemplars::new(exponential_buckets(2e-6, 2.0, 20)),
+            );
         registry.register(
             "decision_duration_seconds",
             "Time to decide, from the request reaching Portcullis to the answer being built",
@@ -211,6 +221,12 @@ impl Metrics {
             "Log and audit lines dropped because the log reader did not keep up",
             log_lines_dropped.clone(),
         );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "otlp_spans_dropped",
+            "Decision spans not exported: the export queue was full or the collector failed",
+            spans_dropped.clone(),
+        );
         let shadow_decisions = Family::<ShadowLabels, Counter>::default();
         registry.register(
             "shadow_decisions",
@@ -232,6 +248,7 @@ impl Metrics {
         Self {
             dpop_replay_checks,
             dpop_replay_cache_full,
+            spans_dropped,
             shadow_decisions,
             registry,
             shared_records,
@@ -275,9 +292,12 @@ impl Metrics {
                 status: decision.status,
             })
             .inc();
+        let exemplar = decision.trace_link.map(|l| TraceLabels {
+            trace_id: l.trace_hex(),
+        });
         self.latency
             .get_or_create(&TransportLabels { transport })
-            .observe(seconds);
+            .observe(seconds, exemplar, None);
     }
 
     pub fn set_store(&self, records: usize, bytes: usize) {
@@ -369,6 +389,9 @@ impl Metrics {
         let dropped = super::log::dropped_lines();
         self.log_lines_dropped
             .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        let spans = super::otel::dropped_spans();
+        self.spans_dropped
+            .inc_by(spans.saturating_sub(self.spans_dropped.get()));
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -11,6 +11,8 @@ mod http;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod otel;
+pub mod overview;
 pub mod reload;
 pub mod shared;
 pub mod sideband;
@@ -79,6 +81,8 @@ pub struct ServerConfig {
     /// Where `/v1/authorize` finds the client certificate (for certificate-bound tokens):
     /// a header the gateway sets, read only from the trusted gateways.
     pub client_cert: Option<ClientCertHeader>,
+    /// What the decisions' spans and trace links need to know of the OTLP set-up.
+    pub tracing: TracingOptions,
 }
 
 /// The request header carrying the client certificate to `/v1/authorize`, and the peers
@@ -97,6 +101,29 @@ impl ClientCertHeader {
             v4 => v4,
         };
         self.trusted_gateways.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// The server's side of tracing; the OTLP exporter itself is the process' (see
+/// [`otel::Telemetry`]).
+#[derive(Debug, Clone)]
+pub struct TracingOptions {
+    /// The share of calls without a trace context whose spans are exported (the exporter's
+    /// `--otlp-sample`); decided before a span is made, so an unsampled call costs nothing.
+    pub sample_ratio: f64,
+    /// Denials' spans are exported even when their parent was not sampled.
+    pub always_sample_denials: bool,
+    /// A trace UI's address with `{traceId}` in it, which the web page links trace ids to.
+    pub trace_ui_url: Option<String>,
+}
+
+impl Default for TracingOptions {
+    fn default() -> Self {
+        Self {
+            sample_ratio: 1.0,
+            always_sample_denials: false,
+            trace_ui_url: None,
+        }
     }
 }
 
@@ -176,6 +203,7 @@ impl ServerConfig {
             panic_marker: None,
             shared: SharedStores::default(),
             sideband: None,
+            tracing: TracingOptions::default(),
             shadow_policies: None,
             client_cert: None,
         }
@@ -214,6 +242,9 @@ pub struct AppState {
     pub(crate) sideband_max_body: usize,
     /// The client-certificate header of `/v1/authorize`, when configured.
     pub(crate) client_cert: Option<ClientCertHeader>,
+    pub(crate) tracing: TracingOptions,
+    /// Decisions per second of the last minutes, for the web page's overview.
+    pub overview: overview::Overview,
 }
 
 /// A listing of recent decisions, and whether the shared store could be read.
@@ -298,6 +329,8 @@ impl AppState {
             sideband,
             sideband_max_body: config.transport.max_sideband_body_bytes,
             client_cert: config.client_cert.clone(),
+            tracing: config.tracing.clone(),
+            overview: overview::Overview::default(),
         })
     }
 
@@ -344,7 +377,42 @@ impl AppState {
     ///
     /// A token whose key id the service's remote key set lacks makes the key set be fetched
     /// again (rate-limited); if that brings new keys, the request is decided again.
+    ///
+    /// The trace context comes from the request's headers; see [`decide_traced`](Self::decide_traced).
     pub async fn decide(&self, request: &DecisionRequest<'_>, transport: &'static str) -> Decision {
+        self.decide_traced(request, transport, &[]).await
+    }
+
+    /// [`decide`](Self::decide), in the trace whose context `metadata` (the call's own
+    /// metadata, such as gRPC's) or else the request's headers carry; a malformed context is
+    /// ignored. The decision is one `decide` span there when spans are exported.
+    pub async fn decide_traced(
+        &self,
+        request: &DecisionRequest<'_>,
+        transport: &'static str,
+        metadata: &[(&str, &str)],
+    ) -> Decision {
+        use tracing::Instrument as _;
+        let parent = otel::incoming(metadata, request.headers);
+        let span = otel::decide_span(request, transport, parent.as_ref(), &self.tracing);
+        if span.is_disabled() {
+            return self
+                .decide_in(request, transport, parent.as_ref(), &span)
+                .await;
+        }
+        self.decide_in(request, transport, parent.as_ref(), &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn decide_in(
+        &self,
+        request: &DecisionRequest<'_>,
+        transport: &'static str,
+        parent: Option<&opentelemetry::trace::SpanContext>,
+        span: &tracing::Span,
+    ) -> Decision {
+        use tracing::Instrument as _;
         let started = Instant::now();
         let shadow = self.shadow.load_full();
         let mut now = SystemTime::now();
@@ -356,7 +424,16 @@ impl AppState {
         );
         if pending.decision().detail_code() == Some("UNKNOWN_KEY")
             && let Some(location) = self.remote_location(pending.decision().service.as_deref())
-            && self.keys.refetch_for_unknown_key(&location).await
+            && self
+                .keys
+                .refetch_for_unknown_key(&location)
+                .instrument(tracing::info_span!(
+                    target: otel::TARGET,
+                    "jwks fetch",
+                    otel.kind = "client",
+                    "url.full" = %otel::redact_query(&location.to_string())
+                ))
+                .await
         {
             now = SystemTime::now();
             pending = self.engine.decide_pending_recording(
@@ -382,6 +459,8 @@ impl AppState {
         if let Some(shadow) = shadow {
             self.decide_shadow(&mut decision, &shadow, request, now, count);
         }
+        decision.trace_link =
+            otel::finish(span, &decision, parent, self.tracing.always_sample_denials);
         self.settle(&decision, transport, started);
         decision
     }
@@ -420,9 +499,18 @@ impl AppState {
         transport: &'static str,
     ) -> Decision {
         let started = Instant::now();
-        let decision =
+        let parent = otel::incoming(&[], request.headers);
+        let span = otel::decide_span(request, transport, parent.as_ref(), &self.tracing);
+        let _entered = span.enter();
+        let mut decision =
             self.engine
                 .refuse_input(&self.policies.load(), request, input, SystemTime::now());
+        decision.trace_link = otel::finish(
+            &span,
+            &decision,
+            parent.as_ref(),
+            self.tracing.always_sample_denials,
+        );
         self.settle(&decision, transport, started);
         decision
     }
@@ -433,8 +521,12 @@ impl AppState {
         if let Some(shared) = &self.shared_decisions {
             shared.record(record);
         }
+        let elapsed = started.elapsed();
         self.metrics
-            .observe(decision, transport, started.elapsed().as_secs_f64());
+            .observe(decision, transport, elapsed.as_secs_f64());
+        let second = crate::time::unix_millis(SystemTime::now()).div_euclid(1000);
+        self.overview
+            .record(decision, second, elapsed.as_micros() as u64);
         audit::write(decision, transport);
     }
 
@@ -463,11 +555,21 @@ impl AppState {
     /// process' counters when Redis does not answer in time), else locally.
     async fn count_request(&self, check: &crate::ratelimit::LimitCheck) -> crate::ratelimit::Count {
         use crate::ratelimit::CountedBy;
+        use tracing::Instrument as _;
         let now = crate::time::unix_millis(SystemTime::now()).max(0) as u64;
         let local = self.engine.local_limits();
         let count = match &self.shared_limits {
             None => local.hit(check, now, CountedBy::Local),
-            Some(shared) => match shared.hit(check, now).await {
+            Some(shared) => match shared
+                .hit(check, now)
+                .instrument(tracing::info_span!(
+                    target: otel::TARGET,
+                    "redis rate limit",
+                    otel.kind = "client",
+                    "db.system.name" = "redis"
+                ))
+                .await
+            {
                 Ok(count) => count,
                 Err(_) => local.hit(check, now, CountedBy::LocalFallback),
             },

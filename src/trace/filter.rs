@@ -23,6 +23,8 @@ pub struct DecisionFilter {
     /// A case-insensitive substring of the URL, service, operation, subject or decision id;
     /// empty matches everything.
     pub text: Option<String>,
+    /// The W3C trace id the decision took part in.
+    pub trace_id: Option<u128>,
 }
 
 impl DecisionFilter {
@@ -63,6 +65,8 @@ impl<'f> Matcher<'f> {
                 .as_deref()
                 .is_none_or(|s| d.service.as_deref() == Some(s))
             && f.subject.as_deref().is_none_or(|s| subject == Some(s))
+            && f.trace_id
+                .is_none_or(|t| d.trace_link.as_ref().is_some_and(|l| l.trace_id == t))
             && self.needle.as_deref().is_none_or(|needle| {
                 [
                     Some(&*d.url),

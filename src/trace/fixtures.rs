@@ -38,7 +38,7 @@ pub(super) fn decide(method: &str, url: &str, headers: &[(&str, &str)]) -> Decis
 }
 
 /// GET of item `n` of `app` without a token: a 401 deny.
-pub(super) fn unauthorised(n: usize) -> Decision {
+pub(crate) fn unauthorised(n: usize) -> Decision {
     let d = decide("GET", &format!("https://api.test/app/v1/items/{n}"), &[]);
     assert_eq!((d.outcome, d.status), (Outcome::Deny, 401), "{}", d.audit);
     d
@@ -55,7 +55,7 @@ pub(super) fn unknown_host(n: usize) -> Decision {
 }
 
 /// An allowed decision of `app` for subject `sub` (made from a 401 by hand).
-pub(super) fn allowed(n: usize, sub: &str) -> Decision {
+pub(crate) fn allowed(n: usize, sub: &str) -> Decision {
     let mut d = unauthorised(n);
     d.outcome = Outcome::Allow;
     d.status = 200;

@@ -8,7 +8,7 @@
 
 mod filter;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod record;
 mod store;
 

@@ -35,6 +35,10 @@ impl Server {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            // Spans are exported only where a test asks for it.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .env_remove("OTEL_SERVICE_NAME")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -206,6 +206,7 @@ mod tests {
             token: None,
             trace: Vec::new(),
             audit: String::new(),
+            trace_link: None,
             inputs: None,
             shadow: None,
         }

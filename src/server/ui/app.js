@@ -13,7 +13,7 @@
   // decisions evicted from the store leave the page too.
   const FULL_LIST_EVERY = 20;
   const LIMIT = 100;
-  const FILTERS = ['service', 'outcome', 'status', 'subject', 'q', 'shadow'];
+  const FILTERS = ['service', 'outcome', 'status', 'subject', 'since', 'q', 'shadow'];
   const STAGES = [
     { step: 'baseUrl', title: 'Base URL match', check: 'base URL' },
     { step: 'token', title: 'Token checks', check: 'bearer token' },
@@ -235,6 +235,7 @@
     readFiltersFromUrl();
     state.listUrl = location.pathname + location.search;
     refreshList(true);
+    refreshOverview();
     if (fromDetail && state.lastOpened) {
       const row = state.rows.get(state.lastOpened);
       if (row && row.isConnected) focusRow(row);
@@ -635,6 +636,19 @@
         : null);
   }
 
+  // The trace id, linked to the trace UI when the server names one (`--trace-ui-url`).
+  function traceEl(d) {
+    if (!d.traceId) return undefined;
+    const id = el('code', { class: 'trace-id' }, d.traceId);
+    const span = d.spanId ? el('span', { class: 'muted' }, ' span ', el('code', null, d.spanId)) : null;
+    const template = overviewState.traceUiUrl;
+    if (!template || !/^https?:/.test(template)) return el('span', null, id, span);
+    const href = template.split('{traceId}').join(encodeURIComponent(d.traceId));
+    return el('span', null,
+      el('a', { href, class: 'trace-link', target: '_blank', rel: 'noopener noreferrer' }, id),
+      span);
+  }
+
   function requestSection(d) {
     const request = d.request || {};
     return section('request-heading', 'Request',
@@ -647,6 +661,7 @@
         ['Service', d.service || null],
         ['Operation', d.operation || null],
         ['Policy revision', d.policyRevision ? el('code', null, d.policyRevision) : null],
+        ['Trace', traceEl(d)],
         ['Upstream answered', d.upstreamStatus ? String(d.upstreamStatus) : undefined],
         ['Audit', d.audit || null],
       ]));
@@ -788,5 +803,159 @@
       el('p', { class: 'hint' }, 'A summary of the verified claims; the token itself is never stored.'));
   }
 
-  route();
+  // ---- the overview: GET /v1/overview, drawn as SVG ----
+
+  const OVERVIEW_API = '/v1/overview';
+  const OVERVIEW_MS = 3000;
+  const rateSvg = $('rate-svg');
+  const latencySvg = $('latency-svg');
+  // The SVG namespace, from the page's own <svg> elements.
+  const SVG_NS = rateSvg.namespaceURI;
+  const overviewState = { timer: 0, traceUiUrl: null, loaded: false };
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined) node.setAttribute(name, String(value));
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) {
+        node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+      }
+    }
+    return node;
+  }
+
+  function listHref(params) {
+    const search = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) if (value) search.set(name, value);
+    return '/ui/?' + search;
+  }
+
+  // An SVG link navigates inside the page, as the page's HTML links do.
+  function svgLink(href, label, ...children) {
+    const link = svg('a', { href, 'aria-label': label }, svg('title', null, label), ...children);
+    link.addEventListener('click', (event) => {
+      if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+      event.preventDefault();
+      navigate(href);
+    });
+    return link;
+  }
+
+  const isoSecond = (t) => new Date(t * 1000).toISOString().replace('.000Z', 'Z');
+
+  function drawRate(seconds) {
+    const width = 1200;
+    const height = 110;
+    const n = Math.max(seconds.length, 1);
+    const step = width / n;
+    const peak = Math.max(1, ...seconds.map((s) => s.allow + s.deny));
+    const bars = [];
+    let allowTotal = 0;
+    let denyTotal = 0;
+    seconds.forEach((s, i) => {
+      allowTotal += s.allow;
+      denyTotal += s.deny;
+      let y = height;
+      for (const [outcome, count] of [['allow', s.allow], ['deny', s.deny]]) {
+        if (!count) continue;
+        const h = Math.max(1, (count / peak) * height);
+        y -= h;
+        const label = isoSecond(s.t).slice(11, 19) + ' UTC: ' + count + ' ' + outcome;
+        bars.push(svgLink(listHref({ outcome, since: isoSecond(s.t) }), label,
+          svg('rect', {
+            class: 'bar-' + outcome, x: (i * step).toFixed(2), y: y.toFixed(2),
+            width: Math.max(step - 0.5, 0.5).toFixed(2), height: h.toFixed(2),
+            'data-outcome': outcome, 'data-count': count, 'data-t': s.t,
+          })));
+      }
+    });
+    rateSvg.replaceChildren(
+      svg('line', { class: 'axis', x1: 0, y1: height, x2: width, y2: height }),
+      svg('text', { x: 2, y: 10 }, peak + '/s'),
+      svg('text', { x: 2, y: height + 14 }, '−' + Math.round(n / 60) + ' min'),
+      svg('text', { x: width - 2, y: height + 14, 'text-anchor': 'end' }, 'now'),
+      ...bars);
+    rateSvg.dataset.allow = String(allowTotal);
+    rateSvg.dataset.deny = String(denyTotal);
+    $('rate-summary').textContent = allowTotal + ' allowed and ' + denyTotal
+      + ' denied in the last ' + Math.round(n / 60) + ' minutes; peak ' + peak + ' a second.';
+  }
+
+  function drawTop(listEl, counts, what) {
+    const items = counts.map((c) => {
+      const name = what === 'rule'
+        ? (c.rule || '(before the rules: URL, token or operation)')
+        : (c.service || '(no service matched)');
+      const where = what === 'rule' && c.service ? el('span', { class: 'muted' }, ' · ' + c.service) : null;
+      return el('li', { 'data-count': c.count },
+        el('a', { href: listHref({ outcome: 'deny', service: c.service }) }, name),
+        where, el('span', { class: 'count' }, String(c.count)));
+    });
+    if (!items.length) items.push(el('li', { class: 'muted' }, 'No denials in this window.'));
+    listEl.replaceChildren(...items);
+  }
+
+  function latencyLabel(bounds, i) {
+    const micros = i < bounds.length ? bounds[i] : bounds[bounds.length - 1];
+    const text = micros >= 1000 ? (micros / 1000) + ' ms' : micros + ' µs';
+    return (i < bounds.length ? '≤' : '>') + text;
+  }
+
+  function drawLatency(latency) {
+    const width = 300;
+    const height = 100;
+    const counts = latency.counts || [];
+    const bounds = latency.boundsMicros || [];
+    const peak = Math.max(1, ...counts);
+    const step = width / Math.max(counts.length, 1);
+    const bars = counts.map((count, i) => {
+      const h = count ? Math.max(1, (count / peak) * height) : 0;
+      const label = latencyLabel(bounds, i) + ': ' + count;
+      return svg('g', null, svg('title', null, label),
+        svg('rect', {
+          class: 'bar-latency', x: (i * step + 1).toFixed(2), y: (height - h).toFixed(2),
+          width: (step - 2).toFixed(2), height: h.toFixed(2), 'data-count': count,
+        }));
+    });
+    latencySvg.replaceChildren(
+      svg('line', { class: 'axis', x1: 0, y1: height, x2: width, y2: height }),
+      svg('text', { x: 1, y: height + 14 }, latencyLabel(bounds, 0)),
+      svg('text', { x: width - 1, y: height + 14, 'text-anchor': 'end' },
+        latencyLabel(bounds, counts.length - 1)),
+      ...bars);
+  }
+
+  async function refreshOverview() {
+    clearTimeout(overviewState.timer);
+    let data = null;
+    try {
+      const response = await fetch(OVERVIEW_API + '?seconds=300', { cache: 'no-store', headers: apiHeaders() });
+      if (response.ok) data = await response.json().catch(() => null);
+    } catch {
+      data = null;
+    }
+    if (data && Array.isArray(data.seconds)) {
+      overviewState.traceUiUrl = typeof data.traceUiUrl === 'string' ? data.traceUiUrl : null;
+      overviewState.loaded = true;
+      drawRate(data.seconds);
+      drawTop($('top-rules'), data.denyingRules || [], 'rule');
+      drawTop($('top-services'), data.denyingServices || [], 'service');
+      drawLatency(data.latency || {});
+    }
+    if (state.view === 'list' && liveBox.checked && !document.hidden) {
+      overviewState.timer = setTimeout(refreshOverview, OVERVIEW_MS);
+    }
+  }
+
+  liveBox.addEventListener('change', () => { if (liveBox.checked && state.view === 'list') refreshOverview(); });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && state.view === 'list') refreshOverview();
+  });
+
+  // The overview also says which trace UI to link trace ids to: a decision's page opened
+  // directly waits for it.
+  if (/^\/ui\/decisions\//.test(location.pathname)) refreshOverview().finally(route);
+  else route();
 })();

@@ -26,7 +26,7 @@ use serde_json::Value;
 use self::audit::Audit;
 pub use self::cap::MAX_RECORD_BYTES;
 pub(super) use self::interner::Interner;
-use crate::decision::{Outcome, ShadowDecision, Step, TraceEntry};
+use crate::decision::{Outcome, ShadowDecision, Step, TraceEntry, TraceLink};
 
 /// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
 const ARC_HEADER: usize = 2 * size_of::<usize>();
@@ -80,6 +80,9 @@ pub struct StoredDecision {
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
     audit: Audit,
+    /// Boxed: most calls come without a trace context, and every record pays its inline
+    /// size (inline, this one field would be a tenth of it).
+    pub(super) trace_link: Option<Box<TraceLink>>,
     /// The replay inputs as JSON (see [`inputs`](pack)), at most `MAX_INPUT_BYTES`.
     inputs: Option<Box<[u8]>>,
     /// The shadow set's decision, when it differed.

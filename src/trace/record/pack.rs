@@ -184,6 +184,7 @@ impl StoredDecision {
         p.bytes += audit.heap_bytes();
         p.bytes += inputs.as_ref().map_or(0, |i| i.len());
         p.bytes += d.shadow.as_deref().map_or(0, super::size::shadow_bytes);
+        p.bytes += super::size::trace_link_bytes(d.trace_link.as_ref());
         let headers: Vec<DecisionHeader> = (d.headers.0.iter())
             .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
             .collect();
@@ -231,6 +232,7 @@ impl StoredDecision {
             token: d.token.as_ref().map(|t| p.token(t)),
             trace: p.slice(trace),
             audit,
+            trace_link: d.trace_link.map(Box::new),
             inputs,
             shadow: d.shadow.clone(),
         };
@@ -320,6 +322,7 @@ impl StoredDecision {
             }),
             trace: self.trace.iter().map(StoredEntry::unpack).collect(),
             audit: self.audit.text(&self.url, id),
+            trace_link: self.trace_link.as_deref().copied(),
             inputs: (self.inputs.as_deref()).and_then(|json| serde_json::from_slice(json).ok()),
             shadow: self.shadow.clone(),
         }

@@ -12,7 +12,9 @@ use super::{
     ARC_HEADER, AUDIENCE_INLINE, BODY_INLINE, DETAIL_INLINE, ENTRY_INLINE, HEADER_INLINE,
     RECORD_INLINE, TOKEN_INLINE,
 };
-use crate::decision::{Decision, ErrorBody, Headers, ShadowDecision, TokenSummary, TraceEntry};
+use crate::decision::{
+    Decision, ErrorBody, Headers, ShadowDecision, TokenSummary, TraceEntry, TraceLink,
+};
 
 /// At most the heap bytes of the record of `d` (which `StoredDecision::pack` measures
 /// exactly): its layout, with nothing shared with other records and nothing rebuilt, every
@@ -36,6 +38,12 @@ pub(super) fn record_bytes(d: &Decision) -> usize {
         + d.token.as_ref().map_or(0, token_bytes)
         + trace_bytes(&d.trace)
         + d.shadow.as_deref().map_or(0, shadow_bytes)
+        + trace_link_bytes(d.trace_link.as_ref())
+}
+
+/// Heap bytes of a record's trace link (boxed when there is one).
+pub(super) fn trace_link_bytes(link: Option<&TraceLink>) -> usize {
+    link.map_or(0, |_| size_of::<TraceLink>())
 }
 
 /// Heap bytes of a shadow decision as the record keeps it (whole, not interned).

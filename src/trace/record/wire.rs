@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use super::audit::{Audit, AuditSentence};
 use super::value::{Encoded, encode_value};
 use super::{EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken};
-use crate::decision::{Outcome, ShadowDecision, Step};
+use crate::decision::{Outcome, ShadowDecision, Step, TraceLink};
 
 /// The version this build writes and reads.
 const VERSION: u32 = 1;
@@ -101,6 +101,9 @@ struct Record<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     audit: Option<Cow<'a, str>>,
+    /// Replicas that predate it ignore it, and a record without it has no trace link.
+    #[serde(rename = "ot", default, skip_serializing_if = "Option::is_none")]
+    trace_link: Option<TraceLink>,
     /// The replay inputs, as the record keeps them (JSON).
     #[serde(
         rename = "in",
@@ -384,6 +387,7 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             .collect(),
         sentence,
         audit,
+        trace_link: r.trace_link.as_deref().copied(),
         // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
         inputs: (r.inputs.as_deref())
             .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
@@ -503,6 +507,7 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 (None, Some(text)) => Audit::Text(Box::from(&*text)),
                 _ => return None,
             },
+            trace_link: r.trace_link.map(Box::new),
             inputs: r.inputs.map(|json| Box::from(json.get().as_bytes())),
             shadow: match r.shadow {
                 None => None,
@@ -561,6 +566,32 @@ mod tests {
             assert_eq!(read.id(), record.id());
             assert_eq!(read.unix_millis, record.unix_millis);
         }
+    }
+
+    #[test]
+    fn a_trace_link_is_kept_shown_and_shared_and_a_record_without_one_reads_as_before() {
+        let store = TraceStore::new(10);
+        let mut d = full_trace_deny(1);
+        d.trace_link = Some(crate::decision::TraceLink {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: Some(0x00f067aa0ba902b7),
+        });
+        let record = store.record(&d);
+        let json = serde_json::to_value(&*record).unwrap();
+        assert_eq!(json["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(json["spanId"], "00f067aa0ba902b7");
+        let mut compact = Vec::new();
+        wire::write(std::slice::from_ref(&record), &mut compact).unwrap();
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read[0].decision().trace_link, d.trace_link);
+        // What a replica without trace links writes: no `ot` member.
+        let mut old: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+        old["d"][0].as_object_mut().unwrap().remove("ot");
+        let read = wire::read(old.to_string().as_bytes()).expect("a batch");
+        assert_eq!(read[0].decision().trace_link, None);
+        // A malformed trace id makes the batch unreadable, as any malformed value does.
+        old["d"][0]["ot"] = serde_json::json!({"traceId": "xyz"});
+        assert!(wire::read(old.to_string().as_bytes()).is_none());
     }
 
     #[test]
