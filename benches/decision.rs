@@ -18,7 +18,8 @@
 //!   (URL-encoded PEM, its thumbprint cached): the difference is the certificate check.
 //! - `binding/dpop_es256`: the same with a DPoP-bound token and a new ES256 proof each
 //!   iteration (proofs made beforehand, untimed; a fresh replay cache per sample), and
-//!   `binding/es256_verify`, one ES256 verification of a proof, to compare it with.
+//!   `binding/es256_verify`, one ES256 verification of a proof, to compare it with;
+//!   `binding/verify_proof`, the proof checks alone (no replay cache, no trace).
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -253,6 +254,31 @@ fn bench_binding(c: &mut Criterion) {
                 }
             }
             elapsed
+        })
+    });
+
+    // The proof alone, as `token::dpop::verify_proof` checks it (key from the header cache,
+    // signature, claims), without the engine's replay cache and trace; `now` fixed, so the
+    // same proofs serve every iteration.
+    let proofs: Vec<String> = (0..512)
+        .map(|i| proof(&signing, &jwk, &access, 1_000_000 + i))
+        .collect();
+    let keys = portcullis::token::dpop::ProofKeys::default();
+    let url_matches = |htu: &str| htu == URL;
+    let request = portcullis::token::dpop::ProofRequest {
+        method: "POST",
+        url_matches: &url_matches,
+        access_token: &access,
+        now: unix_now() as i64,
+        window: 60,
+    };
+    let next = Cell::new(0usize);
+    group.bench_function("verify_proof", |b| {
+        b.iter(|| {
+            let i = next.get();
+            next.set((i + 1) % proofs.len());
+            portcullis::token::dpop::verify_proof(black_box(&proofs[i]), &request, &keys)
+                .expect("the proof verifies")
         })
     });
 
