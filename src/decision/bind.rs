@@ -61,6 +61,8 @@ impl Default for BindingCheck {
 /// What the request offers to prove it is the token's sender.
 pub(super) struct Presented<'r> {
     pub(super) method: &'r str,
+    /// The request URL as the interface gave it, and as parsed and normalised.
+    pub(super) raw_url: &'r str,
     pub(super) url: &'r RequestUrl<'r>,
     pub(super) headers: &'r [(&'r str, &'r str)],
     pub(super) certificate: Option<&'r str>,
@@ -203,9 +205,17 @@ fn check_proof(
     entry: &mut TraceEntry,
 ) -> Result<Option<ProofSeen>, BindingError> {
     let proof = extract_proof(presented.headers)?;
-    let request_url = canonical_url(presented.url);
-    let url_matches =
-        |htu: &str| parse_request_url(htu).is_ok_and(|u| canonical_url(&u) == request_url);
+    // The same text as the request's URL (query aside) normalises the same: no parsing then.
+    let raw = presented
+        .raw_url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let url_matches = |htu: &str| {
+        htu == raw
+            || parse_request_url(htu)
+                .is_ok_and(|u| canonical_url(&u) == canonical_url(presented.url))
+    };
     let checked = verify_proof(
         proof,
         &ProofRequest {

@@ -711,6 +711,7 @@ fn authenticate(
                 (Some((raw, scheme)), Credentials::Request(proofs)) => {
                     let presented = Presented {
                         method: request.method,
+                        raw_url: request.url,
                         url,
                         headers: request.headers,
                         certificate: request.client_cert,
