@@ -487,6 +487,24 @@ mod tests {
     }
 
     #[test]
+    fn a_header_is_read_once_and_its_key_reused() {
+        let pem = key_pem();
+        let keys = ProofKeys::new(8);
+        let one = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "a").unwrap();
+        let two = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "b").unwrap();
+        let header = |p: &str| p.split('.').next().unwrap().to_owned();
+        assert_eq!(header(&one), header(&two), "one key, one header");
+        let first = keys.get(&header(&one)).unwrap();
+        let again = keys.get(&header(&two)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second proof's key came from the cache"
+        );
+        let matches = |_: &str| true;
+        assert!(verify_proof(&two, &request(&matches), &keys).is_ok());
+    }
+
+    #[test]
     fn exactly_one_dpop_header_is_taken() {
         assert_eq!(extract_proof(&[]), Err(BindingError::DpopProofRequired));
         assert_eq!(extract_proof(&[("DPoP", " a.b.c ")]), Ok("a.b.c"));
