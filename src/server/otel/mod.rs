@@ -252,6 +252,16 @@ pub(crate) fn decide_span(
     span
 }
 
+/// A child span of the decision being made, from `make`; none when the decision has no span
+/// (not sampled, or no exporter), where `make`'s span would become a root of its own.
+pub(crate) fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
+}
+
 /// Records `decision` on its span and returns the trace link its record keeps: the
 /// incoming context's trace (exported or not), else the span's own when it is exported.
 pub(crate) fn finish(
