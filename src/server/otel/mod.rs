@@ -324,21 +324,7 @@ pub(crate) fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    let mut out = String::with_capacity(url.len());
-    out.push_str(base);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) => {
-                out.push_str(name);
-                out.push_str("=REDACTED");
-            }
-            None => out.push_str(pair),
-        }
-    }
+    let mut out = crate::route::url::redact_pairs(base, query, |_| true);
     if fragment.is_some() {
         // A fragment never reaches a server; one that does is not shown.
         out.push_str("#REDACTED");
