@@ -647,6 +647,67 @@ async fn calls_without_a_trace_context_are_sampled_at_the_ratio() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_round_trip_of_a_rate_limit_is_a_child_of_the_decision_only_when_sampled() {
+    let Some(redis) = support::redis::Redis::start() else {
+        return;
+    };
+    let receiver = Receiver::grpc().await;
+    let url = redis.url();
+    let server = portcullis(&[
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--trace-store",
+        &url,
+        "--redis-timeout",
+        "2s",
+    ]);
+    // `quota` is limited per subject (2 a minute): one call each, far from the limit.
+    let quota = "https://api.test/app/v1/quota";
+    let bearer = |sub: &str| {
+        let claims = serde_json::json!({"sub": sub, "scope": "items:read"});
+        format!("Bearer {}", support::app_token(claims))
+    };
+    let sampled = traceparent(&trace_id(30), "7777777777777777", true);
+    let unsampled = traceparent(&trace_id(31), "8888888888888888", false);
+    let (status, counted) = authorize(
+        &server,
+        quota,
+        &[
+            ("traceparent", &sampled),
+            ("authorization", &bearer("traced.ann")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = authorize(
+        &server,
+        quota,
+        &[
+            ("traceparent", &unsampled),
+            ("authorization", &bearer("untraced.bo")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let marker = traceparent(&trace_id(32), "9999999999999999", true);
+    let (_, mark) = authorize(&server, ITEM, &[("traceparent", &marker)]).await;
+    let decide = receiver.decide_span(&counted).await;
+    receiver.decide_span(&mark).await;
+
+    let round_trips: Vec<Got> = (receiver.spans().into_iter())
+        .filter(|g| g.span.name == "redis rate limit")
+        .collect();
+    // The unsampled decision's round trip is not a root span of its own.
+    assert_eq!(round_trips.len(), 1, "{round_trips:#?}");
+    assert_eq!(round_trips[0].trace(), trace_id(30));
+    assert_eq!(round_trips[0].parent(), decide.id());
+    assert_eq!(
+        round_trips[0].attr("db.system.name").as_deref(),
+        Some("redis")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_receiver_stopped_decisions_keep_flowing_and_drops_are_counted() {
     let mut receiver = Receiver::grpc().await;
     let server = portcullis(&["--otlp-endpoint", &receiver.url()]);

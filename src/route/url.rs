@@ -377,22 +377,32 @@ pub fn redact_url(url: &str) -> Cow<'_, str> {
     if !query.split('&').any(is_secret) {
         return Cow::Borrowed(url);
     }
-    let mut out = String::with_capacity(url.len());
+    Cow::Owned(redact_pairs(base, query, |name| {
+        SECRET_QUERY_PARAMS
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s))
+    }))
+}
+
+/// `base?query` with the value of every `name=value` pair whose name `redact` picks
+/// replaced with `REDACTED`.
+pub(crate) fn redact_pairs(base: &str, query: &str, redact: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(base.len() + 1 + query.len());
     out.push_str(base);
     out.push('?');
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');
         }
-        if is_secret(pair) {
-            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            out.push_str(name);
-            out.push_str("=REDACTED");
-        } else {
-            out.push_str(pair);
+        match pair.split_once('=') {
+            Some((name, _)) if redact(name) => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
         }
     }
-    Cow::Owned(out)
+    out
 }
 
 #[cfg(test)]

@@ -427,12 +427,14 @@ impl AppState {
             && self
                 .keys
                 .refetch_for_unknown_key(&location)
-                .instrument(tracing::info_span!(
-                    target: otel::TARGET,
-                    "jwks fetch",
-                    otel.kind = "client",
-                    "url.full" = %otel::redact_query(&location.to_string())
-                ))
+                .instrument(otel::child_span(|| {
+                    tracing::info_span!(
+                        target: otel::TARGET,
+                        "jwks fetch",
+                        otel.kind = "client",
+                        "url.full" = %otel::redact_query(&location.to_string())
+                    )
+                }))
                 .await
         {
             now = SystemTime::now();
@@ -562,12 +564,14 @@ impl AppState {
             None => local.hit(check, now, CountedBy::Local),
             Some(shared) => match shared
                 .hit(check, now)
-                .instrument(tracing::info_span!(
-                    target: otel::TARGET,
-                    "redis rate limit",
-                    otel.kind = "client",
-                    "db.system.name" = "redis"
-                ))
+                .instrument(otel::child_span(|| {
+                    tracing::info_span!(
+                        target: otel::TARGET,
+                        "redis rate limit",
+                        otel.kind = "client",
+                        "db.system.name" = "redis"
+                    )
+                }))
                 .await
             {
                 Ok(count) => count,

@@ -252,6 +252,16 @@ pub(crate) fn decide_span(
     span
 }
 
+/// A child span of the decision being made, from `make`; none when the decision has no span
+/// (not sampled, or no exporter), where `make`'s span would become a root of its own.
+pub(crate) fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
+}
+
 /// Records `decision` on its span and returns the trace link its record keeps: the
 /// incoming context's trace (exported or not), else the span's own when it is exported.
 pub(crate) fn finish(
@@ -314,21 +324,7 @@ pub(crate) fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    let mut out = String::with_capacity(url.len());
-    out.push_str(base);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) => {
-                out.push_str(name);
-                out.push_str("=REDACTED");
-            }
-            None => out.push_str(pair),
-        }
-    }
+    let mut out = crate::route::url::redact_pairs(base, query, |_| true);
     if fragment.is_some() {
         // A fragment never reaches a server; one that does is not shown.
         out.push_str("#REDACTED");
