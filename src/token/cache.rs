@@ -107,9 +107,87 @@ impl Default for TokenCache {
     }
 }
 
+/// What was read from a text a client sends again and again (a certificate, a DPoP proof's
+/// header), kept for the texts seen lately. Found, as tokens are, by a seeded hash of the
+/// text and compared with the text in full, so that two texts that hash alike only miss;
+/// texts longer than `max_text` are read every time, which bounds the memory to about
+/// `capacity × max_text`.
+pub struct TextCache<V> {
+    entries: quick_cache::sync::Cache<u64, Arc<(Box<str>, V)>>,
+    hasher: foldhash::fast::RandomState,
+    max_text: usize,
+}
+
+impl<V: Clone> TextCache<V> {
+    pub fn new(capacity: usize, max_text: usize) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            hasher: foldhash::fast::RandomState::default(),
+            max_text,
+        }
+    }
+
+    /// What `read` makes of `text`, from the cache when `text` was read before; an error is
+    /// never kept.
+    pub fn get_or_read<E>(
+        &self,
+        text: &str,
+        read: impl FnOnce(&str) -> Result<V, E>,
+    ) -> Result<V, E> {
+        let hash = self.hasher.hash_one(text);
+        if let Some(entry) = self.entries.get(&hash)
+            && *entry.0 == *text
+        {
+            return Ok(entry.1.clone());
+        }
+        let value = read(text)?;
+        if text.len() <= self.max_text {
+            self.entries
+                .insert(hash, Arc::new((text.into(), value.clone())));
+        }
+        Ok(value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<V> std::fmt::Debug for TextCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCache")
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_is_read_once_a_long_one_or_a_failing_one_every_time() {
+        let cache = TextCache::<usize>::new(8, 4);
+        let reads = std::cell::Cell::new(0);
+        let read = |t: &str| -> Result<usize, ()> {
+            reads.set(reads.get() + 1);
+            if t == "bad" { Err(()) } else { Ok(t.len()) }
+        };
+        assert_eq!(cache.get_or_read("abcd", read), Ok(4));
+        assert_eq!(cache.get_or_read("abcd", read), Ok(4));
+        assert_eq!(reads.get(), 1, "read once");
+        assert_eq!(cache.get_or_read("abcde", read), Ok(5));
+        assert_eq!(cache.get_or_read("abcde", read), Ok(5));
+        assert_eq!(reads.get(), 3, "longer than max_text: read each time");
+        assert_eq!(cache.get_or_read("bad", read), Err(()));
+        assert_eq!(cache.get_or_read("bad", read), Err(()));
+        assert_eq!(reads.get(), 5, "an error is not kept");
+        assert_eq!(cache.len(), 1);
+    }
 
     fn token(exp: Option<i64>) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {

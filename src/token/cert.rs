@@ -1,10 +1,9 @@
 //! Client certificates as gateways pass them, and their SHA-256 thumbprints (RFC 8705
 //! `x5t#S256`), cached per certificate text so that a repeated certificate costs a lookup.
 
-use std::hash::BuildHasher;
-use std::sync::Arc;
-
 use base64::Engine as _;
+
+use super::cache::TextCache;
 
 /// Longest certificate text accepted from a gateway (a URL-encoded PEM chain of a few
 /// certificates stays far below it).
@@ -65,25 +64,9 @@ pub fn thumbprint(der: &[u8]) -> Thumbprint {
     out
 }
 
-struct Entry {
-    text: Box<str>,
-    thumbprint: Thumbprint,
-}
-
-/// Thumbprints of the certificates seen lately, found by a seeded hash of the certificate
-/// text and compared with the text in full, so that two texts that hash alike only miss.
-pub struct ThumbprintCache {
-    entries: quick_cache::sync::Cache<u64, Arc<Entry>>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl std::fmt::Debug for ThumbprintCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThumbprintCache")
-            .field("len", &self.entries.len())
-            .finish()
-    }
-}
+/// Thumbprints of the certificates seen lately, by certificate text (see [`TextCache`]).
+#[derive(Debug)]
+pub struct ThumbprintCache(TextCache<Thumbprint>);
 
 impl Default for ThumbprintCache {
     fn default() -> Self {
@@ -93,34 +76,15 @@ impl Default for ThumbprintCache {
 
 impl ThumbprintCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: quick_cache::sync::Cache::new(capacity.max(1)),
-            hasher: foldhash::fast::RandomState::default(),
-        }
+        Self(TextCache::new(capacity, MAX_CACHED_TEXT))
     }
 
     /// The thumbprint of the certificate `text` carries (see [`certificate_der`]).
     ///
     /// Fails when the text holds no readable certificate.
     pub fn thumbprint(&self, text: &str) -> Result<Thumbprint, CertError> {
-        let hash = self.hasher.hash_one(text);
-        if let Some(entry) = self.entries.get(&hash)
-            && *entry.text == *text
-        {
-            return Ok(entry.thumbprint);
-        }
-        let thumbprint = thumbprint(&certificate_der(text)?);
-        if text.len() > MAX_CACHED_TEXT {
-            return Ok(thumbprint);
-        }
-        self.entries.insert(
-            hash,
-            Arc::new(Entry {
-                text: text.into(),
-                thumbprint,
-            }),
-        );
-        Ok(thumbprint)
+        self.0
+            .get_or_read(text, |text| Ok(thumbprint(&certificate_der(text)?)))
     }
 }
 

@@ -3,7 +3,6 @@
 //! passes the clock and how to compare URLs, and keeps the replay cache.
 
 use std::borrow::Cow;
-use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash}
 use serde_json::{Map, Value};
 
 use super::binding::BindingError;
+use super::cache::TextCache;
 
 /// Longest proof accepted: a proof holds one public key and five claims.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
@@ -146,28 +146,16 @@ const MAX_CACHED_HEADER: usize = 2 * 1024;
 /// What a proof's header says, read and checked: the algorithm, the public key it carries
 /// and that key's RFC 7638 thumbprint.
 struct ProofKey {
-    header: Box<str>,
     alg: Algorithm,
     key: jsonwebtoken::DecodingKey,
     jkt: String,
 }
 
-/// The proof headers seen lately, found by a seeded hash of their text and compared in full.
-/// A client signs every proof with one key and writes the same header each time, so its
-/// JSON, JWK and thumbprint are read once, not per request; the signature is still checked
-/// on every proof.
-pub struct ProofKeys {
-    entries: quick_cache::sync::Cache<u64, Arc<ProofKey>>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl std::fmt::Debug for ProofKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProofKeys")
-            .field("len", &self.entries.len())
-            .finish()
-    }
-}
+/// The proof headers seen lately (see [`TextCache`]). A client signs every proof with one
+/// key and writes the same header each time, so its JSON, JWK and thumbprint are read once,
+/// not per request; the signature is still checked on every proof.
+#[derive(Debug)]
+pub struct ProofKeys(TextCache<Arc<ProofKey>>);
 
 impl Default for ProofKeys {
     fn default() -> Self {
@@ -177,25 +165,13 @@ impl Default for ProofKeys {
 
 impl ProofKeys {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: quick_cache::sync::Cache::new(capacity.max(1)),
-            hasher: foldhash::fast::RandomState::default(),
-        }
+        Self(TextCache::new(capacity, MAX_CACHED_HEADER))
     }
 
     /// The key of header `header_b64`, read now or earlier.
     fn get(&self, header_b64: &str) -> Result<Arc<ProofKey>, BindingError> {
-        let hash = self.hasher.hash_one(header_b64);
-        if let Some(found) = self.entries.get(&hash)
-            && *found.header == *header_b64
-        {
-            return Ok(found);
-        }
-        let read = Arc::new(read_header(header_b64)?);
-        if header_b64.len() <= MAX_CACHED_HEADER {
-            self.entries.insert(hash, read.clone());
-        }
-        Ok(read)
+        self.0
+            .get_or_read(header_b64, |h| read_header(h).map(Arc::new))
     }
 }
 
@@ -240,12 +216,7 @@ fn read_header(header_b64: &str) -> Result<ProofKey, BindingError> {
     let jkt = jwk
         .thumbprint(ThumbprintHash::SHA256)
         .map_err(|_| invalid("the proof's `jwk` has no thumbprint"))?;
-    Ok(ProofKey {
-        header: header_b64.into(),
-        alg,
-        key,
-        jkt,
-    })
+    Ok(ProofKey { alg, key, jkt })
 }
 
 /// Verifies `proof` for `request`: its form, its signature by its own `jwk` (read through
