@@ -15,8 +15,8 @@
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -846,27 +846,6 @@ async fn wait_for_port(port: u16) {
     }
 }
 
-/// A child process killed when dropped; its log is printed when the test fails.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("---- envoy log ----");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// An upstream that answers 200 to everything and counts what reached it.
 async fn upstream() -> (Arc<AtomicUsize>, SocketAddr) {
     let seen = Arc::new(AtomicUsize::new(0));
@@ -918,25 +897,19 @@ async fn envoy_with_mutual_tls_passes_the_certificate_a_bound_token_needs() {
         replace_once(&mut config, from, &format!("port_value: {to}"));
     }
     std::fs::write(dir.path().join("envoy.yaml"), &config).unwrap();
-    let log = dir.path().join("envoy.log");
-    let _envoy = Proc {
-        child: Command::new(&envoy)
-            .current_dir(dir.path())
-            .args([
-                "-c",
-                "envoy.yaml",
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-            ])
-            .args(["--log-level", "info"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("envoy starts"),
-        log,
-    };
+    let mut command = Command::new(&envoy);
+    command
+        .current_dir(dir.path())
+        .args([
+            "-c",
+            "envoy.yaml",
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+        ])
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null());
+    let _envoy = support::gateway::Proc::spawn("envoy", &mut command, dir.path().join("envoy.log"));
     let deadline = Instant::now() + STARTUP;
     loop {
         let ready = http()
@@ -1061,22 +1034,20 @@ async fn nginx_with_mutual_tls_passes_the_certificate_in_a_trusted_header() {
     std::fs::write(&config_path, config).unwrap();
     let log = prefix.join("error.log");
     // One process that stays this user (see tests/gateways.rs), killed for good on drop.
-    let _nginx = Proc {
-        child: Command::new(&nginx)
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-e")
-            .arg(&log)
-            .arg("-c")
-            .arg(&config_path)
-            .args(["-g", "daemon off; master_process off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts"),
-        log,
-    };
+    let mut command = Command::new(&nginx);
+    command
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-e")
+        .arg(&log)
+        .arg("-c")
+        .arg(&config_path)
+        .args(["-g", "daemon off; master_process off;"])
+        .stdout(Stdio::null());
+    let mut nginx_proc =
+        support::gateway::Proc::spawn("nginx", &mut command, prefix.join("nginx.stderr"));
+    // nginx logs to its error.log; show that one if the test fails.
+    nginx_proc.log = log;
     wait_for_port(listen).await;
 
     let url = format!("https://127.0.0.1:{listen}/meme-game/api/v1/leaderboard");

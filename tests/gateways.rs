@@ -38,8 +38,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,7 @@ use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::gateway::Proc;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 /// The authority every request names: a host of the `meme-game` base URLs (default port).
@@ -54,73 +55,6 @@ const HOST: &str = "api.example.com";
 const API: &str = "/meme-game/api/v1";
 /// How long a child process may take to come up.
 const STARTUP: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-/// A child process killed (and reaped) when dropped. Its output goes to `log`, whose tail is
-/// printed if the test is failing, so that a failure shows what the process said.
-struct Proc {
-    name: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command
-            .stdin(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        Proc {
-            name,
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// Panics with the log when the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "{} exited early ({status}); its log:\n{}",
-                self.name,
-                self.log_tail()
-            );
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last lines of {} ({}) ----\n{}\n----",
-                self.name,
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-    }
-}
 
 /// A free port on 127.0.0.1 (for the gateways, whose configs need one before they start).
 fn free_port() -> u16 {

@@ -6,8 +6,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -827,27 +827,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Envoy, killed when dropped; its log printed if the test fails.
-struct Envoy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- envoy log (last lines) ---");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_through_envoy_is_one_trace_with_the_decision_inside_envoys_ext_authz_span() {
     let Some(envoy) = support::gateway::envoy() else {
@@ -874,17 +853,14 @@ async fn a_call_through_envoy_is_one_trace_with_the_decision_inside_envoys_ext_a
     }
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
-    let log = dir.path().join("envoy.log");
-    let child = Command::new(envoy)
+    let mut command = Command::new(envoy);
+    command
         .arg("-c")
         .arg(&path)
         .args(["--disable-hot-restart", "--concurrency", "1"])
         .args(["--log-level", "info"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _envoy = Envoy { child, log };
+        .stdout(Stdio::null());
+    let _envoy = support::gateway::Proc::spawn("envoy", &mut command, dir.path().join("envoy.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http()

