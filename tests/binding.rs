@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertifiedIssuer, ExtendedKeyUsagePurpose, KeyPair};
 use serde_json::{Value, json};
+use support::pki::{Leaf, ca, leaf};
 use support::server::Server;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -52,12 +50,6 @@ fn unix_now() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-struct Leaf {
-    pem: String,
-    key: String,
-    der: Vec<u8>,
-}
-
 impl Leaf {
     /// RFC 8705 §3.1: base64url SHA-256 of the DER certificate.
     fn thumbprint(&self) -> String {
@@ -68,34 +60,6 @@ impl Leaf {
     fn escaped(&self) -> String {
         percent_encoding::utf8_percent_encode(&self.pem, percent_encoding::NON_ALPHANUMERIC)
             .to_string()
-    }
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-    name: &str,
-    names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> Leaf {
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    Leaf {
-        pem: cert.pem(),
-        key: key.serialize_pem(),
-        der: cert.der().to_vec(),
     }
 }
 

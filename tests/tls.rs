@@ -12,26 +12,18 @@ use std::time::{Duration, Instant};
 use portcullis::proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use portcullis::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use portcullis::proto::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertifiedIssuer, ExtendedKeyUsagePurpose, KeyPair};
+use support::pki::{Leaf, ca, leaf};
 use support::server::Server;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A certificate and its key, in PEM.
-struct Pem {
-    cert: String,
-    key: String,
-}
 
 /// Every file a test needs: a CA, a server certificate from it for 127.0.0.1 and localhost,
 /// a client certificate from it, and a client certificate from another CA.
 struct Pki {
     dir: tempfile::TempDir,
     ca: String,
-    client: Pem,
-    stranger: Pem,
+    client: Leaf,
+    stranger: Leaf,
 }
 
 impl Pki {
@@ -48,7 +40,7 @@ impl Pki {
         let stranger = leaf(&other_ca, "envoy", &[], ExtendedKeyUsagePurpose::ClientAuth);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server.pem).unwrap();
         std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
         std::fs::write(dir.path().join("client.key"), &client.key).unwrap();
         Pki {
@@ -80,35 +72,8 @@ impl Pki {
     }
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
 fn ca_for_strangers() -> CertifiedIssuer<'static, KeyPair> {
     ca("Some other CA")
-}
-
-fn leaf(
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-    name: &str,
-    names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> Pem {
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
 }
 
 fn start(pki: &Pki, mutual: bool) -> Server {
@@ -139,10 +104,10 @@ fn check_request() -> CheckRequest {
 
 /// Calls ext_authz Check over TLS, presenting `identity` if given; the gRPC status code of
 /// the answer, or the error.
-async fn check_over_tls(server: &Server, ca: &str, identity: Option<&Pem>) -> Result<i32, String> {
+async fn check_over_tls(server: &Server, ca: &str, identity: Option<&Leaf>) -> Result<i32, String> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some(id) = identity {
-        tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+        tls = tls.identity(Identity::from_pem(&id.pem, &id.key));
     }
     let channel = Channel::from_shared(format!("https://{}", server.grpc))
         .unwrap()
@@ -164,7 +129,7 @@ async fn check_over_tls(server: &Server, ca: &str, identity: Option<&Pem>) -> Re
 async fn healthz_over_tls(
     server: &Server,
     ca: &str,
-    identity: Option<&Pem>,
+    identity: Option<&Leaf>,
 ) -> Result<u16, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
@@ -172,7 +137,7 @@ async fn healthz_over_tls(
         .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
         .timeout(Duration::from_secs(10));
     if let Some(id) = identity {
-        let pem = format!("{}\n{}", id.key, id.cert);
+        let pem = format!("{}\n{}", id.key, id.pem);
         builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
     }
     let client = builder.build().map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod pki;
 pub mod redis;
 pub mod server;
 
