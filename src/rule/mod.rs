@@ -538,19 +538,9 @@ mod tests {
     use serde_json::json;
 
     fn token(claims: Value) -> VerifiedToken {
-        let claims = claims.as_object().unwrap().clone();
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
         VerifiedToken {
-            alg: jsonwebtoken::Algorithm::RS256,
-            kid: None,
-            sub: text("sub"),
-            client_id: text("client_id"),
-            iss: None,
-            aud: Vec::new(),
             exp: Some(i64::MAX),
-            nbf: None,
-            iat: None,
-            claims,
+            ..VerifiedToken::of_claims(claims)
         }
     }
 

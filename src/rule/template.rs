@@ -159,18 +159,7 @@ mod tests {
     use super::*;
 
     fn token(claims: Value) -> VerifiedToken {
-        VerifiedToken {
-            alg: jsonwebtoken::Algorithm::RS256,
-            kid: None,
-            claims: claims.as_object().unwrap().clone(),
-            sub: None,
-            client_id: None,
-            iss: None,
-            aud: vec![],
-            exp: None,
-            nbf: None,
-            iat: None,
-        }
+        VerifiedToken::of_claims(claims)
     }
 
     #[test]

@@ -347,20 +347,7 @@ mod tests {
     use super::*;
 
     fn token(cnf: Value) -> VerifiedToken {
-        let mut claims = serde_json::Map::new();
-        claims.insert("cnf".into(), cnf);
-        VerifiedToken {
-            alg: jsonwebtoken::Algorithm::RS256,
-            kid: None,
-            claims,
-            sub: None,
-            client_id: None,
-            iss: None,
-            aud: vec![],
-            exp: None,
-            nbf: None,
-            iat: None,
-        }
+        VerifiedToken::of_claims(serde_json::json!({ "cnf": cnf }))
     }
 
     #[test]

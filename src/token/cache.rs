@@ -191,16 +191,8 @@ mod tests {
 
     fn token(exp: Option<i64>) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {
-            alg: jsonwebtoken::Algorithm::RS256,
-            kid: None,
-            claims: Default::default(),
-            sub: None,
-            client_id: None,
-            iss: None,
-            aud: vec![],
             exp,
-            nbf: None,
-            iat: None,
+            ..VerifiedToken::of_claims(serde_json::json!({}))
         })
     }
 

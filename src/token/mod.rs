@@ -131,6 +131,26 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// For unit tests: an RS256 token with `claims` (a JSON object), its `sub` and
+    /// `client_id` read from them, and no validity times.
+    #[cfg(test)]
+    pub(crate) fn of_claims(claims: Value) -> Self {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        Self {
+            alg: Algorithm::RS256,
+            kid: None,
+            sub: text("sub"),
+            client_id: text("client_id"),
+            iss: None,
+            aud: Vec::new(),
+            exp: None,
+            nbf: None,
+            iat: None,
+            claims,
+        }
+    }
+
     /// Issued to a user (SPEC §6a): has a `sub` that is not the client's own id.
     pub fn is_delegated(&self) -> bool {
         match &self.sub {
