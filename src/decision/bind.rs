@@ -15,7 +15,7 @@ use crate::token::binding::{
     BindingError, BindingMethod, BindingMode, b64url, check_certificate, confirmation,
 };
 use crate::token::cert::ThumbprintCache;
-use crate::token::dpop::{ProofKeys, ProofRequest, extract_proof, verify_proof};
+use crate::token::dpop::{ProofKeys, ProofRequest, extract_proof, token_digest, verify_proof};
 use crate::token::replay::{ReplayCache, Seen};
 use crate::token::{Scheme, VerifiedToken};
 use crate::trace_entry::{Step, TraceEntry};
@@ -121,9 +121,7 @@ pub(super) fn check(
     };
     if let Some(bound) = cnf.x5t_s256 {
         let mut entry = TraceEntry::step(Step::Token, "token.cnf.x5t#S256", "equals", true);
-        entry.expected = Some(Arc::new(Value::from(
-            bound.chars().take(64).collect::<String>(),
-        )));
+        entry.expected = Some(Arc::new(Value::from(first_chars(bound, 64))));
         match check_certificate(bound, presented.certificate, &caches.thumbprints) {
             Ok(thumbprint) => {
                 entry.actual = Some(Value::from(b64url(&thumbprint)));
@@ -151,13 +149,13 @@ pub(super) fn check(
         let mut entry = TraceEntry::step(Step::Token, "dpop", "validProof", true);
         entry.expected = cnf
             .jkt
-            .map(|jkt| Arc::new(Value::from(jkt.chars().take(64).collect::<String>())));
+            .map(|jkt| Arc::new(Value::from(first_chars(jkt, 64))));
         match check_proof(
             cnf.jkt,
             presented,
             (caches, proofs),
-            policy.dpop_window,
-            now,
+            token,
+            (policy.dpop_window, now),
             &mut entry,
         ) {
             Ok(seen) => {
@@ -180,6 +178,14 @@ pub(super) fn check(
     }
 }
 
+/// The first `n` characters of `text` (a claim shown in the trace, whose length is the
+/// token's issuer's choice).
+fn first_chars(text: &str, n: usize) -> &str {
+    text.char_indices()
+        .nth(n)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
 /// The trace entry of a token refused for its `cnf` alone (absent, or unsupported), which
 /// a replay writes the same.
 pub(super) fn cnf_entry(e: &BindingError) -> TraceEntry {
@@ -200,8 +206,8 @@ fn check_proof(
     jkt: Option<&str>,
     presented: &Presented<'_>,
     (caches, proofs): (&BindingCaches, Proofs),
-    window: i64,
-    now: i64,
+    token: &VerifiedToken,
+    (window, now): (i64, i64),
     entry: &mut TraceEntry,
 ) -> Result<Option<ProofSeen>, BindingError> {
     let proof = extract_proof(presented.headers)?;
@@ -221,13 +227,15 @@ fn check_proof(
         &ProofRequest {
             method: presented.method,
             url_matches: &url_matches,
-            access_token: presented.access_token,
+            access_token_sha256: token
+                .text_sha256
+                .get_or_init(|| token_digest(presented.access_token)),
             now,
             window,
         },
         &caches.proof_keys,
     )?;
-    entry.actual = Some(Value::from(checked.jkt.as_str()));
+    entry.actual = Some(Value::from(&*checked.jkt));
     let Some(jkt) = jkt else {
         return Err(BindingError::DpopKeyMismatch { bound: false });
     };
@@ -237,7 +245,7 @@ fn check_proof(
     )) {
         return Err(BindingError::DpopKeyMismatch { bound: true });
     }
-    let id = ReplayCache::proof_id(&checked.jkt, &checked.jti);
+    let id = checked.id;
     // Remembered until no proof with this `iat` can be accepted any more.
     let until = checked.iat + window;
     let seen = match proofs {

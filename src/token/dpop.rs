@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::binding::BindingError;
 use super::cache::TextCache;
+use super::replay::{ProofId, ReplayCache};
 
 /// Longest proof accepted: a proof holds one public key and five claims.
 pub const MAX_PROOF_LEN: usize = 8 * 1024;
@@ -39,8 +41,9 @@ pub struct ProofRequest<'a> {
     pub method: &'a str,
     /// Whether the proof's `htu` (query and fragment removed) names this request's URL.
     pub url_matches: &'a dyn Fn(&str) -> bool,
-    /// The access token sent with the proof, whose hash `ath` must be.
-    pub access_token: &'a str,
+    /// SHA-256 of the access token sent with the proof ([`token_digest`]), which `ath` must
+    /// encode.
+    pub access_token_sha256: &'a [u8; 32],
     pub now: i64,
     pub window: i64,
 }
@@ -49,8 +52,9 @@ pub struct ProofRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedProof {
     /// RFC 7638 SHA-256 thumbprint of the proof's key, base64url.
-    pub jkt: String,
-    pub jti: String,
+    pub jkt: Arc<str>,
+    /// The replay cache's id of the proof's key and `jti`.
+    pub id: ProofId,
     pub iat: i64,
 }
 
@@ -94,14 +98,26 @@ fn b64(part: &str) -> Result<Vec<u8>, BindingError> {
 #[derive(serde::Deserialize)]
 struct ProofClaims<'a> {
     #[serde(borrow)]
-    htm: Option<Cow<'a, str>>,
+    htm: Option<Text<'a>>,
     #[serde(borrow)]
-    htu: Option<Cow<'a, str>>,
-    iat: Option<serde_json::Number>,
+    htu: Option<Text<'a>>,
+    iat: Option<f64>,
     #[serde(borrow)]
-    ath: Option<Cow<'a, str>>,
+    ath: Option<Text<'a>>,
     #[serde(borrow)]
-    jti: Option<Cow<'a, str>>,
+    jti: Option<Text<'a>>,
+}
+
+/// A claim's string, borrowed from the payload unless it has escapes. (serde borrows a
+/// `Cow` only as a field of its own: an `Option<Cow<str>>` would always be a new `String`.)
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -143,12 +159,11 @@ pub const DEFAULT_PROOF_KEY_CAPACITY: usize = 1_024;
 /// bytes, an RSA 4096 key in under 1.5 KiB): the cache stays within 2 MiB of headers.
 const MAX_CACHED_HEADER: usize = 2 * 1024;
 
-/// What a proof's header says, read and checked: the algorithm, the public key it carries
-/// and that key's RFC 7638 thumbprint.
+/// What a proof's header says, read and checked: the public key it carries, parsed once for
+/// the algorithm it names, and that key's RFC 7638 thumbprint.
 struct ProofKey {
-    alg: Algorithm,
-    key: jsonwebtoken::DecodingKey,
-    jkt: String,
+    key: ParsedPublicKey,
+    jkt: Arc<str>,
 }
 
 /// The proof headers seen lately (see [`TextCache`]). A client signs every proof with one
@@ -211,13 +226,73 @@ fn read_header(header_b64: &str) -> Result<ProofKey, BindingError> {
             "the proof's `jwk` is not a key of the kind its `alg` signs with",
         ));
     }
-    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
-        .map_err(|_| invalid("the proof's `jwk` is not a public key this server reads"))?;
+    let key = parse_key(&jwk, alg).ok_or(invalid(
+        "the proof's `jwk` is not a public key this server reads",
+    ))?;
     let jkt = jwk
         .thumbprint(ThumbprintHash::SHA256)
         .map_err(|_| invalid("the proof's `jwk` has no thumbprint"))?;
-    Ok(ProofKey { alg, key, jkt })
+    Ok(ProofKey {
+        key,
+        jkt: jkt.into(),
+    })
 }
+
+/// `jwk` (of the kind `alg` signs with) as the key aws-lc verifies `alg` signatures with,
+/// parsed here once rather than on every proof (the EC point's checks, the RSA key's
+/// numbers), which is what verifying through a `jsonwebtoken::DecodingKey` would do.
+fn parse_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
+    use aws_lc_rs::signature as s;
+    let bytes = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    };
+    match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (verification, size): (&'static dyn VerificationAlgorithm, usize) = match alg {
+                Algorithm::ES256 => (&s::ECDSA_P256_SHA256_FIXED, 32),
+                Algorithm::ES384 => (&s::ECDSA_P384_SHA384_FIXED, 48),
+                _ => return None,
+            };
+            let (x, y) = (bytes(&p.x)?, bytes(&p.y)?);
+            if x.len() != size || y.len() != size {
+                return None;
+            }
+            // SEC 1 uncompressed point: 0x04, then x and y.
+            let point = [&[4][..], &x, &y].concat();
+            ParsedPublicKey::new(verification, point).ok()
+        }
+        AlgorithmParameters::OctetKeyPair(p) if alg == Algorithm::EdDSA => {
+            ParsedPublicKey::new(&s::ED25519, bytes(&p.x)?).ok()
+        }
+        AlgorithmParameters::RSA(p) => {
+            let params: &'static s::RsaParameters = match alg {
+                Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+                Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+                Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+                Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+                Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+                Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+                _ => return None,
+            };
+            let (n, e) = (bytes(&p.n)?, bytes(&p.e)?);
+            // aws-lc takes the numbers without leading zero bytes, which RFC 7518 forbids
+            // but some encoders write.
+            let unpadded = |b: &[u8]| b[b.iter().take_while(|&&x| x == 0).count()..].to_vec();
+            s::RsaPublicKeyComponents {
+                n: unpadded(&n),
+                e: unpadded(&e),
+            }
+            .to_parsed_public_key(params)
+            .ok()
+        }
+        _ => None,
+    }
+}
+
+/// Longest signature decoded: an RSA 8192 signature (the largest key aws-lc verifies).
+const MAX_SIGNATURE_LEN: usize = 1024;
 
 /// Verifies `proof` for `request`: its form, its signature by its own `jwk` (read through
 /// `keys`), `htm`, `htu`, `iat` and `ath`, in that order.
@@ -241,14 +316,32 @@ pub fn verify_proof(
     };
     let read = keys.get(header_b64)?;
     let message = &proof.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    if !jsonwebtoken::crypto::verify(signature_b64, message, &read.key, read.alg).unwrap_or(false) {
+    let mut signature = [0; MAX_SIGNATURE_LEN];
+    let verified = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(signature_b64, &mut signature)
+        .is_ok_and(|len| read.key.verify_sig(message, &signature[..len]).is_ok());
+    if !verified {
         return Err(invalid(
             "the proof's signature does not verify with its `jwk`",
         ));
     }
-    let jkt = read.jkt.clone();
-    let payload = b64(payload_b64)?;
-    let claims: ProofClaims<'_> = serde_json::from_slice(&payload).map_err(|_| {
+    let jkt = Arc::clone(&read.jkt);
+    // Decoded on the stack: a proof's claims are a few hundred bytes.
+    let mut small = [0; 1024];
+    let large;
+    let payload = match base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(payload_b64, &mut small)
+    {
+        Ok(len) => &small[..len],
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            large = b64(payload_b64)?;
+            &large[..]
+        }
+        Err(base64::DecodeSliceError::DecodeError(_)) => {
+            return Err(invalid("a part of the proof is not base64url"));
+        }
+    };
+    let claims: ProofClaims<'_> = serde_json::from_slice(payload).map_err(|_| {
         invalid("the proof's payload is not a JSON object of DPoP claims (strings `htm`, `htu`, `ath`, `jti`, each once; a number `iat`)")
     })?;
     let htm = (claims.htm.as_deref()).ok_or(invalid("the proof has no `htm` (method) claim"))?;
@@ -264,8 +357,7 @@ pub fn verify_proof(
             htu: htu_bare.chars().take(256).collect(),
         });
     }
-    let iat = (claims.iat.as_ref())
-        .and_then(serde_json::Number::as_f64)
+    let iat = (claims.iat)
         .filter(|f| f.is_finite() && f.abs() < 1e15)
         .ok_or(invalid("the proof has no numeric `iat` claim"))? as i64;
     if (request.now - iat).abs() > request.window {
@@ -275,14 +367,15 @@ pub fn verify_proof(
         });
     }
     let ath = (claims.ath.as_deref()).ok_or(BindingError::DpopTokenHashMismatch)?;
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request.access_token.as_bytes());
     let mut want = [0u8; 32];
     let ath_ok = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode_slice(ath.as_bytes(), &mut want)
         .ok()
         == Some(32)
-        && bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], digest.as_ref()));
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            &want[..],
+            &request.access_token_sha256[..],
+        ));
     if !ath_ok {
         return Err(BindingError::DpopTokenHashMismatch);
     }
@@ -290,16 +383,23 @@ pub fn verify_proof(
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(invalid("the proof has no `jti` of 1 to 256 characters"))?;
     Ok(CheckedProof {
+        id: ReplayCache::proof_id(&jkt, jti),
         jkt,
-        jti: jti.to_owned(),
         iat,
     })
 }
 
+/// SHA-256 of `access_token`'s text.
+pub fn token_digest(access_token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// The `ath` of `access_token`: base64url SHA-256 of its text.
 pub fn token_hash(access_token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token_digest(access_token))
 }
 
 /// Signs a DPoP proof for `method` and `url` with `key` (PEM, EC or Ed25519 or RSA), for
@@ -337,12 +437,12 @@ pub fn key_thumbprint(pem: &[u8]) -> Result<String, String> {
 fn proof_key(pem: &[u8]) -> Result<(jsonwebtoken::EncodingKey, Algorithm, Jwk), String> {
     let (encoding, algs) = super::signing_key_from_pem(pem)
         .ok_or("the file holds no RSA, EC or Ed25519 private key in PEM")?;
-    let mut jwk = Jwk::from_encoding_key(&encoding, algs[0]).map_err(|e| e.to_string())?;
-    // An EC key's curve, not the first algorithm of its family, says how it signs.
-    let alg = match &jwk.algorithm {
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Algorithm::ES384,
-        _ => algs[0],
-    };
+    // An EC key's curve, not the first algorithm of its family, says how it signs: the
+    // first of the family that reads the key is its own.
+    let (mut jwk, alg) = algs
+        .iter()
+        .find_map(|&alg| Some((Jwk::from_encoding_key(&encoding, alg).ok()?, alg)))
+        .ok_or("the key's public half cannot be written as a JWK")?;
     jwk.common.key_algorithm = None;
     Ok((encoding, alg, jwk))
 }
@@ -352,6 +452,8 @@ mod tests {
     use super::*;
 
     const URL: &str = "https://api.test/x";
+    static TOK_SHA256: std::sync::LazyLock<[u8; 32]> =
+        std::sync::LazyLock::new(|| token_digest("tok"));
 
     fn key_pem() -> String {
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -363,7 +465,7 @@ mod tests {
         ProofRequest {
             method: "GET",
             url_matches,
-            access_token: "tok",
+            access_token_sha256: &TOK_SHA256,
             now: 1_000,
             window: 60,
         }
@@ -383,8 +485,11 @@ mod tests {
         let proof = sign_proof(pem.as_bytes(), "GET", URL, "tok", 1_000, "j1").unwrap();
         let matches = |htu: &str| htu == URL;
         let checked = verify_proof(&proof, &request(&matches), &ProofKeys::default()).unwrap();
-        assert_eq!(checked.jkt, key_thumbprint(pem.as_bytes()).unwrap());
-        assert_eq!((checked.jti.as_str(), checked.iat), ("j1", 1_000));
+        assert_eq!(*checked.jkt, key_thumbprint(pem.as_bytes()).unwrap());
+        assert_eq!(
+            (checked.id, checked.iat),
+            (ReplayCache::proof_id(&checked.jkt, "j1"), 1_000)
+        );
         // Another token's hash, another time.
         let other = sign_proof(pem.as_bytes(), "GET", URL, "other", 1_000, "j2").unwrap();
         assert_eq!(
@@ -473,6 +578,89 @@ mod tests {
         );
         let matches = |_: &str| true;
         assert!(verify_proof(&two, &request(&matches), &keys).is_ok());
+    }
+
+    #[test]
+    fn proofs_of_every_key_kind_verify_and_a_changed_byte_does_not() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/keys/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let generated = |alg| rcgen::KeyPair::generate_for(alg).unwrap().serialize_pem();
+        let rsa = fixture("rsa-a.pem");
+        let mut proofs: Vec<(&str, String)> = [
+            (
+                "ES256",
+                generated(&rcgen::PKCS_ECDSA_P256_SHA256).into_bytes(),
+            ),
+            (
+                "ES384",
+                generated(&rcgen::PKCS_ECDSA_P384_SHA384).into_bytes(),
+            ),
+            ("EdDSA", fixture("ed-a.pem")),
+            ("RS256", rsa.clone()),
+        ]
+        .into_iter()
+        .map(|(alg, pem)| {
+            (
+                alg,
+                sign_proof(&pem, "GET", URL, "tok", 1_000, "j").unwrap(),
+            )
+        })
+        .collect();
+        // PS256: the same RSA key, signed as a client choosing PSS would.
+        let (encoding, _, jwk) = proof_key(&rsa).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::PS256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(jwk);
+        let claims = serde_json::json!({
+            "jti": "j", "htm": "GET", "htu": URL, "iat": 1_000, "ath": token_hash("tok"),
+        });
+        proofs.push((
+            "PS256",
+            jsonwebtoken::encode(&header, &claims, &encoding).unwrap(),
+        ));
+        let matches = |htu: &str| htu == URL;
+        for (alg, proof) in &proofs {
+            let header_alg = serde_json::from_slice::<serde_json::Value>(
+                &b64(proof.split('.').next().unwrap()).unwrap(),
+            )
+            .unwrap()["alg"]
+                .clone();
+            assert_eq!(header_alg, *alg);
+            assert!(
+                verify_proof(proof, &request(&matches), &ProofKeys::default()).is_ok(),
+                "{alg}"
+            );
+            // The signature's last byte changed.
+            let mut bad = proof.clone();
+            let last = bad.pop().unwrap();
+            bad.push(if last == 'A' { 'Q' } else { 'A' });
+            assert_eq!(
+                verify_proof(&bad, &request(&matches), &ProofKeys::default())
+                    .unwrap_err()
+                    .code(),
+                "DPOP_PROOF_INVALID",
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_are_borrowed_from_the_payload_unless_escaped() {
+        let payload = br#"{"htm":"GET","htu":"https://a.test/x","iat":1,"ath":"h","jti":"a\"b"}"#;
+        let claims: ProofClaims<'_> = serde_json::from_slice(payload).unwrap();
+        let borrowed = |t: &Option<Text<'_>>| matches!(t, Some(Text(Cow::Borrowed(_))));
+        assert!(borrowed(&claims.htm) && borrowed(&claims.htu) && borrowed(&claims.ath));
+        assert_eq!(
+            claims.jti.as_deref(),
+            Some("a\"b"),
+            "an escaped claim is read whole"
+        );
+        assert_eq!(claims.iat, Some(1.0));
     }
 
     #[test]

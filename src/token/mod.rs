@@ -13,7 +13,7 @@ pub mod replay;
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -128,6 +128,9 @@ pub struct VerifiedToken {
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
+    /// SHA-256 of the token's text, computed for its first DPoP proof (whose `ath` it must
+    /// be) and kept with the cached token for the next ones.
+    pub text_sha256: OnceLock<[u8; 32]>,
 }
 
 impl VerifiedToken {
@@ -147,6 +150,7 @@ impl VerifiedToken {
             exp: None,
             nbf: None,
             iat: None,
+            text_sha256: OnceLock::new(),
             claims,
         }
     }
@@ -509,6 +513,7 @@ fn decode_claims(
         exp: numeric_date(&claims, "exp", false)?,
         nbf: numeric_date(&claims, "nbf", true)?,
         iat: numeric_date(&claims, "iat", true)?,
+        text_sha256: OnceLock::new(),
         claims,
     })
 }

@@ -2,7 +2,7 @@
 //! A full cache refuses new proofs (fails closed) rather than forgetting ids still in their
 //! window.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -27,6 +27,8 @@ pub enum Seen {
 pub struct ReplayCache {
     /// Proof id → the Unix second after which it may be forgotten.
     seen: DashMap<ProofId, i64>,
+    /// How many ids `seen` holds, kept here: `DashMap::len` locks every shard.
+    held: AtomicUsize,
     capacity: usize,
     /// When expired ids were last dropped, so that a full cache is swept at most once a second.
     last_sweep: AtomicI64,
@@ -40,10 +42,15 @@ impl Default for ReplayCache {
 }
 
 impl ReplayCache {
+    /// A cache of `capacity` ids, its table allocated now (about 30 bytes an id): ids are
+    /// only dropped when it is full, so a cache that serves proofs fills up, and growing the
+    /// table on the way would rehash it on a request's time.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            seen: DashMap::new(),
-            capacity: capacity.max(1),
+            seen: DashMap::with_capacity(capacity),
+            held: AtomicUsize::new(0),
+            capacity,
             last_sweep: AtomicI64::new(i64::MIN),
             full_refusals: AtomicU64::new(0),
         }
@@ -62,9 +69,9 @@ impl ReplayCache {
 
     /// Remembers `id` until `until` unless it was seen and is still remembered at `now`.
     pub fn check(&self, id: ProofId, until: i64, now: i64) -> Seen {
-        if self.seen.len() >= self.capacity && !self.seen.contains_key(&id) {
+        if self.len() >= self.capacity && !self.seen.contains_key(&id) {
             self.sweep(now);
-            if self.seen.len() >= self.capacity {
+            if self.len() >= self.capacity {
                 self.full_refusals.fetch_add(1, Ordering::Relaxed);
                 return Seen::Full;
             }
@@ -80,6 +87,7 @@ impl ReplayCache {
             }
             dashmap::Entry::Vacant(e) => {
                 e.insert(until);
+                self.held.fetch_add(1, Ordering::Relaxed);
                 Seen::New
             }
         }
@@ -95,7 +103,13 @@ impl ReplayCache {
         {
             return;
         }
-        self.seen.retain(|_, until| *until >= now);
+        self.seen.retain(|_, until| {
+            let keep = *until >= now;
+            if !keep {
+                self.held.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
     }
 
     /// Proofs refused because the cache was full, since start.
@@ -104,11 +118,11 @@ impl ReplayCache {
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.held.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 }
 
