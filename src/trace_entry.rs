@@ -44,13 +44,46 @@ fn is_zero(n: &u8) -> bool {
     *n == 0
 }
 
+/// The pipeline steps' attribute names (`url`, `authorization`, …), one `Arc` per name and
+/// thread, so that a decision's entries share them instead of each allocating its name (and
+/// no count is shared between threads).
+fn step_attribute(name: &'static str) -> Arc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some((_, shared)) = names.iter().find(|(n, _)| *n == name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = name.into();
+        names.push((name, Arc::clone(&shared)));
+        shared
+    })
+}
+
 impl TraceEntry {
     /// An entry of `step` with no rule, values or detail; it decides when it fails.
-    pub(crate) fn step(step: Step, attribute: &str, operator: &'static str, result: bool) -> Self {
+    pub(crate) fn step(
+        step: Step,
+        attribute: &'static str,
+        operator: &'static str,
+        result: bool,
+    ) -> Self {
+        Self::step_of(step, step_attribute(attribute), operator, result)
+    }
+
+    /// [`step`](Self::step) with an attribute name made for this entry.
+    pub(crate) fn step_of(
+        step: Step,
+        attribute: Arc<str>,
+        operator: &'static str,
+        result: bool,
+    ) -> Self {
         Self {
             step,
             rule: None,
-            attribute: attribute.into(),
+            attribute,
             operator: Cow::Borrowed(operator),
             expected: None,
             actual: None,

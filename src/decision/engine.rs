@@ -147,9 +147,9 @@ impl PendingDecision {
             inputs.count = Some(count.count);
         }
         let within = !count.exceeds(&check);
-        let mut entry = TraceEntry::step(
+        let mut entry = TraceEntry::step_of(
             Step::Rule,
-            &format!("rateLimit.{}", check.key.as_str()),
+            format!("rateLimit.{}", check.key.as_str()).into(),
             "atMost",
             within,
         );
@@ -757,9 +757,9 @@ fn authenticate(
             Ok(verified)
         }
         Err(e) => {
-            let mut entry = TraceEntry::step(
+            let mut entry = TraceEntry::step_of(
                 Step::Token,
-                &format!("token.{}", e.target()),
+                format!("token.{}", e.target()).into(),
                 token_check(&e),
                 false,
             );
