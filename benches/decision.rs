@@ -19,7 +19,11 @@
 //! - `binding/dpop_es256`: the same with a DPoP-bound token and a new ES256 proof each
 //!   iteration (proofs made beforehand, untimed; a fresh replay cache per sample), and
 //!   `binding/es256_verify`, one ES256 verification of a proof, to compare it with;
-//!   `binding/verify_proof`, the proof checks alone (no replay cache, no trace).
+//!   `binding/verify_proof`, the proof checks alone (no replay cache, no trace);
+//!   `binding/es256_verify_parsed`, the verification with the key parsed and the signature
+//!   decoded beforehand; `binding/unbound_after_verify`, that verification then the unbound
+//!   decision; `binding/dpop_over_floor`, a DPoP decision minus the one before, paired per
+//!   iteration: what the DPoP check costs beyond one verification.
 
 use std::cell::Cell;
 use std::hint::black_box;

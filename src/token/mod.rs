@@ -189,7 +189,12 @@ pub fn signing_key_from_pem(
 /// An RFC 6750 b64token character, as range compares (see [`TOKEN_BYTE_CLASS`]).
 #[inline(always)]
 fn is_b64token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() | (b == b'-') | (b == b'.') | (b == b'_') | (b == b'~') | (b == b'+')
+    b.is_ascii_alphanumeric()
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
         | (b == b'/')
         | (b == b'=')
 }
@@ -276,11 +281,11 @@ pub fn extract_credentials<'a>(
     // (which the compiler turns into vector compares), and the byte-class table only to say
     // what is wrong with a token that fails it.
     let (mut separators, mut outside) = (false, false);
-    if !credentials.as_bytes().chunks(32).all(|chunk| {
-        chunk
-            .iter()
-            .fold(true, |all, &b| all & is_b64token_byte(b))
-    }) {
+    if !credentials
+        .as_bytes()
+        .chunks(32)
+        .all(|chunk| chunk.iter().fold(true, |all, &b| all & is_b64token_byte(b)))
+    {
         for b in credentials.bytes() {
             match TOKEN_BYTE_CLASS[usize::from(b)] {
                 B64TOKEN => {}
