@@ -213,6 +213,15 @@ fn bench_binding(c: &mut Criterion) {
     let access = sign_bound_token(&key, serde_json::json!({ "jkt": jkt }));
     let authorization = format!("DPoP {access}");
     let jti = Cell::new(0u64);
+    // `n` proofs with ids never used before.
+    let fresh_proofs = |n: u64| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                jti.set(jti.get() + 1);
+                proof(&signing, &jwk, &access, jti.get())
+            })
+            .collect()
+    };
     group.bench_function("dpop_es256", |b| {
         b.iter_custom(|iters| {
             // A fresh replay cache, the token already cached. Proofs are made untimed, in
@@ -227,12 +236,7 @@ fn bench_binding(c: &mut Criterion) {
             while left > 0 {
                 let batch = left.min(512);
                 left -= batch;
-                let proofs: Vec<String> = (0..batch)
-                    .map(|_| {
-                        jti.set(jti.get() + 1);
-                        proof(&signing, &jwk, &access, jti.get())
-                    })
-                    .collect();
+                let proofs = fresh_proofs(batch);
                 let started = Instant::now();
                 let mut allowed = 0u64;
                 for p in &proofs {
@@ -380,12 +384,7 @@ fn bench_binding(c: &mut Criterion) {
             while left > 0 {
                 let batch = left.min(512);
                 left -= batch;
-                let proofs: Vec<String> = (0..batch)
-                    .map(|_| {
-                        jti.set(jti.get() + 1);
-                        proof(&signing, &jwk, &access, jti.get())
-                    })
-                    .collect();
+                let proofs = fresh_proofs(batch);
                 for (i, p) in proofs.iter().enumerate() {
                     let (message, signature) = &raw[i % raw.len()];
                     let started = Instant::now();
