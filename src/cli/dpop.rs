@@ -41,7 +41,7 @@ pub(crate) fn proof(
     iat: i64,
 ) -> anyhow::Result<String> {
     let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let htu = url.split(['?', '#']).next().unwrap_or_default();
+    let htu = portcullis::token::dpop::without_query(url);
     let jti = ulid::Ulid::new().to_string();
     portcullis::token::dpop::sign_proof(&pem, method, htu, token, iat, &jti)
         .map_err(|e| anyhow!("{}: {e}", key.display()))

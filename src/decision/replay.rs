@@ -333,7 +333,7 @@ impl RecordedToken {
             exp: facts.exp,
             nbf: facts.nbf,
             iat: facts.iat,
-            text_sha256: std::sync::OnceLock::new(),
+            dpop: std::sync::OnceLock::new(),
         })))
     }
 }

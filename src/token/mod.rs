@@ -128,9 +128,24 @@ pub struct VerifiedToken {
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
-    /// SHA-256 of the token's text, computed for its first DPoP proof (whose `ath` it must
-    /// be) and kept with the cached token for the next ones.
-    pub text_sha256: OnceLock<[u8; 32]>,
+    /// What every DPoP proof of this token is checked or shown against, worked out for its
+    /// first proof and kept with the cached token for the next ones.
+    pub dpop: OnceLock<DpopMemo>,
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ (for
+/// thumbprints and token hashes, which an attacker could otherwise guess byte by byte).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// A DPoP-bound token's facts that each of its proofs needs again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopMemo {
+    /// SHA-256 of the token's text, which a proof's `ath` must encode.
+    pub text_sha256: [u8; 32],
+    /// The token's `cnf.jkt` as the trace entry's expected value (its first 64 characters).
+    pub jkt_shown: Option<Arc<Value>>,
 }
 
 impl VerifiedToken {
@@ -150,7 +165,7 @@ impl VerifiedToken {
             exp: None,
             nbf: None,
             iat: None,
-            text_sha256: OnceLock::new(),
+            dpop: OnceLock::new(),
             claims,
         }
     }
@@ -533,7 +548,7 @@ fn decode_claims(
         exp: numeric_date(&claims, "exp", false)?,
         nbf: numeric_date(&claims, "nbf", true)?,
         iat: numeric_date(&claims, "iat", true)?,
-        text_sha256: OnceLock::new(),
+        dpop: OnceLock::new(),
         claims,
     })
 }
