@@ -201,9 +201,8 @@ pub fn parse_request_url(url: &str) -> Result<RequestUrl<'_>, UrlError> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path_and_more) = rest.split_at(authority_end);
     let (host, port) = parse_authority(authority, scheme)?;
-    let path_end = path_and_more
-        .find(['?', '#'])
-        .unwrap_or(path_and_more.len());
+    let path_end =
+        memchr::memchr2(b'?', b'#', path_and_more.as_bytes()).unwrap_or(path_and_more.len());
     let path = normalize_path(&path_and_more[..path_end])?;
     Ok(RequestUrl {
         scheme,
@@ -277,6 +276,17 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, UrlError> {
         if raw_segment.is_empty() {
             continue;
         }
+        // Most segments have no escape: checked in one pass over their bytes, as
+        // `check_decoded_segment` would check them.
+        if let Some(checked) = check_plain_segment(raw_segment) {
+            checked?;
+            match raw_segment {
+                "." => {}
+                ".." => out.pop(),
+                s => out.push(s),
+            }
+            continue;
+        }
         let text: Cow<'_, str> = if raw_segment.contains('%') {
             decoded.clear();
             percent_decode_into(raw_segment.as_bytes(), &mut decoded)?;
@@ -295,6 +305,36 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, UrlError> {
         }
     }
     Ok(out)
+}
+
+/// What [`check_decoded_segment`] says of `segment`, found in one pass; `None` when the
+/// segment has a `%` and must be decoded first.
+fn check_plain_segment(segment: &str) -> Option<Result<(), UrlError>> {
+    let mut first_error = None;
+    let mut semicolon = false;
+    for b in segment.bytes() {
+        match b {
+            b'%' => return None,
+            0..0x20 | 0x7f => {
+                first_error.get_or_insert(UrlError::ControlCharacter);
+            }
+            b'\\' => {
+                first_error.get_or_insert(UrlError::Backslash);
+            }
+            b';' => semicolon = true,
+            _ => {}
+        }
+    }
+    if let Some(e) = first_error {
+        return Some(Err(e));
+    }
+    if semicolon
+        && let Some((before, _)) = segment.split_once(';')
+        && (before == "." || before == "..")
+    {
+        return Some(Err(UrlError::PathParameterDotSegment));
+    }
+    Some(Ok(()))
 }
 
 fn check_decoded_segment(segment: &str) -> Result<(), UrlError> {
@@ -411,6 +451,22 @@ mod tests {
 
     fn path(raw: &str) -> Result<String, UrlError> {
         normalize_path(raw).map(|p| p.to_path_string())
+    }
+
+    proptest::proptest! {
+        /// The one-pass check of a segment without `%` says what the full check says.
+        #[test]
+        fn a_plain_segment_is_checked_as_a_decoded_one(
+            segment in "[a-z.;\\\\\\x00-\\x1f\\x7f%é]{1,12}"
+        ) {
+            match check_plain_segment(&segment) {
+                None => proptest::prop_assert!(segment.contains('%')),
+                Some(checked) => {
+                    proptest::prop_assert!(!segment.contains('%'));
+                    proptest::prop_assert_eq!(checked, check_decoded_segment(&segment));
+                }
+            }
+        }
     }
 
     #[test]
