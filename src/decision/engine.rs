@@ -416,8 +416,12 @@ impl Engine {
             Ok(upstream) => {
                 decision.headers.push("x-decision-id", decision.id.clone());
                 decision.upstream_headers = upstream;
-                decision.audit =
-                    format!("Request to the URL \"{}\" allowed.", decision.request.url);
+                let url = &decision.request.url;
+                let mut audit = String::with_capacity(url.len() + 30);
+                audit.push_str("Request to the URL \"");
+                audit.push_str(url);
+                audit.push_str("\" allowed.");
+                decision.audit = audit;
             }
             Err(denial) => denial.render(&mut decision),
         }
@@ -696,16 +700,24 @@ fn authenticate(
         Ok((verified, how, sent)) => {
             let mut entry =
                 TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
-            let (by_key, kid) = match verified.kid.as_deref() {
-                Some(kid) => (" by key `", kid),
-                None => ("", ""),
-            };
-            entry.detail = Some(format!(
-                "{:?} signature{by_key}{kid}{} verified{}; issuer, audience and validity period accepted",
-                verified.alg,
-                if by_key.is_empty() { "" } else { "`" },
-                how
-            ));
+            // Written in place, not with `format!`: it is on every allowed request's path.
+            const ACCEPTED: &str = "; issuer, audience and validity period accepted";
+            let alg = token::algorithm_name(verified.alg);
+            let kid = verified.kid.as_deref();
+            let mut detail = String::with_capacity(
+                alg.len() + 40 + kid.map_or(0, str::len) + how.len() + ACCEPTED.len(),
+            );
+            detail.push_str(&alg);
+            detail.push_str(" signature");
+            if let Some(kid) = kid {
+                detail.push_str(" by key `");
+                detail.push_str(kid);
+                detail.push('`');
+            }
+            detail.push_str(" verified");
+            detail.push_str(how);
+            detail.push_str(ACCEPTED);
+            entry.detail = Some(detail);
             progress.trace.push(entry);
             let checked = match (sent, credentials) {
                 (Some((raw, scheme)), Credentials::Request(proofs)) => {

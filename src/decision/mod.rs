@@ -221,7 +221,7 @@ impl TokenSummary {
             aud: token.aud.clone(),
             exp: token.exp.map(format_unix),
             kid: token.kid.as_deref().map(str::to_owned),
-            alg: format!("{:?}", token.alg),
+            alg: crate::token::algorithm_name(token.alg).into_owned(),
             delegated: token.is_delegated(),
             binding,
         }

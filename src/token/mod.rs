@@ -133,6 +133,27 @@ pub struct VerifiedToken {
     pub dpop: OnceLock<DpopMemo>,
 }
 
+/// `alg`'s JOSE name (`RS256`, `EdDSA`, …), as its `Debug` writes it, without formatting.
+pub fn algorithm_name(alg: Algorithm) -> Cow<'static, str> {
+    use Algorithm::*;
+    Cow::Borrowed(match alg {
+        HS256 => "HS256",
+        HS384 => "HS384",
+        HS512 => "HS512",
+        ES256 => "ES256",
+        ES384 => "ES384",
+        RS256 => "RS256",
+        RS384 => "RS384",
+        RS512 => "RS512",
+        PS256 => "PS256",
+        PS384 => "PS384",
+        PS512 => "PS512",
+        EdDSA => "EdDSA",
+        // The enum is non-exhaustive: a variant of a newer version is formatted.
+        other => return Cow::Owned(format!("{other:?}")),
+    })
+}
+
 /// Whether `a` and `b` are equal, in time that does not depend on where they differ (for
 /// thumbprints and token hashes, which an attacker could otherwise guess byte by byte).
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -603,6 +624,20 @@ pub fn check_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn algorithm_names_are_what_debug_writes() {
+        for family in [
+            jsonwebtoken::AlgorithmFamily::Hmac,
+            jsonwebtoken::AlgorithmFamily::Rsa,
+            jsonwebtoken::AlgorithmFamily::Ec,
+            jsonwebtoken::AlgorithmFamily::Ed,
+        ] {
+            for alg in family.algorithms() {
+                assert_eq!(algorithm_name(*alg), format!("{alg:?}"));
+            }
+        }
+    }
 
     #[test]
     fn the_range_test_and_the_byte_class_table_agree_on_every_byte() {
