@@ -291,6 +291,7 @@ fn bench_binding(c: &mut Criterion) {
         access_token_sha256: &portcullis::token::dpop::token_digest(&access),
         now: unix_now() as i64,
         window: 60,
+        replays: None,
     };
     let next = Cell::new(0usize);
     group.bench_function("verify_proof", |b| {

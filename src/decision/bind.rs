@@ -232,6 +232,7 @@ fn check_proof(
             access_token_sha256,
             now,
             window,
+            replays: matches!(proofs, Proofs::Remember).then_some(&caches.replays),
         },
         &caches.proof_keys,
     )?;
