@@ -233,46 +233,53 @@ fn bench_binding(c: &mut Criterion) {
     // Proofs one engine decides before it is replaced: all are within the window, so a
     // replay cache that held more would be full and refuse them (as a server's would).
     let per_engine = portcullis::token::replay::DEFAULT_REPLAY_CAPACITY as u64 - 1024;
+    // Calls `each` with an engine and batches of up to 512 fresh proofs, `iters` in all: made
+    // untimed, so that none is older than the window when it is decided on however slowly a
+    // loaded machine signs them; the engine replaced before its replay cache fills.
+    let in_batches = |iters: u64, each: &mut dyn FnMut(&Engine, &[String])| {
+        let mut engine = dpop_engine();
+        let mut decided = 0;
+        let mut left = iters;
+        while left > 0 {
+            let batch = left.min(512);
+            left -= batch;
+            let proofs = fresh_proofs(batch);
+            if decided + batch > per_engine {
+                (engine, decided) = (dpop_engine(), 0);
+            }
+            decided += batch;
+            each(&engine, &proofs);
+        }
+    };
     group.bench_function("dpop_es256", |b| {
         b.iter_custom(|iters| {
-            // Proofs are made untimed, in batches, so that none is older than the window when
-            // it is decided on however slowly a loaded machine signs them.
-            let mut engine = dpop_engine();
-            let mut decided = 0;
             let mut elapsed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let batch = left.min(512);
-                left -= batch;
-                let proofs = fresh_proofs(batch);
-                if decided + batch > per_engine {
-                    (engine, decided) = (dpop_engine(), 0);
-                }
-                decided += batch;
+            in_batches(iters, &mut |engine, proofs| {
                 let started = Instant::now();
-                let mut allowed = 0u64;
-                for p in &proofs {
+                let mut allowed = 0;
+                for p in proofs {
                     let headers = [
                         ("authorization", authorization.as_str()),
                         ("dpop", p.as_str()),
                     ];
-                    let decision = decide_with(&engine, &policies, black_box(&headers), None);
-                    allowed += u64::from(decision.is_allowed());
+                    let decision = decide_with(engine, &policies, black_box(&headers), None);
+                    allowed += usize::from(decision.is_allowed());
                 }
                 elapsed += started.elapsed();
-                if allowed != batch {
+                if allowed != proofs.len() {
                     let headers = [
                         ("authorization", authorization.as_str()),
                         ("dpop", &proofs[0]),
                     ];
-                    let again = decide_with(&engine, &policies, &headers, None);
+                    let again = decide_with(engine, &policies, &headers, None);
                     panic!(
-                        "{} of {batch} proofs refused, e.g. {:?}",
-                        batch - allowed,
+                        "{} of {} proofs refused, e.g. {:?}",
+                        proofs.len() - allowed,
+                        proofs.len(),
                         again.body
                     );
                 }
-            }
+            });
             elapsed
         })
     });
@@ -400,19 +407,9 @@ fn bench_binding(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut bound_engine = dpop_engine();
-                let mut decided = 0;
                 let mut dpop = Duration::ZERO;
                 let mut floor = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let batch = left.min(512);
-                    left -= batch;
-                    let proofs = fresh_proofs(batch);
-                    if decided + batch > per_engine {
-                        (bound_engine, decided) = (dpop_engine(), 0);
-                    }
-                    decided += batch;
+                in_batches(iters, &mut |bound_engine, proofs| {
                     for (i, p) in proofs.iter().enumerate() {
                         let (message, signature) = &raw[i % raw.len()];
                         if proof_read {
@@ -431,14 +428,14 @@ fn bench_binding(c: &mut Criterion) {
                             ("dpop", p.as_str()),
                         ];
                         let bound_allowed =
-                            decide_with(&bound_engine, &policies, black_box(&headers), None)
+                            decide_with(bound_engine, &policies, black_box(&headers), None)
                                 .is_allowed();
                         let ended = Instant::now();
                         assert!(unbound_allowed && bound_allowed);
                         floor += between - started;
                         dpop += ended - between;
                     }
-                }
+                });
                 // A sample the machine's noise made negative counts as 1 ns (criterion refuses 0):
                 // that can only raise the estimate.
                 dpop.saturating_sub(floor).max(Duration::from_nanos(1))
