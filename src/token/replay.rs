@@ -176,9 +176,9 @@ impl ReplayCache {
                 table.check(fingerprint, until, now).unwrap_or(Seen::Full)
             }
         };
-        if table.used >= used {
+        if table.used > used {
             self.held.fetch_add(table.used - used, Ordering::Relaxed);
-        } else {
+        } else if table.used < used {
             self.held.fetch_sub(used - table.used, Ordering::Relaxed);
         }
         if seen == Seen::Full {
