@@ -270,12 +270,12 @@ fn eval(rule: &AccessRule, ctx: &RuleContext<'_>, trace: &mut Vec<TraceEntry>, d
             RuleKind::Groups { mode, values } => {
                 let groups = string_set(ctx.claims.groups.lookup(&token.claims), false);
                 let result = set_holds(*mode, values, &groups);
-                (mode.as_str(), result, Some(Value::from(groups)), None)
+                (mode.as_str(), result, Some(Value::Array(groups)), None)
             }
             RuleKind::Scopes { mode, values } => {
                 let scopes = string_set(ctx.claims.scopes.lookup(&token.claims), true);
                 let result = set_holds(*mode, values, &scopes);
-                (mode.as_str(), result, Some(Value::from(scopes)), None)
+                (mode.as_str(), result, Some(Value::Array(scopes)), None)
             }
             RuleKind::Claim { claim, test } => {
                 let value = claim.lookup(&token.claims);
@@ -326,24 +326,25 @@ fn eval(rule: &AccessRule, ctx: &RuleContext<'_>, trace: &mut Vec<TraceEntry>, d
 
 /// Group and scope claims as a list of strings: an array of strings, or a string that is
 /// one group, or (for scopes) space-separated scopes.
-fn string_set(value: Option<&Value>, split_spaces: bool) -> Vec<String> {
+/// The claim's strings (a string, split at spaces when `split_spaces`, or an array's
+/// strings), already as the trace entry's values: one vector, not one of `String`s and then
+/// one of `Value`s.
+fn string_set(value: Option<&Value>, split_spaces: bool) -> Vec<Value> {
     match value {
         Some(Value::String(s)) if split_spaces => {
-            s.split_ascii_whitespace().map(str::to_owned).collect()
+            s.split_ascii_whitespace().map(Value::from).collect()
         }
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
+        Some(Value::String(s)) => vec![Value::from(s.as_str())],
+        Some(Value::Array(items)) => items.iter().filter(|v| v.is_string()).cloned().collect(),
         _ => Vec::new(),
     }
 }
 
-fn set_holds(mode: SetMode, required: &[String], have: &[String]) -> bool {
+fn set_holds(mode: SetMode, required: &[String], have: &[Value]) -> bool {
+    let has = |r: &String| have.iter().any(|h| h.as_str() == Some(r));
     match mode {
-        SetMode::AnyOf => required.iter().any(|r| have.contains(r)),
-        SetMode::AllOf => required.iter().all(|r| have.contains(r)),
+        SetMode::AnyOf => required.iter().any(has),
+        SetMode::AllOf => required.iter().all(has),
     }
 }
 
