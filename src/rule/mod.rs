@@ -325,10 +325,8 @@ fn eval(rule: &AccessRule, ctx: &RuleContext<'_>, trace: &mut Vec<TraceEntry>, d
 }
 
 /// Group and scope claims as a list of strings: an array of strings, or a string that is
-/// one group, or (for scopes) space-separated scopes.
-/// The claim's strings (a string, split at spaces when `split_spaces`, or an array's
-/// strings), already as the trace entry's values: one vector, not one of `String`s and then
-/// one of `Value`s.
+/// one group, or (for scopes) space-separated scopes. Made as the trace entry's values
+/// straight away: one vector, not one of `String`s and then one of `Value`s.
 fn string_set(value: Option<&Value>, split_spaces: bool) -> Vec<Value> {
     match value {
         Some(Value::String(s)) if split_spaces => {

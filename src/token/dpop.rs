@@ -345,17 +345,11 @@ pub fn verify_proof(
     // is verified: a check of a new id otherwise waits for memory once the signature is done.
     // Decoded on the stack: a proof's claims are a few hundred bytes.
     let mut small = [0; 1024];
-    let large;
+    let mut large: Option<Vec<u8>> = None;
+    // Too long for the stack, or not base64: `b64` decodes the one and names the other.
     let payload = match decode_part(payload_b64, &mut small) {
         Ok(payload) => Ok(payload),
-        Err(Undecoded::TooLong) => match b64(payload_b64) {
-            Ok(decoded) => {
-                large = decoded;
-                Ok(&large[..])
-            }
-            Err(e) => Err(e),
-        },
-        Err(Undecoded::NotBase64) => Err(invalid("a part of the proof is not base64url")),
+        Err(_) => b64(payload_b64).map(|decoded| large.insert(decoded).as_slice()),
     };
     let claims = payload.and_then(|payload| {
         serde_json::from_slice::<ProofClaims<'_>>(payload).map_err(|_| {
