@@ -488,6 +488,57 @@ async fn a_thousand_concurrent_unknown_kids_cause_at_most_one_fetch() {
     assert!(extra <= 1, "{extra} fetches for 1000 unknown kids");
 }
 
+/// Requests for a key id that arrives with the next fetch all wait for that one fetch: none
+/// is told "unknown key" because another request had just started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_a_new_kid_all_wait_for_the_one_fetch() {
+    let keys = KeyServer::start(&["rsa-a"]).await;
+    let (_dir, server) = start(&keys, "10m", &[]).await;
+    let http = client();
+    assert_eq!(decide(&http, &server, &rsa("rsa-a")).await.0, 200);
+    let before = keys.fetches();
+    keys.set(|b| {
+        b.body = jwks_of(&["rsa-a", "rsa-b"]);
+        b.delay = Duration::from_millis(300);
+    });
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let new_kid = rsa("rsa-b");
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let mut api = portcullis::proto::decision_service_client::DecisionServiceClient::new(
+                channel.clone(),
+            );
+            let token = new_kid.clone();
+            tokio::spawn(async move {
+                api.decide(portcullis::proto::DecideRequest {
+                    method: "GET".into(),
+                    url: "https://remote.test/x".into(),
+                    headers: vec![portcullis::proto::Header {
+                        name: "authorization".into(),
+                        value: format!("Bearer {token}"),
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for call in calls {
+        let decision = call.await.unwrap().expect("every request is answered");
+        if decision.status != 200 {
+            refused.push(decision.body.map(|b| b.details[0].code.clone()));
+        }
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert_eq!(keys.fetches() - before, 1);
+}
+
 #[test]
 fn key_urls_must_be_https_except_loopback_with_the_flag() {
     let check = |url: &str, flag: bool| {

@@ -3,7 +3,6 @@
 //! every waiting request). A failed fetch or a garbage answer keeps the last good key set.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,11 +48,76 @@ impl Default for FetchConfig {
 struct FetchHandle {
     set: Arc<RemoteKeySet>,
     wake: Notify,
-    /// Counts finished fetches, so waiters know when the one they asked for is done.
+    /// The number of the last finished fetch, so waiters know when theirs is done.
     fetches: watch::Sender<u64>,
-    /// A fetch asked for by an unknown `kid` is pending or running.
-    on_demand: AtomicBool,
-    last_on_demand: Mutex<Option<Instant>>,
+    on_demand: OnDemand,
+}
+
+/// The fetches asked for by unknown key ids, under one lock: requests arriving together
+/// must agree on which of them starts a fetch and which fetch the others wait for (with a
+/// flag and a timestamp apart, a request could see no fetch asked for, then find the
+/// timestamp another request had just set, and answer "unknown key" at once).
+#[derive(Debug, Default)]
+struct OnDemand(Mutex<OnDemandState>);
+
+#[derive(Debug, Default)]
+struct OnDemandState {
+    /// A fetch was asked for and has not started.
+    asked: bool,
+    /// The running fetch was asked for.
+    running: bool,
+    /// Fetches started so far; the number of the running one.
+    started: u64,
+    /// When the last fetch was asked for.
+    last: Option<Instant>,
+}
+
+/// What a request with an unknown key id does.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Ask for a fetch, then wait until that fetch (this number) has finished.
+    Start(u64),
+    /// Wait until the fetch of this number, already asked for, has finished.
+    Wait(u64),
+    /// The last fetch asked for was within the interval: answer with the keys held.
+    TooSoon,
+}
+
+impl OnDemand {
+    fn state(&self) -> std::sync::MutexGuard<'_, OnDemandState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claim(&self, now: Instant, interval: Duration) -> Claim {
+        let mut state = self.state();
+        if state.asked {
+            return Claim::Wait(state.started + 1);
+        }
+        if state.running {
+            return Claim::Wait(state.started);
+        }
+        if state
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            return Claim::TooSoon;
+        }
+        state.last = Some(now);
+        state.asked = true;
+        Claim::Start(state.started + 1)
+    }
+
+    /// A fetch starts, scheduled or asked for; returns its number.
+    fn begin(&self) -> u64 {
+        let mut state = self.state();
+        state.started += 1;
+        state.running = std::mem::take(&mut state.asked);
+        state.started
+    }
+
+    fn end(&self) {
+        self.state().running = false;
+    }
 }
 
 /// The fetch tasks of every remote key set in the registry.
@@ -135,8 +199,7 @@ impl KeyFetchers {
                 set: set.clone(),
                 wake: Notify::new(),
                 fetches: watch::channel(0).0,
-                on_demand: AtomicBool::new(false),
-                last_on_demand: Mutex::new(None),
+                on_demand: OnDemand::default(),
             });
             handles.insert(set.location.clone(), handle.clone());
             runtime.spawn(self.clone().run(handle, metrics.clone()));
@@ -153,6 +216,7 @@ impl KeyFetchers {
                 () = tokio::time::sleep(delay) => {}
                 () = handle.wake.notified() => {}
             }
+            let number = handle.on_demand.begin();
             let result = match self.fetch(&set.location).await {
                 Ok((body, age)) => match set.install(&body, unix_millis()) {
                     Ok(changed) => {
@@ -178,8 +242,8 @@ impl KeyFetchers {
                 delay = backoff(failures).min(set.refresh().max(Duration::from_secs(1)));
             }
             metrics.count_key_fetch(&label, result);
-            handle.on_demand.store(false, Ordering::Release);
-            handle.fetches.send_modify(|n| *n += 1);
+            handle.on_demand.end();
+            handle.fetches.send_replace(number);
         }
     }
 
@@ -243,7 +307,7 @@ impl KeyFetchers {
 
     /// After a token named a key id that the key set at `location` lacks: fetches the set
     /// again at once (at most once per `on_demand_interval`; requests arriving meanwhile wait
-    /// for the same fetch) and says whether the key material changed.
+    /// for the same fetch) and says whether the key material changed since the call began.
     pub async fn refetch_for_unknown_key(&self, location: &KeySetLocation) -> bool {
         let Some(handle) = self
             .handles
@@ -256,20 +320,20 @@ impl KeyFetchers {
         };
         let before = handle.set.current().map(|s| s.fingerprint);
         let mut fetches = handle.fetches.subscribe();
-        let seen = *fetches.borrow_and_update();
-        if !handle.on_demand.load(Ordering::Acquire) {
-            let mut last = handle
-                .last_on_demand
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.config.on_demand_interval) {
-                return false;
+        let awaited = match handle
+            .on_demand
+            .claim(Instant::now(), self.config.on_demand_interval)
+        {
+            Claim::Start(number) => {
+                handle.wake.notify_one();
+                Some(number)
             }
-            *last = Some(Instant::now());
-            handle.on_demand.store(true, Ordering::Release);
-            handle.wake.notify_one();
+            Claim::Wait(number) => Some(number),
+            Claim::TooSoon => None,
+        };
+        if let Some(number) = awaited {
+            let _ = tokio::time::timeout(ON_DEMAND_WAIT, fetches.wait_for(|n| *n >= number)).await;
         }
-        let _ = tokio::time::timeout(ON_DEMAND_WAIT, fetches.wait_for(|n| *n > seen)).await;
         handle.set.current().map(|s| s.fingerprint) != before
     }
 
@@ -297,6 +361,38 @@ impl KeyFetchers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_for_unknown_keys_share_one_fetch_per_interval() {
+        let on_demand = OnDemand::default();
+        let interval = Duration::from_secs(30);
+        let t0 = Instant::now();
+        assert_eq!(on_demand.claim(t0, interval), Claim::Start(1));
+        // Asked for, not started: later requests wait for that fetch, none is refused.
+        assert_eq!(on_demand.claim(t0, interval), Claim::Wait(1));
+        assert_eq!(on_demand.begin(), 1);
+        assert_eq!(on_demand.claim(t0, interval), Claim::Wait(1));
+        on_demand.end();
+        // Done: within the interval requests answer with the keys held.
+        assert_eq!(on_demand.claim(t0 + interval / 2, interval), Claim::TooSoon);
+        assert_eq!(on_demand.claim(t0 + interval, interval), Claim::Start(2));
+    }
+
+    #[test]
+    fn a_fetch_asked_for_during_a_scheduled_one_is_the_next_one() {
+        let on_demand = OnDemand::default();
+        let interval = Duration::from_secs(30);
+        let t0 = Instant::now();
+        assert_eq!(on_demand.begin(), 1, "a scheduled fetch");
+        // It may have started before the new key was published: waiters need the next one.
+        assert_eq!(on_demand.claim(t0, interval), Claim::Start(2));
+        assert_eq!(on_demand.claim(t0, interval), Claim::Wait(2));
+        on_demand.end();
+        assert_eq!(on_demand.claim(t0, interval), Claim::Wait(2));
+        assert_eq!(on_demand.begin(), 2);
+        on_demand.end();
+        assert_eq!(on_demand.claim(t0, interval), Claim::TooSoon);
+    }
 
     #[test]
     fn max_age_shortens_the_refresh_within_bounds() {
