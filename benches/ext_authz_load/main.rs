@@ -37,7 +37,10 @@
 //! a shadow set as large as the active one too, issue 19), `LOAD_REDIS` [unset]: a Redis URL, or `auto` to start a
 //! `redis-server` on a free loopback port; with it, a second Portcullis with
 //! `--trace-store` on that Redis is loaded too (target `redis`, issue 9), and its throughput
-//! is compared with the memory store's; `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
+//! is compared with the memory store's; the targets `limit-local` and `limit-redis` load
+//! Portcullis on the shipped policies with `send-reaction`'s limit raised, every call a
+//! counted reaction, its limit counted in the process and (with `LOAD_REDIS`) in Redis
+//! (issue 18, target 6); `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
 //! before answering (a busy wait), to see how throughput falls with work per call;
 //! `LOAD_TRACING_BASELINE` [unset]: the path of another `portcullis` binary (e.g. built from
 //! the commit before tracing came) that the `tracing` target loads first in each round.
@@ -79,7 +82,7 @@ use crate::http::{HttpCall, HttpTarget, MakeCall, load_http, verify_http};
 use crate::load::{connect, load, verify};
 use crate::redis_server::RedisServer;
 use crate::report::report;
-use crate::requests::{Tokens, mix, probes};
+use crate::requests::{Tokens, mix, probes, reaction_probes};
 use crate::settings::Settings;
 use crate::targets::{Servers, Target, accepted_nodelay};
 
@@ -103,6 +106,8 @@ fn main() {
     let tokens = Tokens::new();
     let probes = probes(&tokens);
     let mix = Arc::new(mix(&probes));
+    let reactions = reaction_probes(&tokens);
+    let reaction_mix = Arc::new(crate::requests::mix(&reactions));
 
     println!(
         "ext_authz load: {cores} cores; servers on a {}-worker runtime, load generator on a \
@@ -156,6 +161,16 @@ fn main() {
             servers.portcullis_redis.as_ref().map(|(addr, _)| *addr),
             Target::Redis,
         ),
+        (
+            "Portcullis, limit counted locally",
+            Some(servers.limit_local),
+            Target::LimitLocal,
+        ),
+        (
+            "Portcullis, limit counted in Redis",
+            servers.limit_redis.as_ref().map(|(addr, _)| *addr),
+            Target::LimitRedis,
+        ),
     ]
     .into_iter()
     .filter_map(|(label, addr, target)| {
@@ -165,6 +180,8 @@ fn main() {
             Target::Memory => "portcullis",
             Target::Redis => "redis",
             Target::Shadow => "shadow",
+            Target::LimitLocal => "limit-local",
+            Target::LimitRedis => "limit-redis",
         };
         let wanted = settings.targets.split(',').any(|t| t.trim() == name);
         Some((label, addr.filter(|_| wanted)?, target))
@@ -225,6 +242,10 @@ fn main() {
             verify(*addr, &probes, false).await;
         }
         verify(servers.portcullis_shadow, &probes, false).await;
+        verify(servers.limit_local, &reactions, false).await;
+        if let Some((addr, _)) = &servers.limit_redis {
+            verify(*addr, &reactions, false).await;
+        }
         for &(_, addr, target, call) in &http_targets {
             verify_http(addr, &probes, target, call).await;
         }
@@ -243,10 +264,11 @@ fn main() {
             for &(label, addr, target) in &targets {
                 let ceiling = target == Target::Ceiling;
                 let audit_before = audit.as_ref().map(|(a, _)| a.snapshot());
+                let limited = matches!(target, Target::LimitLocal | Target::LimitRedis);
                 let run = load(
                     &format!("{label}{suffix}"),
                     addr,
-                    &mix,
+                    if limited { &reaction_mix } else { &mix },
                     ceiling,
                     &settings,
                     ticks,

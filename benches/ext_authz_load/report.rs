@@ -113,7 +113,10 @@ fn grpc_report(
     cores: usize,
     grpc_runs: &[(Target, Measurement)],
 ) {
-    println!("\ngRPC ext_authz Check on loopback, mix of allows and denials (60% allow)");
+    println!(
+        "\ngRPC ext_authz Check on loopback, mix of allows and denials (60% allow); the limit \
+         targets: every call a reaction, allowed and counted"
+    );
     println!("{}", table_header("target"));
     for (_, run) in grpc_runs {
         println!("{}", run.row());
@@ -132,6 +135,7 @@ fn grpc_report(
     let decision_ratio = sum(Target::Memory) / sum(Target::Replay);
     let redis_ratio = sum(Target::Redis) / sum(Target::Memory);
     let shadow_ratio = sum(Target::Shadow) / sum(Target::Memory);
+    let limit_ratio = sum(Target::LimitRedis) / sum(Target::LimitLocal);
     let ratio_known = ratio.is_finite() && ratio > 0.0;
     let store = &servers.state.store;
     println!(
@@ -141,6 +145,19 @@ fn grpc_report(
         store.approx_bytes() as f64 / (1024.0 * 1024.0)
     );
 
+    if let Some((_, state)) = &servers.limit_redis {
+        let counted: Vec<String> = state
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("portcullis_rate_limit_counts"))
+            .map(str::to_owned)
+            .collect();
+        println!(
+            "Portcullis counting its limit in Redis, counts: {}",
+            counted.join("; ")
+        );
+    }
     if let Some((_, state)) = &servers.portcullis_redis {
         let shared: Vec<String> = state
             .metrics
@@ -205,6 +222,14 @@ fn grpc_report(
             "  Issue 19: with a shadow set as large as the active one ≥ 85% of the throughput without: {:.1}% → {}",
             shadow_ratio * 100.0,
             verdict(shadow_ratio >= 0.85)
+        );
+    }
+    if known(limit_ratio) {
+        println!(
+            "  Issue 18, target 6: on the reaction mix, every call counted, the limit in Redis \
+             ≥ 80% of the throughput with it counted locally: {:.1}% → {}",
+            limit_ratio * 100.0,
+            verdict(limit_ratio >= 0.8)
         );
     }
     if redis_ratio.is_finite() && redis_ratio > 0.0 {

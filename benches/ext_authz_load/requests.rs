@@ -188,6 +188,20 @@ pub(crate) fn probes(tokens: &Tokens) -> Vec<(Probe, usize)> {
     ]
 }
 
+/// The rate-limited targets' one request: a player reacts as itself, allowed by the rules
+/// and counted against its limit (raised so that it is never reached).
+pub(crate) fn reaction_probes(tokens: &Tokens) -> Vec<(Probe, usize)> {
+    let reactions = format!("{BASE_PATH}/users/user.0/reactions");
+    vec![(
+        Probe {
+            label: "allow: player reacts, counted",
+            request: check_request("POST", AUTHORITY, &reactions, Some(&tokens.player)),
+            expect: Answer::Allow,
+        },
+        1,
+    )]
+}
+
 /// The probes repeated by weight (10 copies of the weighted set) in a fixed shuffled order.
 pub(crate) fn mix(probes: &[(Probe, usize)]) -> Vec<Probe> {
     let mut mix: Vec<Probe> = Vec::new();

@@ -28,9 +28,10 @@ pub(crate) struct Settings {
     pub(crate) envoy_seconds: f64,
     pub(crate) envoy_concurrency: Vec<usize>,
     pub(crate) envoy_workers: usize,
-    /// Which targets to load: gRPC `ceiling`, `replay`, `portcullis`, `shadow`, `redis`, HTTP
-    /// `http-ceiling`, `authorize`, `sideband`, and `tracing` (the `portcullis serve` binary
-    /// with tracing off, 100% and 1%) (all by default; `redis` only with `LOAD_REDIS`).
+    /// Which targets to load: gRPC `ceiling`, `replay`, `portcullis`, `shadow`, `redis`,
+    /// `limit-local`, `limit-redis`, HTTP `http-ceiling`, `authorize`, `sideband`, and
+    /// `tracing` (the `portcullis serve` binary with tracing off, 100% and 1%) (all by
+    /// default; `redis` and `limit-redis` only with `LOAD_REDIS`).
     pub(crate) targets: String,
     /// `LOAD_REDIS`: a Redis URL or `auto`.
     pub(crate) redis: Option<String>,
@@ -74,7 +75,8 @@ impl Settings {
             envoy_workers: env_or("ENVOY_WORKERS", 1usize).max(1),
             targets: env_or(
                 "LOAD_TARGETS",
-                "ceiling,replay,portcullis,shadow,redis,http-ceiling,authorize,sideband,tracing"
+                "ceiling,replay,portcullis,shadow,redis,limit-local,limit-redis,http-ceiling,\
+                 authorize,sideband,tracing"
                     .to_owned(),
             ),
             redis: std::env::var("LOAD_REDIS").ok().filter(|r| !r.is_empty()),

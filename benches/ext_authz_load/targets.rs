@@ -187,6 +187,39 @@ pub(crate) enum Target {
     Redis,
     /// Portcullis with a shadow set as large as the active one (the same policies).
     Shadow,
+    /// Portcullis on the reaction mix, its rate limit counted in this process (issue 18).
+    LimitLocal,
+    /// Portcullis on the reaction mix, its rate limit counted in Redis (issue 18, target 6).
+    LimitRedis,
+}
+
+/// The example's limit on `send-reaction`, and what the limit targets raise it to: every
+/// reaction of a run is counted and allowed, none is a 429.
+const EXAMPLE_LIMIT: &str = "rateLimit: { key: subject, requests: 30, per: 1m }";
+const RAISED_LIMIT: &str = "rateLimit: { key: subject, requests: 1000000000, per: 1h }";
+
+/// The shipped policies in a temporary directory, `send-reaction`'s limit raised.
+fn raised_limit_policies() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let copy = |from: &Path, to: &Path| {
+        for entry in std::fs::read_dir(from).expect("the policies are readable") {
+            let entry = entry.expect("a directory entry");
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("a copy");
+            }
+        }
+    };
+    copy(Path::new(POLICY_DIR), dir.path());
+    std::fs::create_dir(dir.path().join("keys")).expect("a keys directory");
+    copy(
+        &Path::new(POLICY_DIR).join("keys"),
+        &dir.path().join("keys"),
+    );
+    let policy = dir.path().join("meme-game.yaml");
+    let text = std::fs::read_to_string(&policy).expect("the example policy");
+    assert!(text.contains(EXAMPLE_LIMIT), "the example's limit changed");
+    std::fs::write(policy, text.replace(EXAMPLE_LIMIT, RAISED_LIMIT)).expect("the policy");
+    dir
 }
 
 pub(crate) struct Servers {
@@ -201,6 +234,12 @@ pub(crate) struct Servers {
     pub(crate) portcullis_redis: Option<(SocketAddr, Arc<AppState>)>,
     /// Portcullis deciding every request with a shadow set too.
     pub(crate) portcullis_shadow: SocketAddr,
+    /// Portcullis on the raised-limit policies, counting in this process.
+    pub(crate) limit_local: SocketAddr,
+    /// Portcullis on the raised-limit policies, counting in Redis, if one was asked for.
+    pub(crate) limit_redis: Option<(SocketAddr, Arc<AppState>)>,
+    /// Holds the raised-limit policies.
+    _limit_policies: tempfile::TempDir,
     pub(crate) ceiling: SocketAddr,
     pub(crate) replay: SocketAddr,
     /// Portcullis' answers for [`Replay`], set by the first [`verify`] of Portcullis.
@@ -222,6 +261,8 @@ impl Servers {
         let replay_answers = answers.clone();
         let secrets = tempfile::tempdir().expect("a temporary directory");
         let secret_file = secrets.path().join("sideband.secrets");
+        let limit_policies = raised_limit_policies();
+        let limit_dir = limit_policies.path().to_path_buf();
         std::fs::write(&secret_file, crate::http::SIDEBAND_SECRET).expect("the secret is written");
         let thread = std::thread::Builder::new()
             .name("servers".into())
@@ -275,6 +316,7 @@ impl Servers {
                     let (r_stop_tx, r_stop_rx) = oneshot::channel::<()>();
                     let mut redis_task = None;
                     let mut with_redis = None;
+                    let redis_limits = redis.clone();
                     if let Some(url) = redis {
                         let mut config = ServerConfig::new(POLICY_DIR.into());
                         config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -294,6 +336,33 @@ impl Servers {
                         with_redis = Some((bound.grpc_addr, bound.state()));
                         redis_task = Some(tokio::spawn(bound.run(async {
                             let _ = r_stop_rx.await;
+                        })));
+                    }
+                    let (l_stop_tx, l_stop_rx) = tokio::sync::watch::channel(false);
+                    let mut limit_tasks = Vec::new();
+                    let mut limit_servers = Vec::new();
+                    for shared in [None].into_iter().chain(redis_limits.map(Some)) {
+                        let mut config = ServerConfig::new(limit_dir.clone());
+                        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        config.shutdown_grace = Duration::from_secs(2);
+                        if let Some(url) = &shared {
+                            config.shared = portcullis::server::SharedStores::from_flags(
+                                "memory",
+                                Some(url),
+                                Duration::from_millis(50),
+                                100_000,
+                                "bench:",
+                            )
+                            .expect("a usable Redis URL");
+                        }
+                        let bound = portcullis::server::bind(config)
+                            .await
+                            .unwrap_or_else(|e| panic!("Portcullis (limit) does not start: {e}"));
+                        limit_servers.push((bound.grpc_addr, bound.state()));
+                        let mut stop = l_stop_rx.clone();
+                        limit_tasks.push(tokio::spawn(bound.run(async move {
+                            let _ = stop.changed().await;
                         })));
                     }
                     let (ceiling, c_stop_tx, ceiling_task) =
@@ -316,9 +385,11 @@ impl Servers {
                             ],
                             state,
                             with_redis,
+                            limit_servers,
                         ))
                         .expect("the bench waits for the servers");
                     let _ = stop_rx.await;
+                    let _ = l_stop_tx.send(true);
                     let _ = p_stop_tx.send(());
                     let _ = c_stop_tx.send(());
                     let _ = rp_stop_tx.send(());
@@ -330,6 +401,9 @@ impl Servers {
                         let _ = ceiling_task.await;
                         let _ = replay_task.await;
                         if let Some(task) = redis_task {
+                            let _ = task.await;
+                        }
+                        for task in limit_tasks {
                             let _ = task.await;
                         }
                     };
@@ -354,6 +428,7 @@ impl Servers {
             ],
             state,
             portcullis_redis,
+            mut limit_servers,
         ) = ready_rx
             .recv_timeout(STARTUP)
             .expect("the servers start within 30 s");
@@ -364,6 +439,9 @@ impl Servers {
             _secrets: secrets,
             portcullis_redis,
             portcullis_shadow,
+            limit_redis: (limit_servers.len() > 1).then(|| limit_servers.remove(1)),
+            limit_local: limit_servers[0].0,
+            _limit_policies: limit_policies,
             ceiling,
             replay,
             answers,
