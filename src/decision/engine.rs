@@ -919,6 +919,67 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_tokens_recorded_facts_are_those_of_the_service_deciding() {
+        let active = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
+        // A reloaded set whose `send-reaction` reads `department` too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        for name in ["meme-game.yaml", "keys/meme-game.jwks.json"] {
+            let text =
+                std::fs::read_to_string(std::path::Path::new("policies").join(name)).unwrap();
+            let text = text.replace(
+                "- claim: { name: sub, equals: \"{path.userId}\" }",
+                "- claim: { name: department, equals: games }",
+            );
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let reloaded = crate::policy::load_dir(dir.path(), &Default::default()).unwrap();
+        let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();
+        let now = crate::time::unix_seconds(SystemTime::now());
+        let claims = serde_json::json!({
+            "iss": "https://auth.example.com", "aud": "meme-game", "sub": "user.0",
+            "groups": ["players"], "department": "games", "iat": now, "exp": now + 600,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("meme-game-dev-rsa-1".into());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+        let authorization = format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        );
+        let request = DecisionRequest {
+            method: "POST",
+            url: "https://localhost:8443/meme-game/api/v1/users/user.0/reactions",
+            headers: &[("authorization", &authorization)],
+            client: None,
+            client_cert: None,
+        };
+        let engine = Engine::default();
+        let recorded = |set: &PolicySet| {
+            let d = engine
+                .decide_pending_recording(set, None, &request, SystemTime::now())
+                .finish(None);
+            assert_eq!(d.outcome, Outcome::Allow, "{}", d.audit);
+            let token_entry = d.trace.iter().find(|e| e.step == Step::Token).unwrap();
+            let cached = token_entry.detail.as_deref().unwrap().contains("(cached)");
+            let inputs = d.inputs.unwrap();
+            let facts = inputs.token.unwrap().verified.unwrap();
+            let mut names: Vec<String> = facts.claims.keys().cloned().collect();
+            names.sort();
+            (names, cached)
+        };
+        let (first, cached) = recorded(&active);
+        assert!(!cached);
+        assert!(first.contains(&"sub".to_owned()) && !first.contains(&"department".to_owned()));
+        // The same cached token decided by the reloaded service: its own claims, not the
+        // facts kept with the token for the first service.
+        let (second, cached) = recorded(&reloaded);
+        assert!(cached, "the token came from the cache");
+        assert!(second.contains(&"department".to_owned()), "{second:?}");
+        assert_eq!(recorded(&active), (first, true));
+    }
+
+    #[test]
     fn the_trace_words_what_was_checked_the_same_way_on_every_decision() {
         let policies = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
         let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();

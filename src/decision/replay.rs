@@ -8,13 +8,14 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::bind::BindingCheck;
 use super::{TokenBinding, TokenSummary};
 use crate::policy::ApiService;
+pub use crate::token::VerifiedFacts;
 use crate::token::binding::{BindingError, BindingMode};
-use crate::token::{TokenError, VerifiedToken};
+use crate::token::{FactsMemo, TokenError, VerifiedToken};
 use crate::trace_entry::{Step, TraceEntry};
 
 /// The inputs of one decision, as its record keeps them: the method, URL (credentials in the
@@ -51,7 +52,7 @@ pub struct RecordedToken {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unread: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified: Option<VerifiedFacts>,
+    pub verified: Option<Arc<VerifiedFacts>>,
     /// The sender-binding check of a verified token, when the service checked one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<RecordedBinding>,
@@ -77,30 +78,6 @@ pub struct RecordedBinding {
     /// The failure; none when the binding held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<BindingError>,
-}
-
-/// What a verified token said that a decision may read, beyond the decision's token summary
-/// (algorithm, key id, issuer, audiences, subject, client). Claims are kept by the path a
-/// rule names; `absent` lists the paths read that the token did not have.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifiedFacts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<i64>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub claims: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub absent: Vec<String>,
-}
-
-impl VerifiedFacts {
-    fn kept(&self, path: &str) -> bool {
-        self.claims.contains_key(path) || self.absent.iter().any(|a| a == path)
-    }
 }
 
 /// Why a recorded decision cannot be decided again by a policy set.
@@ -226,6 +203,34 @@ impl RecordedToken {
         token: &VerifiedToken,
         binding: Option<RecordedBinding>,
     ) -> Self {
+        let for_services = (service.id, also.map(|s| s.id));
+        let facts = match token.recorded.get() {
+            Some(memo) if memo.for_services == for_services => memo.facts.clone(),
+            _ => {
+                let facts = Arc::new(Self::facts(service, also, token));
+                // The first service to ask keeps its facts with the cached token.
+                let _ = token.recorded.set(FactsMemo {
+                    for_services,
+                    facts: facts.clone(),
+                });
+                facts
+            }
+        };
+        Self {
+            keys: service.token.keys_id.clone(),
+            refused: None,
+            unread: false,
+            verified: Some(facts),
+            binding,
+        }
+    }
+
+    /// The facts of `token` that `service` and `also` read.
+    fn facts(
+        service: &ApiService,
+        also: Option<&ApiService>,
+        token: &VerifiedToken,
+    ) -> VerifiedFacts {
         let also = also.map_or(&[][..], |s| &s.recorded_claims);
         let mut facts = VerifiedFacts {
             exp: token.exp,
@@ -246,13 +251,7 @@ impl RecordedToken {
                 None => facts.absent.push(name.to_owned()),
             }
         }
-        Self {
-            keys: service.token.keys_id.clone(),
-            refused: None,
-            unread: false,
-            verified: Some(facts),
-            binding,
-        }
+        facts
     }
 
     /// The token as `service` would see it: the same refusal, or the verified token rebuilt
@@ -334,6 +333,7 @@ impl RecordedToken {
             nbf: facts.nbf,
             iat: facts.iat,
             dpop: std::sync::OnceLock::new(),
+            recorded: std::sync::OnceLock::new(),
         })))
     }
 }

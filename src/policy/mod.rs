@@ -67,6 +67,15 @@ pub struct ApiService {
     /// The token claims its rules and upstream headers read, which a decision's record keeps
     /// for replay; in name order.
     pub recorded_claims: Box<[ClaimPath]>,
+    /// This compiled service's own number in the process, never reused (reloads compile new
+    /// ones): what a cached token's facts read for it are kept under.
+    pub id: u64,
+}
+
+/// A new [`ApiService::id`].
+pub(crate) fn next_service_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A validated, compiled, immutable set of services. Swapped whole on reload.

@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::cache::{DEFAULT_CACHE_CAPACITY, TokenCache};
@@ -131,6 +132,8 @@ pub struct VerifiedToken {
     /// What every DPoP proof of this token is checked or shown against, worked out for its
     /// first proof and kept with the cached token for the next ones.
     pub dpop: OnceLock<DpopMemo>,
+    /// The facts its decisions' replay inputs keep, worked out for its first decision.
+    pub recorded: OnceLock<FactsMemo>,
 }
 
 /// `alg`'s JOSE name (`RS256`, `EdDSA`, …), as its `Debug` writes it, without formatting.
@@ -169,6 +172,40 @@ pub struct DpopMemo {
     pub jkt_shown: Option<Arc<Value>>,
 }
 
+/// What a verified token said that a decision may read, beyond the decision's token summary
+/// (algorithm, key id, issuer, audiences, subject, client). Claims are kept by the path a
+/// rule names; `absent` lists the paths read that the token did not have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub claims: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
+}
+
+impl VerifiedFacts {
+    pub(crate) fn kept(&self, path: &str) -> bool {
+        self.claims.contains_key(path) || self.absent.iter().any(|a| a == path)
+    }
+}
+
+/// The facts of a cached token that its decisions' replay inputs keep for one service (and
+/// the shadow set's service of the same name), read for its first decision there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactsMemo {
+    /// The [`ApiService::id`](crate::policy::ApiService::id)s they were read for: ids are
+    /// never reused, so a service of a reloaded set cannot be given another's facts.
+    pub for_services: (u64, Option<u64>),
+    pub facts: Arc<VerifiedFacts>,
+}
+
 impl VerifiedToken {
     /// For unit tests: an RS256 token with `claims` (a JSON object), its `sub` and
     /// `client_id` read from them, and no validity times.
@@ -187,6 +224,7 @@ impl VerifiedToken {
             nbf: None,
             iat: None,
             dpop: OnceLock::new(),
+            recorded: OnceLock::new(),
             claims,
         }
     }
@@ -570,6 +608,7 @@ fn decode_claims(
         nbf: numeric_date(&claims, "nbf", true)?,
         iat: numeric_date(&claims, "iat", true)?,
         dpop: OnceLock::new(),
+        recorded: OnceLock::new(),
         claims,
     })
 }

@@ -143,6 +143,7 @@ pub(crate) fn decode_service(
     let service = match token {
         Some(token) if errs.list.len() == before => Some(ApiService {
             recorded_claims: claims_read(&operations, &upstream_headers, &claim_names),
+            id: crate::policy::next_service_id(),
             name: name.as_str().into(),
             description,
             base_urls: base_urls
