@@ -446,6 +446,35 @@ async fn discovery_finds_the_key_set_through_the_issuer() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// `n` gRPC decisions of `https://remote.test/x` with `token`, all started at once.
+fn concurrent_decisions(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<portcullis::proto::Decision, tonic::Status>>> {
+    (0..n)
+        .map(|_| {
+            let mut api = portcullis::proto::decision_service_client::DecisionServiceClient::new(
+                channel.clone(),
+            );
+            let authorization = format!("Bearer {token}");
+            tokio::spawn(async move {
+                api.decide(portcullis::proto::DecideRequest {
+                    method: "GET".into(),
+                    url: "https://remote.test/x".into(),
+                    headers: vec![portcullis::proto::Header {
+                        name: "authorization".into(),
+                        value: authorization,
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_thousand_concurrent_unknown_kids_cause_at_most_one_fetch() {
     let keys = KeyServer::start(&["rsa-a"]).await;
@@ -458,27 +487,7 @@ async fn a_thousand_concurrent_unknown_kids_cause_at_most_one_fetch() {
         .connect()
         .await
         .unwrap();
-    let unknown = rsa("rsa-b");
-    let mut calls = Vec::new();
-    for _ in 0..1000 {
-        let mut api =
-            portcullis::proto::decision_service_client::DecisionServiceClient::new(channel.clone());
-        let token = unknown.clone();
-        calls.push(tokio::spawn(async move {
-            api.decide(portcullis::proto::DecideRequest {
-                method: "GET".into(),
-                url: "https://remote.test/x".into(),
-                headers: vec![portcullis::proto::Header {
-                    name: "authorization".into(),
-                    value: format!("Bearer {token}"),
-                }],
-                client_address: String::new(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner())
-        }));
-    }
+    let calls = concurrent_decisions(&channel, &rsa("rsa-b"), 1000);
     for call in calls {
         let decision = call.await.unwrap().expect("every request is answered");
         assert_eq!(decision.status, 401);
@@ -506,28 +515,7 @@ async fn concurrent_requests_for_a_new_kid_all_wait_for_the_one_fetch() {
         .connect()
         .await
         .unwrap();
-    let new_kid = rsa("rsa-b");
-    let calls: Vec<_> = (0..200)
-        .map(|_| {
-            let mut api = portcullis::proto::decision_service_client::DecisionServiceClient::new(
-                channel.clone(),
-            );
-            let token = new_kid.clone();
-            tokio::spawn(async move {
-                api.decide(portcullis::proto::DecideRequest {
-                    method: "GET".into(),
-                    url: "https://remote.test/x".into(),
-                    headers: vec![portcullis::proto::Header {
-                        name: "authorization".into(),
-                        value: format!("Bearer {token}"),
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner())
-            })
-        })
-        .collect();
+    let calls = concurrent_decisions(&channel, &rsa("rsa-b"), 200);
     let mut refused = Vec::new();
     for call in calls {
         let decision = call.await.unwrap().expect("every request is answered");

@@ -175,6 +175,28 @@ pub(crate) fn accepted_nodelay(port: u16) -> Option<bool> {
     (!found.is_empty()).then(|| found.iter().all(|n| *n))
 }
 
+/// A server on `policies`, listening on free loopback ports.
+fn loopback_config(policies: &Path) -> ServerConfig {
+    let mut config = ServerConfig::new(policies.to_path_buf());
+    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// The shared stores of `--trace-store trace_store --rate-limit-store rate_limits`, with the
+/// bench's timeout and key prefix.
+fn shared_stores(trace_store: &str, rate_limits: Option<&str>) -> portcullis::server::SharedStores {
+    portcullis::server::SharedStores::from_flags(
+        trace_store,
+        rate_limits,
+        Duration::from_millis(50),
+        100_000,
+        "bench:",
+    )
+    .expect("a usable Redis URL")
+}
+
 /// What a gRPC target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -274,10 +296,7 @@ impl Servers {
                     .build()
                     .expect("the servers' runtime starts");
                 runtime.block_on(async move {
-                    let mut config = ServerConfig::new(POLICY_DIR.into());
-                    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                    config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                    config.shutdown_grace = Duration::from_secs(2);
+                    let mut config = loopback_config(POLICY_DIR.as_ref());
                     config.sideband = Some(portcullis::server::sideband::SidebandConfig {
                         secret_file,
                         secret_header: portcullis::server::sideband::DEFAULT_SECRET_HEADER
@@ -300,10 +319,7 @@ impl Servers {
                     let portcullis_task = tokio::spawn(bound.run(async {
                         let _ = p_stop_rx.await;
                     }));
-                    let mut config = ServerConfig::new(POLICY_DIR.into());
-                    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                    config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                    config.shutdown_grace = Duration::from_secs(2);
+                    let mut config = loopback_config(POLICY_DIR.as_ref());
                     config.shadow_policies = Some(POLICY_DIR.into());
                     let bound = portcullis::server::bind(config)
                         .await
@@ -318,18 +334,8 @@ impl Servers {
                     let mut with_redis = None;
                     let redis_limits = redis.clone();
                     if let Some(url) = redis {
-                        let mut config = ServerConfig::new(POLICY_DIR.into());
-                        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                        config.shutdown_grace = Duration::from_secs(2);
-                        config.shared = portcullis::server::SharedStores::from_flags(
-                            &url,
-                            None,
-                            Duration::from_millis(50),
-                            100_000,
-                            "bench:",
-                        )
-                        .expect("a usable Redis URL");
+                        let mut config = loopback_config(POLICY_DIR.as_ref());
+                        config.shared = shared_stores(&url, None);
                         let bound = portcullis::server::bind(config)
                             .await
                             .unwrap_or_else(|e| panic!("Portcullis (Redis) does not start: {e}"));
@@ -342,19 +348,9 @@ impl Servers {
                     let mut limit_tasks = Vec::new();
                     let mut limit_servers = Vec::new();
                     for shared in [None].into_iter().chain(redis_limits.map(Some)) {
-                        let mut config = ServerConfig::new(limit_dir.clone());
-                        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                        config.shutdown_grace = Duration::from_secs(2);
+                        let mut config = loopback_config(&limit_dir);
                         if let Some(url) = &shared {
-                            config.shared = portcullis::server::SharedStores::from_flags(
-                                "memory",
-                                Some(url),
-                                Duration::from_millis(50),
-                                100_000,
-                                "bench:",
-                            )
-                            .expect("a usable Redis URL");
+                            config.shared = shared_stores("memory", Some(url));
                         }
                         let bound = portcullis::server::bind(config)
                             .await

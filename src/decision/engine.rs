@@ -918,6 +918,26 @@ mod tests {
         assert_eq!(next.status, 401);
     }
 
+    /// `Bearer` and a token of the shipped `meme-game` issuer, valid for 10 minutes, with
+    /// `claims` (an object) added.
+    fn meme_game_bearer(claims: Value) -> String {
+        let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();
+        let now = crate::time::unix_seconds(SystemTime::now());
+        let mut all = serde_json::json!({
+            "iss": "https://auth.example.com", "aud": "meme-game", "iat": now, "exp": now + 600,
+        });
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("meme-game-dev-rsa-1".into());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &all, &key).unwrap()
+        )
+    }
+
     #[test]
     fn a_cached_tokens_recorded_facts_are_those_of_the_service_deciding() {
         let active = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
@@ -934,19 +954,9 @@ mod tests {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let reloaded = crate::policy::load_dir(dir.path(), &Default::default()).unwrap();
-        let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();
-        let now = crate::time::unix_seconds(SystemTime::now());
-        let claims = serde_json::json!({
-            "iss": "https://auth.example.com", "aud": "meme-game", "sub": "user.0",
-            "groups": ["players"], "department": "games", "iat": now, "exp": now + 600,
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some("meme-game-dev-rsa-1".into());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
-        let authorization = format!(
-            "Bearer {}",
-            jsonwebtoken::encode(&header, &claims, &key).unwrap()
-        );
+        let authorization = meme_game_bearer(serde_json::json!({
+            "sub": "user.0", "groups": ["players"], "department": "games",
+        }));
         let request = DecisionRequest {
             method: "POST",
             url: "https://localhost:8443/meme-game/api/v1/users/user.0/reactions",
@@ -982,19 +992,8 @@ mod tests {
     #[test]
     fn the_trace_words_what_was_checked_the_same_way_on_every_decision() {
         let policies = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
-        let pem = std::fs::read("policies/keys/meme-game.dev-key.pem").unwrap();
-        let now = crate::time::unix_seconds(SystemTime::now());
-        let claims = serde_json::json!({
-            "iss": "https://auth.example.com", "aud": "meme-game", "sub": "user.1",
-            "groups": ["viewers"], "iat": now, "exp": now + 600,
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some("meme-game-dev-rsa-1".into());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
-        let authorization = format!(
-            "Bearer {}",
-            jsonwebtoken::encode(&header, &claims, &key).unwrap()
-        );
+        let authorization =
+            meme_game_bearer(serde_json::json!({"sub": "user.1", "groups": ["viewers"]}));
         let request = DecisionRequest {
             method: "GET",
             url: "https://LOCALHOST:8443/meme-game/api/v1/./leaderboard?page=2",
