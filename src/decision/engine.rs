@@ -654,16 +654,19 @@ fn authenticate(
     let verified = match credentials {
         Credentials::Request(_) => {
             let accept_dpop = service.token.binding.mode != BindingMode::None;
-            token::extract_credentials(request.headers, accept_dpop)
+            token::read_credentials(request.headers, accept_dpop)
                 .map_err(|e| (e, true))
                 .and_then(|(raw, scheme)| {
-                    progress.dpop_scheme = scheme == token::Scheme::Dpop;
-                    token::verify_signature_cached(raw, &service.token, cache, now)
-                        .map(|(verified, cached)| {
-                            let how = if cached { " (cached)" } else { "" };
-                            (verified, how, Some((raw, scheme)))
-                        })
-                        .map_err(|e| (e, false))
+                    let verified =
+                        token::verify_credentials_cached(raw, &service.token, cache, now);
+                    // A token refused for its characters was never read as one of this scheme.
+                    if !matches!(verified, Err((_, true))) {
+                        progress.dpop_scheme = scheme == token::Scheme::Dpop;
+                    }
+                    verified.map(|(verified, cached)| {
+                        let how = if cached { " (cached)" } else { "" };
+                        (verified, how, Some((raw, scheme)))
+                    })
                 })
         }
         Credentials::Recorded(None, _) => {
@@ -936,6 +939,49 @@ mod tests {
             "Bearer {}",
             jsonwebtoken::encode(&header, &all, &key).unwrap()
         )
+    }
+
+    #[test]
+    fn a_token_refused_for_its_text_is_refused_so_with_a_valid_one_cached() {
+        let policies = crate::policy::load_dir("policies".as_ref(), &Default::default()).unwrap();
+        let engine = Engine::default();
+        let valid = meme_game_bearer(serde_json::json!({"sub": "user.1", "groups": ["viewers"]}));
+        let token = valid.strip_prefix("Bearer ").unwrap();
+        let long = "A".repeat(token::MAX_TOKEN_LEN);
+        let hostile = [
+            format!("{token}!"),
+            format!("{token}, Bearer {token}"),
+            format!("{token} x"),
+            format!("{long}.{long}"),
+            format!("{long}.{long},"),
+            format!("{long}.{long}@"),
+            "@".into(),
+        ];
+        let decide = |authorization: &str| {
+            let request = DecisionRequest {
+                method: "GET",
+                url: "https://localhost:8443/meme-game/api/v1/leaderboard",
+                headers: &[("authorization", authorization)],
+                client: None,
+                client_cert: None,
+            };
+            engine.decide(&policies, &request, SystemTime::now())
+        };
+        for _ in 0..2 {
+            assert_eq!(decide(&valid).status, 200);
+        }
+        for credentials in hostile {
+            let authorization = format!("Bearer {credentials}");
+            let expected = token::extract_credentials(&[("authorization", &authorization)], false)
+                .expect_err("a hostile token");
+            let d = decide(&authorization);
+            let shown: String = credentials.chars().take(40).collect();
+            assert_eq!(
+                (d.status, d.detail_code()),
+                (expected.status(), Some(expected.code())),
+                "{shown}…"
+            );
+        }
     }
 
     #[test]

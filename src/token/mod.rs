@@ -319,6 +319,17 @@ pub fn extract_credentials<'a>(
     headers: &[(&'a str, &'a str)],
     accept_dpop: bool,
 ) -> Result<(&'a str, Scheme), TokenError> {
+    let (credentials, scheme) = read_credentials(headers, accept_dpop)?;
+    check_token_text(credentials)?;
+    Ok((credentials, scheme))
+}
+
+/// [`extract_credentials`] up to the token's own characters, which
+/// [`verify_credentials_cached`] checks only when the token is not in the cache.
+pub fn read_credentials<'a>(
+    headers: &[(&'a str, &'a str)],
+    accept_dpop: bool,
+) -> Result<(&'a str, Scheme), TokenError> {
     let mut found = None;
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("authorization") {
@@ -351,9 +362,14 @@ pub fn extract_credentials<'a>(
             reason: Cow::Borrowed("the Bearer credentials are empty"),
         });
     }
-    // This runs on every request, cached token or not: a branch-free test of whole chunks
-    // (which the compiler turns into vector compares), and the byte-class table only to say
-    // what is wrong with a token that fails it.
+    Ok((credentials, used))
+}
+
+/// The token's characters and length: one token (no separators), at most
+/// [`MAX_TOKEN_LEN`] bytes, RFC 6750 b64token characters only.
+fn check_token_text(credentials: &str) -> Result<(), TokenError> {
+    // A branch-free test of whole chunks (which the compiler turns into vector compares),
+    // and the byte-class table only to say what is wrong with a token that fails it.
     let (mut separators, mut outside) = (false, false);
     if !credentials
         .as_bytes()
@@ -382,7 +398,7 @@ pub fn extract_credentials<'a>(
             reason: Cow::Borrowed("the token contains characters outside the base64url alphabet"),
         });
     }
-    Ok((credentials, used))
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -411,23 +427,63 @@ pub fn verify_signature_cached(
     cache: &TokenCache,
     now: i64,
 ) -> Result<(Arc<VerifiedToken>, bool), TokenError> {
+    verify_cached(token, reqs, cache, now, false).map_err(|(e, _)| e)
+}
+
+/// [`verify_signature_cached`] for a token as [`read_credentials`] found it, its characters
+/// not checked yet. A token found in the cache was checked when it was first verified (the
+/// cache compares the whole text), so only one that is not is read byte by byte, before any
+/// key is used: a bad one fails as [`extract_credentials`] would have. The error's flag says
+/// that it came from reading the header, and so holds for every service.
+pub fn verify_credentials_cached(
+    token: &str,
+    reqs: &TokenRequirements,
+    cache: &TokenCache,
+    now: i64,
+) -> Result<(Arc<VerifiedToken>, bool), (TokenError, bool)> {
+    verify_cached(token, reqs, cache, now, true)
+}
+
+fn verify_cached(
+    token: &str,
+    reqs: &TokenRequirements,
+    cache: &TokenCache,
+    now: i64,
+    unchecked: bool,
+) -> Result<(Arc<VerifiedToken>, bool), (TokenError, bool)> {
+    let check_text = || match unchecked {
+        true => check_token_text(token).map_err(|e| (e, true)),
+        false => Ok(()),
+    };
+    if token.len() > MAX_TOKEN_LEN {
+        // Fails; not worth hashing.
+        check_text()?;
+    }
     let remote;
     let keys = match &reqs.keys {
         KeySource::Static { keys, .. } => keys,
-        KeySource::Remote(set) => {
-            remote = set.current().ok_or(TokenError::KeysUnavailable)?;
-            &*remote
-        }
+        KeySource::Remote(set) => match set.current() {
+            Some(current) => {
+                remote = current;
+                &*remote
+            }
+            None => {
+                check_text()?;
+                return Err((TokenError::KeysUnavailable, false));
+            }
+        },
     };
     let cache_key = cache.key(&keys.fingerprint, token);
     if let Some(verified) = cache.get(&cache_key, now) {
         // The key set is the same, but the algorithm allow-list is the service's own.
         if !reqs.algorithms.contains(&verified.alg) {
-            return Err(algorithm_not_allowed(&format!("{:?}", verified.alg), reqs));
+            let alg = format!("{:?}", verified.alg);
+            return Err((algorithm_not_allowed(&alg, reqs), false));
         }
         return Ok((verified, true));
     }
-    let verified = Arc::new(verify_signature(token, reqs, keys)?);
+    check_text()?;
+    let verified = Arc::new(verify_signature(token, reqs, keys).map_err(|e| (e, false))?);
     cache.insert(cache_key, verified.clone(), now);
     Ok((verified, false))
 }
