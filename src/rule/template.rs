@@ -134,9 +134,16 @@ impl Template {
                 Part::Literal(s) => out.push_str(s),
                 Part::PathParam(_) => {}
                 Part::Claim(claim) => match claim.lookup(&token.claims) {
+                    // Written in place, not joined: it is on every allowed request's path.
                     Some(Value::Array(items)) => {
-                        let texts: Vec<_> = items.iter().filter_map(scalar_text).collect();
-                        out.push_str(&texts.join(","));
+                        let mut texts = items.iter().filter_map(scalar_text);
+                        if let Some(first) = texts.next() {
+                            out.push_str(&first);
+                        }
+                        for text in texts {
+                            out.push(',');
+                            out.push_str(&text);
+                        }
                     }
                     Some(v) => out.push_str(&scalar_text(v).unwrap_or_default()),
                     None => {}
@@ -193,6 +200,21 @@ mod tests {
                 .unwrap()
                 .render_header(&token),
             "a,b"
+        );
+        // Lists keep their scalars only, numbers and booleans as JSON writes them.
+        let mixed = self::token(serde_json::json!({"l": [{"x": 1}, "a", 2.5, [3], true, null]}));
+        assert_eq!(
+            Template::parse("<{token.l}>")
+                .unwrap()
+                .render_header(&mixed),
+            "<a,2.5,true>"
+        );
+        let none = self::token(serde_json::json!({"l": [{"x": 1}], "e": []}));
+        assert_eq!(
+            Template::parse("{token.l}|{token.e}|{token.missing}")
+                .unwrap()
+                .render_header(&none),
+            "||"
         );
         assert_eq!(Template::parse("plain").unwrap().literal(), Some("plain"));
         assert_eq!(Template::parse("").unwrap().literal(), Some(""));
