@@ -431,9 +431,10 @@ pub fn verify_signature_cached(
 }
 
 /// [`verify_signature_cached`] for a token as [`read_credentials`] found it, its characters
-/// not checked yet. A token found in the cache was checked when it was first verified (the
-/// cache compares the whole text), so only one that is not is read byte by byte, before any
-/// key is used: a bad one fails as [`extract_credentials`] would have. The error's flag says
+/// not checked yet. A token found in the cache has text equal to one that verified (the
+/// cache compares the whole text), which is base64url parts and dots, all b64token
+/// characters; so only a token not found is read byte by byte, before any key is used, and
+/// a bad one fails as [`extract_credentials`] would have. Length is checked first. The error's flag says
 /// that it came from reading the header, and so holds for every service.
 pub fn verify_credentials_cached(
     token: &str,
