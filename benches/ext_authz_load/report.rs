@@ -145,30 +145,22 @@ fn grpc_report(
         store.approx_bytes() as f64 / (1024.0 * 1024.0)
     );
 
+    // What the Redis-backed servers' metrics say of their Redis work.
+    let metric_lines = |state: &portcullis::server::AppState, prefix: &str| -> String {
+        let rendered = state.metrics.render();
+        let lines: Vec<&str> = rendered.lines().filter(|l| l.starts_with(prefix)).collect();
+        lines.join("; ")
+    };
     if let Some((_, state)) = &servers.limit_redis {
-        let counted: Vec<String> = state
-            .metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("portcullis_rate_limit_counts"))
-            .map(str::to_owned)
-            .collect();
         println!(
             "Portcullis counting its limit in Redis, counts: {}",
-            counted.join("; ")
+            metric_lines(state, "portcullis_rate_limit_counts")
         );
     }
     if let Some((_, state)) = &servers.portcullis_redis {
-        let shared: Vec<String> = state
-            .metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("portcullis_shared_trace_records_total"))
-            .map(str::to_owned)
-            .collect();
         println!(
             "Redis-backed Portcullis, shared records: {}",
-            shared.join("; ")
+            metric_lines(state, "portcullis_shared_trace_records_total")
         );
     }
 

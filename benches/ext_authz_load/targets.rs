@@ -197,6 +197,26 @@ fn shared_stores(trace_store: &str, rate_limits: Option<&str>) -> portcullis::se
     .expect("a usable Redis URL")
 }
 
+/// Binds Portcullis with `config` (`what` names it if it fails) and serves it on this
+/// runtime until `stop` changes: its gRPC address and state, and its task.
+async fn serve_until(
+    config: ServerConfig,
+    what: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    (SocketAddr, Arc<AppState>),
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let bound = portcullis::server::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("Portcullis ({what}) does not start: {e}"));
+    let served = (bound.grpc_addr, bound.state());
+    let task = tokio::spawn(bound.run(async move {
+        let _ = stop.changed().await;
+    }));
+    (served, task)
+}
+
 /// What a gRPC target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -329,38 +349,27 @@ impl Servers {
                     let shadow_task = tokio::spawn(bound.run(async {
                         let _ = s_stop_rx.await;
                     }));
-                    let (r_stop_tx, r_stop_rx) = oneshot::channel::<()>();
-                    let mut redis_task = None;
+                    // The Redis and rate-limit servers, stopped together.
+                    let (more_stop_tx, more_stop) = tokio::sync::watch::channel(false);
+                    let mut more_tasks = Vec::new();
                     let mut with_redis = None;
-                    let redis_limits = redis.clone();
-                    if let Some(url) = redis {
+                    let mut limit_redis = None;
+                    if let Some(url) = &redis {
                         let mut config = loopback_config(POLICY_DIR.as_ref());
-                        config.shared = shared_stores(&url, None);
-                        let bound = portcullis::server::bind(config)
-                            .await
-                            .unwrap_or_else(|e| panic!("Portcullis (Redis) does not start: {e}"));
-                        with_redis = Some((bound.grpc_addr, bound.state()));
-                        redis_task = Some(tokio::spawn(bound.run(async {
-                            let _ = r_stop_rx.await;
-                        })));
-                    }
-                    let (l_stop_tx, l_stop_rx) = tokio::sync::watch::channel(false);
-                    let mut limit_tasks = Vec::new();
-                    let mut limit_servers = Vec::new();
-                    for shared in [None].into_iter().chain(redis_limits.map(Some)) {
+                        config.shared = shared_stores(url, None);
+                        let (served, task) = serve_until(config, "Redis", more_stop.clone()).await;
+                        with_redis = Some(served);
+                        more_tasks.push(task);
                         let mut config = loopback_config(&limit_dir);
-                        if let Some(url) = &shared {
-                            config.shared = shared_stores("memory", Some(url));
-                        }
-                        let bound = portcullis::server::bind(config)
-                            .await
-                            .unwrap_or_else(|e| panic!("Portcullis (limit) does not start: {e}"));
-                        limit_servers.push((bound.grpc_addr, bound.state()));
-                        let mut stop = l_stop_rx.clone();
-                        limit_tasks.push(tokio::spawn(bound.run(async move {
-                            let _ = stop.changed().await;
-                        })));
+                        config.shared = shared_stores("memory", Some(url));
+                        let (served, task) =
+                            serve_until(config, "limit in Redis", more_stop.clone()).await;
+                        limit_redis = Some(served);
+                        more_tasks.push(task);
                     }
+                    let ((limit_local, _), task) =
+                        serve_until(loopback_config(&limit_dir), "limit", more_stop).await;
+                    more_tasks.push(task);
                     let (ceiling, c_stop_tx, ceiling_task) =
                         spawn_answering(AlwaysOk, nodelay.clone()).await;
                     let replay_service = Replay {
@@ -381,25 +390,22 @@ impl Servers {
                             ],
                             state,
                             with_redis,
-                            limit_servers,
+                            limit_local,
+                            limit_redis,
                         ))
                         .expect("the bench waits for the servers");
                     let _ = stop_rx.await;
-                    let _ = l_stop_tx.send(true);
+                    let _ = more_stop_tx.send(true);
                     let _ = p_stop_tx.send(());
                     let _ = c_stop_tx.send(());
                     let _ = rp_stop_tx.send(());
-                    let _ = r_stop_tx.send(());
                     let _ = s_stop_tx.send(());
                     let stopped = async {
                         let _ = portcullis_task.await;
                         let _ = shadow_task.await;
                         let _ = ceiling_task.await;
                         let _ = replay_task.await;
-                        if let Some(task) = redis_task {
-                            let _ = task.await;
-                        }
-                        for task in limit_tasks {
+                        for task in more_tasks {
                             let _ = task.await;
                         }
                     };
@@ -424,7 +430,8 @@ impl Servers {
             ],
             state,
             portcullis_redis,
-            mut limit_servers,
+            limit_local,
+            limit_redis,
         ) = ready_rx
             .recv_timeout(STARTUP)
             .expect("the servers start within 30 s");
@@ -435,8 +442,8 @@ impl Servers {
             _secrets: secrets,
             portcullis_redis,
             portcullis_shadow,
-            limit_redis: (limit_servers.len() > 1).then(|| limit_servers.remove(1)),
-            limit_local: limit_servers[0].0,
+            limit_redis,
+            limit_local,
             _limit_policies: limit_policies,
             ceiling,
             replay,

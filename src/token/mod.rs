@@ -452,9 +452,12 @@ fn verify_cached(
     now: i64,
     unchecked: bool,
 ) -> Result<(Arc<VerifiedToken>, bool), (TokenError, bool)> {
-    let check_text = || match unchecked {
-        true => check_token_text(token).map_err(|e| (e, true)),
-        false => Ok(()),
+    let check_text = || {
+        if unchecked {
+            check_token_text(token).map_err(|e| (e, true))
+        } else {
+            Ok(())
+        }
     };
     if token.len() > MAX_TOKEN_LEN {
         // Fails; not worth hashing.
