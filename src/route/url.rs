@@ -163,6 +163,15 @@ impl NormalizedPath {
             self.text.truncate(start as usize);
         }
     }
+
+    /// One checked segment: empty and `.` stay, `..` goes up one, any other is added.
+    fn step(&mut self, segment: &str) {
+        match segment {
+            "" | "." => {}
+            ".." => self.pop(),
+            s => self.push(s),
+        }
+    }
 }
 
 /// A request URL split into its origin and normalised path.
@@ -280,28 +289,17 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, UrlError> {
         // `check_decoded_segment` would check them.
         if let Some(checked) = check_plain_segment(raw_segment) {
             checked?;
-            match raw_segment {
-                "." => {}
-                ".." => out.pop(),
-                s => out.push(s),
-            }
+            out.step(raw_segment);
             continue;
         }
-        let text: Cow<'_, str> = if raw_segment.contains('%') {
-            decoded.clear();
-            percent_decode_into(raw_segment.as_bytes(), &mut decoded)?;
-            Cow::Owned(String::from_utf8(decoded.clone()).map_err(|_| UrlError::NotUtf8)?)
-        } else {
-            Cow::Borrowed(raw_segment)
-        };
-        // An encoded `/` splits here, after decoding, as a decoding upstream would split it.
+        // The segment has a `%`. An encoded `/` splits here, after decoding, as a decoding
+        // upstream would split it.
+        decoded.clear();
+        percent_decode_into(raw_segment.as_bytes(), &mut decoded)?;
+        let text = std::str::from_utf8(&decoded).map_err(|_| UrlError::NotUtf8)?;
         for segment in text.split('/') {
             check_decoded_segment(segment)?;
-            match segment {
-                "" | "." => {}
-                ".." => out.pop(),
-                s => out.push(s),
-            }
+            out.step(segment);
         }
     }
     Ok(out)
