@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
 
 use super::bind::BindingCheck;
 use super::{TokenBinding, TokenSummary};
@@ -35,6 +34,73 @@ pub struct ReplayInputs {
     /// kept (a URL cut to its shown length).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreplayable: Option<String>,
+}
+
+impl ReplayInputs {
+    /// The JSON `serde_json` writes of these inputs, with a verified token's facts copied
+    /// from the JSON they keep (see [`VerifiedFacts::json`]): every record writes its
+    /// decision's inputs, and a cached token's facts are the same in each.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let facts = (self.token.as_ref())
+            .and_then(|t| t.verified.as_deref())
+            .and_then(VerifiedFacts::json);
+        // Room for the facts and the rest (about 200 bytes), so that it is written in one go.
+        let mut json = Vec::with_capacity(facts.map_or(0, |f| f.get().len()) + 256);
+        serde_json::to_writer(
+            &mut json,
+            &InputsJson {
+                at: self.at,
+                token: self.token.as_ref().map(|t| TokenJson {
+                    keys: &t.keys,
+                    refused: t.refused.as_ref(),
+                    unread: t.unread,
+                    verified: t.verified.as_deref().map(|f| match f.json() {
+                        Some(json) => FactsJson::Written(json),
+                        None => FactsJson::Facts(f),
+                    }),
+                    binding: t.binding.as_ref(),
+                }),
+                count: self.count,
+                unreplayable: self.unreplayable.as_deref(),
+            },
+        )?;
+        Ok(json)
+    }
+}
+
+/// [`ReplayInputs`] as [`ReplayInputs::to_json`] writes it: the same members, skipped alike
+/// (a unit test compares the two on every kind of decision).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InputsJson<'a> {
+    at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<TokenJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreplayable: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenJson<'a> {
+    keys: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a TokenError>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unread: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified: Option<FactsJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binding: Option<&'a RecordedBinding>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FactsJson<'a> {
+    Written(&'a serde_json::value::RawValue),
+    Facts(&'a VerifiedFacts),
 }
 
 /// A bearer token as a service checked it: refused (and why), or verified with its facts.
@@ -232,13 +298,7 @@ impl RecordedToken {
         token: &VerifiedToken,
     ) -> VerifiedFacts {
         let also = also.map_or(&[][..], |s| &s.recorded_claims);
-        let mut facts = VerifiedFacts {
-            exp: token.exp,
-            nbf: token.nbf,
-            iat: token.iat,
-            claims: Map::new(),
-            absent: Vec::new(),
-        };
+        let mut facts = VerifiedFacts::new(token.exp, token.nbf, token.iat);
         for path in service.recorded_claims.iter().chain(also) {
             let name = path.as_str();
             if facts.kept(name) {

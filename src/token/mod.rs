@@ -188,11 +188,52 @@ pub struct VerifiedFacts {
     pub claims: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
+    /// The JSON above, written once: a cached token's facts are shared by all its decisions,
+    /// and each decision's record writes them.
+    #[serde(skip)]
+    json: FactsJson,
 }
 
 impl VerifiedFacts {
+    pub(crate) fn new(exp: Option<i64>, nbf: Option<i64>, iat: Option<i64>) -> Self {
+        Self {
+            exp,
+            nbf,
+            iat,
+            claims: Map::new(),
+            absent: Vec::new(),
+            json: FactsJson::default(),
+        }
+    }
+
     pub(crate) fn kept(&self, path: &str) -> bool {
         self.claims.contains_key(path) || self.absent.iter().any(|a| a == path)
+    }
+
+    /// These facts as JSON, as serialising them writes it; written on the first call, so the
+    /// facts must be complete by then (they are shared behind an `Arc` once read). `None`
+    /// only if serde_json could not write them, which string keys and JSON values rule out.
+    pub fn json(&self) -> Option<&serde_json::value::RawValue> {
+        (self.json.0)
+            .get_or_init(|| serde_json::value::to_raw_value(self).ok())
+            .as_deref()
+    }
+}
+
+/// [`VerifiedFacts::json`]'s memo: no part of what the facts are (equal facts are equal
+/// whether written yet or not).
+#[derive(Clone, Default)]
+struct FactsJson(OnceLock<Option<Box<serde_json::value::RawValue>>>);
+
+impl PartialEq for FactsJson {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for FactsJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FactsJson")
     }
 }
 

@@ -12,7 +12,7 @@ use super::size::{
     body_bytes, entry_bytes, entry_names_bytes, record_bytes, shadow_bytes, token_bytes,
     trace_bytes,
 };
-use super::text::{REDACTED, cut_middle, cut_text, redact_jwts};
+use super::text::{REDACTED, cut_middle, cut_text, holds_jwt_start, redact_jwts};
 use super::value::{MAX_VALUE_BYTES, MAX_VALUE_STRING_BYTES, cap_value, value_within_caps};
 use crate::decision::{Decision, ErrorBody, Headers, Step, TokenSummary, TraceEntry};
 
@@ -172,7 +172,7 @@ fn trace_within_caps(trace: &[TraceEntry]) -> bool {
 
 /// Whether `s` is at most `max` bytes with nothing token-shaped in it.
 fn plain_within(s: &str, max: usize) -> bool {
-    s.len() <= max && !s.contains("eyJ")
+    s.len() <= max && !holds_jwt_start(s)
 }
 
 fn headers_within_caps(headers: &Headers) -> bool {

@@ -340,7 +340,7 @@ fn encode_inputs(d: &Decision) -> (Option<Box<[u8]>>, bool) {
     let Some(inputs) = d.inputs.as_deref() else {
         return (None, false);
     };
-    let json = serde_json::to_vec(inputs).unwrap_or_default();
+    let json = inputs.to_json().unwrap_or_default();
     let why = if json.len() > MAX_INPUT_BYTES {
         format!("its inputs took more than {MAX_INPUT_BYTES} bytes and were not kept")
     } else if has_jwt(std::str::from_utf8(&json).unwrap_or_default()) {
@@ -512,5 +512,58 @@ mod tests {
                 .contains("…(truncated"),
             "the audit message of a long URL is rebuilt cut"
         );
+    }
+
+    /// The record writes its inputs with the facts' kept JSON: the same bytes as serde's, on
+    /// the decisions of every kind and with every member of the inputs set, before and after
+    /// the facts' JSON is kept.
+    #[test]
+    fn inputs_are_written_as_serde_writes_them() {
+        use crate::decision::replay::RecordedBinding;
+        use crate::decision::{ReplayInputs, TokenBinding};
+        use crate::token::TokenError;
+        use crate::token::binding::{BindingError, BindingMode};
+
+        let (engine_made, others) = every_kind();
+        let mut inputs: Vec<ReplayInputs> = (engine_made.iter().chain(&others))
+            .filter_map(|d| d.inputs.as_deref().cloned())
+            .collect();
+        let verified = inputs
+            .iter()
+            .find(|i| i.token.as_ref().is_some_and(|t| t.verified.is_some()))
+            .expect("an allowed decision has a verified token's facts")
+            .clone();
+        let mut every_member = verified.clone();
+        every_member.count = Some(7);
+        every_member.unreplayable = Some("a \"quoted\" reason".into());
+        let token = every_member.token.as_mut().unwrap();
+        token.refused = Some(TokenError::Malformed {
+            reason: "bad \u{e9}".into(),
+        });
+        token.unread = true;
+        token.binding = Some(RecordedBinding {
+            mode: BindingMode::Required,
+            window: 60,
+            cnf: "jkt".into(),
+            dpop_scheme: true,
+            summary: Some(TokenBinding {
+                method: "dpop".into(),
+                result: "DPOP_REPLAYED".into(),
+            }),
+            refused: Some(BindingError::Required),
+        });
+        inputs.push(every_member);
+        for (i, inputs) in inputs.iter().enumerate() {
+            let serde = serde_json::to_vec(inputs).unwrap();
+            // The first call writes the facts' JSON, the second copies it.
+            for _ in 0..2 {
+                assert_eq!(
+                    String::from_utf8(inputs.to_json().unwrap()).unwrap(),
+                    String::from_utf8(serde.clone()).unwrap(),
+                    "inputs {i}"
+                );
+            }
+        }
+        assert!(inputs.len() > 3, "{} decisions with inputs", inputs.len());
     }
 }

@@ -55,7 +55,7 @@ fn floor_boundary(s: &str, at: usize) -> usize {
 /// engine never puts a raw token into a decision; this makes sure none reaches the store if
 /// it ever did (a token pasted into a URL path, say).
 pub(super) fn redact_jwts(s: &mut String) -> bool {
-    if !s.contains("eyJ") {
+    if !holds_jwt_start(s) {
         return false;
     }
     let mut from = 0;
@@ -70,7 +70,23 @@ pub(super) fn redact_jwts(s: &mut String) -> bool {
 
 /// Whether `s` has a JWT-shaped run.
 pub(super) fn has_jwt(s: &str) -> bool {
-    s.contains("eyJ") && find_jwt(s, 0).is_some()
+    holds_jwt_start(s) && find_jwt(s, 0).is_some()
+}
+
+/// Whether `s` holds `eyJ` (`{"` in base64url), where every JWT starts. Every text and value
+/// of a record is checked: most are a few bytes, for which `str::contains` spends more on
+/// setting up its searcher than on searching.
+pub(super) fn holds_jwt_start(s: &str) -> bool {
+    const START: &[u8; 3] = b"eyJ";
+    // Built once: `memmem::find` sets a searcher up on every call.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(START));
+    let bytes = s.as_bytes();
+    if bytes.len() < 64 {
+        bytes.windows(START.len()).any(|w| w == START)
+    } else {
+        FINDER.find(bytes).is_some()
+    }
 }
 
 /// The next JWT-shaped run of `s` at or after `from`: `eyJ` and at least ten more base64url
@@ -101,6 +117,37 @@ fn find_jwt(s: &str, from: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_jwt_start_is_contains_eyj() {
+        let texts = [
+            "",
+            "e",
+            "ey",
+            "eyJ",
+            "eyj",
+            "eeyJ",
+            "xeyJ",
+            "ey eyJ",
+            "eye",
+            "yJ",
+            "é eyJ",
+            "eyeyeyJ",
+            "abc.eyJhbGciOi.x",
+            "EYJ",
+            "eyéJ",
+            "e\u{0}yJ",
+        ];
+        let long = "x".repeat(100);
+        let texts = texts.iter().map(|t| t.to_string()).chain([
+            format!("{long}eyJ"),
+            format!("eyJ{long}"),
+            long.clone(),
+        ]);
+        for text in texts {
+            assert_eq!(holds_jwt_start(&text), text.contains("eyJ"), "{text:?}");
+        }
+    }
 
     #[test]
     fn cuts_on_char_boundaries_with_a_marker_within_the_cap() {

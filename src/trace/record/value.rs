@@ -8,7 +8,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use super::text::{MARKER_RESERVE, cut_text, redact_jwts};
+use super::text::{MARKER_RESERVE, cut_text, holds_jwt_start, redact_jwts};
 
 /// Strings inside trace values (claims, URLs, expected lists): enough to recognise a value.
 pub(super) const MAX_VALUE_STRING_BYTES: usize = 256;
@@ -29,7 +29,7 @@ pub(super) fn value_within_caps(value: &Value, depth: usize, budget: &mut usize)
         Value::Null | Value::Bool(_) | Value::Number(_) => true,
         Value::String(s) => {
             *budget = budget.saturating_sub(s.len());
-            s.len() <= MAX_VALUE_STRING_BYTES && *budget > MARKER_RESERVE && !s.contains("eyJ")
+            s.len() <= MAX_VALUE_STRING_BYTES && *budget > MARKER_RESERVE && !holds_jwt_start(s)
         }
         Value::Array(items) => {
             *budget = budget.saturating_sub(items.len() * size_of::<Value>());
@@ -48,7 +48,7 @@ pub(super) fn value_within_caps(value: &Value, depth: usize, budget: &mut usize)
                 && map.iter().all(|(k, v)| {
                     *budget = budget.saturating_sub(k.len());
                     k.len() <= MAX_VALUE_STRING_BYTES
-                        && !k.contains("eyJ")
+                        && !holds_jwt_start(k)
                         && value_within_caps(v, depth + 1, budget)
                 })
         }
