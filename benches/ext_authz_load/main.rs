@@ -43,7 +43,9 @@
 //! (issue 18, target 6); `REPLAY_BUSY_NS` [0]: CPU the replay burns per call
 //! before answering (a busy wait), to see how throughput falls with work per call;
 //! `LOAD_TRACING_BASELINE` [unset]: the path of another `portcullis` binary (e.g. built from
-//! the commit before tracing came) that the `tracing` target loads first in each round.
+//! the commit before tracing came) that the `tracing` target loads first in each round;
+//! `LOAD_TRACE_CAPACITY` [the server's default]: the recent-decisions store's capacity of the
+//! in-process servers (to see what a full store's memory costs per call).
 //!
 //! The ceiling copies one transport setting from Portcullis at run time: whether the gRPC
 //! server sets `TCP_NODELAY` on the connections it accepts (read from Portcullis' own sockets

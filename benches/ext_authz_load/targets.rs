@@ -181,6 +181,12 @@ fn loopback_config(policies: &Path) -> ServerConfig {
     config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.shutdown_grace = Duration::from_secs(2);
+    if let Some(capacity) = std::env::var("LOAD_TRACE_CAPACITY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
+        config.trace_capacity = capacity;
+    }
     config
 }
 
