@@ -221,9 +221,15 @@ impl VerifiedFacts {
 }
 
 /// [`VerifiedFacts::json`]'s memo: no part of what the facts are (equal facts are equal
-/// whether written yet or not).
-#[derive(Clone, Default)]
+/// whether written yet or not), and not cloned with them, since a copy may be changed.
+#[derive(Default)]
 struct FactsJson(OnceLock<Option<Box<serde_json::value::RawValue>>>);
+
+impl Clone for FactsJson {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
 
 impl PartialEq for FactsJson {
     fn eq(&self, _: &Self) -> bool {
@@ -764,6 +770,27 @@ pub fn check_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept JSON is the facts' own: a copy changed after the original was written
+    /// writes what it holds.
+    #[test]
+    fn facts_json_is_serdes_and_a_changed_copy_writes_its_own() {
+        let mut facts = VerifiedFacts::new(Some(2_000_000_000), None, Some(1_000));
+        facts
+            .claims
+            .insert("scope".into(), Value::from("read write"));
+        facts.absent.push("groups".into());
+        let written = facts.json().map(|j| j.get().to_owned());
+        assert_eq!(written, serde_json::to_string(&facts).ok());
+        let mut copy = facts.clone();
+        copy.claims.insert("sub".into(), Value::from("alice"));
+        assert_eq!(
+            copy.json().map(|j| j.get().to_owned()),
+            serde_json::to_string(&copy).ok()
+        );
+        assert_ne!(copy.json().map(|j| j.get()), written.as_deref());
+        assert_eq!(copy, copy.clone(), "the memo is no part of what facts are");
+    }
 
     #[test]
     fn algorithm_names_are_what_debug_writes() {
