@@ -79,6 +79,9 @@ pub struct StoredDecision {
     body: Option<Box<StoredBody>>,
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
+    /// The trace entries' `actual` values and details, one after the other (see
+    /// [`StoredEntry`]): one allocation for the record instead of up to two per entry.
+    trace_text: Box<[u8]>,
     audit: Audit,
     /// Boxed: most calls come without a trace context, and every record pays its inline
     /// size (inline, this one field would be a tenth of it).
@@ -154,11 +157,51 @@ struct StoredToken {
 struct StoredEntry {
     names: Arc<EntryNames>,
     expected: Option<Arc<Value>>,
-    /// The value as [`encode_value`](value::encode_value) writes it.
-    actual: Option<Box<[u8]>>,
-    detail: Option<Box<str>>,
+    /// The value as [`encode_value`](value::encode_value) writes it, in the record's
+    /// `trace_text`.
+    actual: Option<TextSpan>,
+    /// In the record's `trace_text`, UTF-8.
+    detail: Option<TextSpan>,
     result: bool,
     decisive: bool,
+}
+
+impl StoredEntry {
+    fn actual<'t>(&self, trace_text: &'t [u8]) -> Option<&'t [u8]> {
+        self.actual.map(|span| span.of(trace_text))
+    }
+
+    fn detail<'t>(&self, trace_text: &'t [u8]) -> Option<&'t str> {
+        // Written from a `&str`, so always UTF-8.
+        (self.detail).map(|span| std::str::from_utf8(span.of(trace_text)).unwrap_or_default())
+    }
+}
+
+/// Where an entry's bytes are in its record's `trace_text`.
+#[derive(Debug, Clone, Copy)]
+struct TextSpan {
+    start: u32,
+    end: u32,
+}
+
+impl TextSpan {
+    /// Appends what `write` writes to `text`, and says where it is.
+    fn write(text: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        // A record is capped far below 4 GiB.
+        let start = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        write(text);
+        let end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        Self { start, end }
+    }
+
+    fn push(text: &mut Vec<u8>, bytes: &[u8]) -> Self {
+        Self::write(text, |text| text.extend_from_slice(bytes))
+    }
+
+    fn of(self, text: &[u8]) -> &[u8] {
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
 }
 
 /// What the entries of one check or rule have in common each time it is evaluated.

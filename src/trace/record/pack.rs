@@ -9,10 +9,10 @@ use super::audit::Audit;
 use super::cap::{Capped, cap_decision, within_caps};
 use super::interner::Interner;
 use super::text::has_jwt;
-use super::value::{decode_value, encode_value};
+use super::value::{decode_value, encoded_len, write_value};
 use super::{
     ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, StoredBody, StoredDecision,
-    StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, UpstreamStatus,
+    StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, TextSpan, UpstreamStatus,
 };
 use crate::decision::{
     Decision, ErrorBody, ErrorDetail, Headers, ReplayInputs, RequestSummary, Step, TokenSummary,
@@ -64,7 +64,8 @@ impl Packer<'_> {
         items.into_boxed_slice()
     }
 
-    fn entry(&mut self, e: &TraceEntry) -> StoredEntry {
+    /// `e` as stored, its `actual` value and detail appended to `text`.
+    fn entry(&mut self, e: &TraceEntry, text: &mut Vec<u8>) -> StoredEntry {
         let (names, bytes) = self.interner.entry(e, self.holders);
         self.bytes += bytes;
         // The expected strings of the base URL, token and operation steps come from the
@@ -75,16 +76,19 @@ impl Packer<'_> {
             self.bytes += bytes;
             v
         });
-        let actual = e.actual.as_ref().map(|v| {
-            let encoded = encode_value(v);
-            self.bytes += encoded.len();
-            encoded
-        });
+        let start = text.len();
+        let actual =
+            (e.actual.as_ref()).map(|v| TextSpan::write(text, |text| write_value(v, text)));
+        let detail = e
+            .detail
+            .as_deref()
+            .map(|d| TextSpan::push(text, d.as_bytes()));
+        self.bytes += text.len() - start;
         StoredEntry {
             names,
             expected,
             actual,
-            detail: e.detail.as_deref().map(|d| self.boxed(d)),
+            detail,
             result: e.result,
             decisive: e.decisive,
         }
@@ -196,7 +200,18 @@ impl StoredDecision {
             .iter()
             .find(|e| e.decisive)
             .and_then(|e| e.detail.as_deref());
-        let trace: Vec<StoredEntry> = d.trace.iter().map(|e| p.entry(e)).collect();
+        // Sized to what the entries write, so that it is allocated once.
+        let mut trace_text = Vec::with_capacity(
+            (d.trace.iter())
+                .map(|e| {
+                    e.actual.as_ref().map_or(0, encoded_len)
+                        + e.detail.as_ref().map_or(0, String::len)
+                })
+                .sum(),
+        );
+        let trace: Vec<StoredEntry> = (d.trace.iter())
+            .map(|e| p.entry(e, &mut trace_text))
+            .collect();
 
         let unix_millis = ulid::Ulid::from_string(&d.id)
             .ok()
@@ -231,6 +246,7 @@ impl StoredDecision {
             body: d.body.as_ref().map(|b| p.body(b, &d.id, decisive_detail)),
             token: d.token.as_ref().map(|t| p.token(t)),
             trace: p.slice(trace),
+            trace_text: trace_text.into_boxed_slice(),
             audit,
             trace_link: d.trace_link.map(Box::new),
             inputs,
@@ -255,7 +271,7 @@ impl StoredDecision {
             .trace
             .iter()
             .find(|e| e.decisive)
-            .and_then(|e| e.detail.as_deref());
+            .and_then(|e| e.detail(&self.trace_text));
         Decision {
             id: id.to_owned(),
             time: match &self.time {
@@ -320,7 +336,9 @@ impl StoredDecision {
                 delegated: t.delegated,
                 binding: t.binding.as_deref().cloned(),
             }),
-            trace: self.trace.iter().map(StoredEntry::unpack).collect(),
+            trace: (self.trace.iter())
+                .map(|e| e.unpack(&self.trace_text))
+                .collect(),
             audit: self.audit.text(&self.url, id),
             trace_link: self.trace_link.as_deref().copied(),
             inputs: (self.inputs.as_deref()).and_then(|json| serde_json::from_slice(json).ok()),
@@ -368,7 +386,7 @@ fn inputs_note(at: i64, why: String) -> Option<Box<[u8]>> {
 }
 
 impl StoredEntry {
-    fn unpack(&self) -> TraceEntry {
+    fn unpack(&self, trace_text: &[u8]) -> TraceEntry {
         let names = &*self.names;
         TraceEntry {
             step: names.step,
@@ -376,11 +394,11 @@ impl StoredEntry {
             attribute: names.attribute.clone(),
             operator: names.operator.clone(),
             expected: self.expected.clone(),
-            actual: self.actual.as_deref().map(decode_value),
+            actual: self.actual(trace_text).map(decode_value),
             result: self.result,
             decisive: self.decisive,
             depth: names.depth,
-            detail: self.detail.as_deref().map(str::to_owned),
+            detail: self.detail(trace_text).map(str::to_owned),
             location: names.location.clone(),
         }
     }

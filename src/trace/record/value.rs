@@ -183,7 +183,7 @@ pub(super) fn encode_value(v: &Value) -> Box<[u8]> {
     out.into_boxed_slice()
 }
 
-fn write_value(v: &Value, out: &mut Vec<u8>) {
+pub(super) fn write_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.push(tag::NULL),
         Value::Bool(false) => out.push(tag::FALSE),

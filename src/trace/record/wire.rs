@@ -20,7 +20,9 @@ use serde_json::value::RawValue;
 
 use super::audit::{Audit, AuditSentence};
 use super::value::{Encoded, encode_value};
-use super::{EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken};
+use super::{
+    EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken, TextSpan,
+};
 use crate::decision::{Outcome, ShadowDecision, Step, TraceLink};
 
 /// The version this build writes and reads.
@@ -379,8 +381,8 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             .map(|e| Entry {
                 n: t.names(&e.names),
                 x: e.expected.as_ref().map(|x| t.value(x)),
-                a: e.actual.as_deref().map(ActualValue::Encoded),
-                detail: e.detail.as_deref().map(Cow::Borrowed),
+                a: e.actual(&r.trace_text).map(ActualValue::Encoded),
+                detail: e.detail(&r.trace_text).map(Cow::Borrowed),
                 r: e.result,
                 decisive: e.decisive,
             })
@@ -421,6 +423,31 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
         .collect::<Option<_>>()?;
     let mut out = Vec::with_capacity(batch.d.len());
     for r in batch.d {
+        let mut trace_text = Vec::new();
+        let trace: Box<[StoredEntry]> = r
+            .trace
+            .into_iter()
+            .map(|e| {
+                Some(StoredEntry {
+                    names: names.get(e.n as usize)?.clone(),
+                    expected: match e.x {
+                        None => None,
+                        Some(x) => Some(values.get(x as usize)?.clone()),
+                    },
+                    actual: match e.a {
+                        None => None,
+                        Some(ActualValue::Read(v)) => {
+                            Some(TextSpan::push(&mut trace_text, &encode_value(&v)))
+                        }
+                        Some(ActualValue::Encoded(_)) => return None,
+                    },
+                    detail: (e.detail.as_deref())
+                        .map(|d| TextSpan::push(&mut trace_text, d.as_bytes())),
+                    result: e.r,
+                    decisive: e.decisive,
+                })
+            })
+            .collect::<Option<_>>()?;
         let uncapped = StoredDecision {
             unix_millis: r.ms,
             approx_bytes: 0,
@@ -481,27 +508,8 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                     binding: k.binding.map(Box::new),
                 })),
             },
-            trace: r
-                .trace
-                .into_iter()
-                .map(|e| {
-                    Some(StoredEntry {
-                        names: names.get(e.n as usize)?.clone(),
-                        expected: match e.x {
-                            None => None,
-                            Some(x) => Some(values.get(x as usize)?.clone()),
-                        },
-                        actual: match e.a {
-                            None => None,
-                            Some(ActualValue::Read(v)) => Some(encode_value(&v)),
-                            Some(ActualValue::Encoded(_)) => return None,
-                        },
-                        detail: e.detail.as_deref().map(Box::from),
-                        result: e.r,
-                        decisive: e.decisive,
-                    })
-                })
-                .collect::<Option<_>>()?,
+            trace,
+            trace_text: trace_text.into_boxed_slice(),
             audit: match (r.sentence, r.audit) {
                 (Some(i), None) => Audit::Rendered(*AuditSentence::ALL.get(i as usize)?),
                 (None, Some(text)) => Audit::Text(Box::from(&*text)),
