@@ -69,11 +69,11 @@ impl<'f> Matcher<'f> {
                 .is_none_or(|t| d.trace_link.as_ref().is_some_and(|l| l.trace_id == t))
             && self.needle.as_deref().is_none_or(|needle| {
                 [
-                    Some(&*d.url),
+                    Some(d.url()),
                     d.service.as_deref(),
                     d.operation.as_deref(),
                     subject,
-                    Some(&*d.id),
+                    Some(d.id()),
                 ]
                 .into_iter()
                 .flatten()

@@ -108,7 +108,7 @@ impl TraceStore {
             match &evicted {
                 Some(old) => {
                     // A ULID id is never cut, so the stored id gives the same key.
-                    if let Some(old_key) = index_key(&old.record.id) {
+                    if let Some(old_key) = index_key(old.record.id()) {
                         // The same id may have been recorded again since; keep that entry.
                         self.index.remove_if(&old_key, |_, s| *s == old.seq);
                     }
@@ -138,7 +138,7 @@ impl TraceStore {
         slot.as_ref()
             .filter(|s| s.seq == seq)
             // Distinct ids can share a key; answer only for the same id.
-            .filter(|s| s.record.id.eq_ignore_ascii_case(id))
+            .filter(|s| s.record.id().eq_ignore_ascii_case(id))
             .map(|s| s.record.clone())
     }
 

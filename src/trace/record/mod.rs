@@ -61,16 +61,17 @@ pub struct StoredDecision {
     /// Whether anything of the decision was cut, removed or redacted to store it (secret
     /// header values aside, which are always redacted).
     pub truncated: bool,
-    pub(super) id: Box<str>,
+    /// In `text`, as the spans below.
+    id: TextSpan,
     /// `None`: `unix_millis`, as the engine writes a time.
-    time: Option<Box<str>>,
+    time: Option<TextSpan>,
     duration_micros: u64,
     pub(super) service: Option<Arc<str>>,
     pub(super) operation: Option<Arc<str>>,
     policy_revision: Arc<str>,
     method: Arc<str>,
-    pub(super) url: Box<str>,
-    client: Option<Box<str>>,
+    url: TextSpan,
+    client: Option<TextSpan>,
     pub(super) outcome: Outcome,
     pub(super) status: u16,
     upstream_status: UpstreamStatus,
@@ -79,15 +80,16 @@ pub struct StoredDecision {
     body: Option<Box<StoredBody>>,
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
-    /// The trace entries' `actual` values and details, one after the other (see
-    /// [`StoredEntry`]): one allocation for the record instead of up to two per entry.
-    trace_text: Box<[u8]>,
+    /// The record's own texts one after the other: its id, time, URL, client and inputs,
+    /// then its trace entries' `actual` values and details (see [`StoredEntry`]). One
+    /// allocation instead of one per text: a record's cost is mostly its pieces.
+    text: Box<[u8]>,
     audit: Audit,
     /// Boxed: most calls come without a trace context, and every record pays its inline
     /// size (inline, this one field would be a tenth of it).
     pub(super) trace_link: Option<Box<TraceLink>>,
-    /// The replay inputs as JSON (see [`inputs`](pack)), at most `MAX_INPUT_BYTES`.
-    inputs: Option<Box<[u8]>>,
+    /// The replay inputs as JSON (see [`inputs`](pack)), at most `MAX_INPUT_BYTES`, in `text`.
+    inputs: Option<TextSpan>,
     /// The shadow set's decision, when it differed.
     shadow: Option<Box<ShadowDecision>>,
 }
@@ -167,13 +169,12 @@ struct StoredEntry {
 }
 
 impl StoredEntry {
-    fn actual<'t>(&self, trace_text: &'t [u8]) -> Option<&'t [u8]> {
-        self.actual.map(|span| span.of(trace_text))
+    fn actual<'t>(&self, text: &'t [u8]) -> Option<&'t [u8]> {
+        self.actual.map(|span| span.of(text))
     }
 
-    fn detail<'t>(&self, trace_text: &'t [u8]) -> Option<&'t str> {
-        // Written from a `&str`, so always UTF-8.
-        (self.detail).map(|span| std::str::from_utf8(span.of(trace_text)).unwrap_or_default())
+    fn detail<'t>(&self, text: &'t [u8]) -> Option<&'t str> {
+        self.detail.map(|span| span.str_of(text))
     }
 }
 
@@ -198,9 +199,18 @@ impl TextSpan {
         Self::write(text, |text| text.extend_from_slice(bytes))
     }
 
+    fn push_str(text: &mut Vec<u8>, s: &str) -> Self {
+        Self::push(text, s.as_bytes())
+    }
+
     fn of(self, text: &[u8]) -> &[u8] {
         text.get(self.start as usize..self.end as usize)
             .unwrap_or_default()
+    }
+
+    /// The text of a span written by [`push_str`](Self::push_str), so always UTF-8.
+    fn str_of(self, text: &[u8]) -> &str {
+        std::str::from_utf8(self.of(text)).unwrap_or_default()
     }
 }
 
@@ -253,7 +263,12 @@ impl StoredDecision {
 
     /// The decision id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.str_of(&self.text)
+    }
+
+    /// The request's URL, as stored.
+    pub(super) fn url(&self) -> &str {
+        self.url.str_of(&self.text)
     }
 
     /// Records the status the upstream answered the decided request with (0: none). Best

@@ -200,24 +200,37 @@ impl StoredDecision {
             .iter()
             .find(|e| e.decisive)
             .and_then(|e| e.detail.as_deref());
-        // Sized to what the entries write, so that it is allocated once.
-        let mut trace_text = Vec::with_capacity(
-            (d.trace.iter())
-                .map(|e| {
-                    e.actual.as_ref().map_or(0, encoded_len)
-                        + e.detail.as_ref().map_or(0, String::len)
-                })
-                .sum(),
-        );
-        let trace: Vec<StoredEntry> = (d.trace.iter())
-            .map(|e| p.entry(e, &mut trace_text))
-            .collect();
-
         let unix_millis = ulid::Ulid::from_string(&d.id)
             .ok()
             .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
             .or_else(|| parse_millis(&d.time))
             .unwrap_or(0);
+        let time = (!displays_as(engine_time(unix_millis), &d.time)).then_some(&d.time);
+        let client = d.request.client.as_deref();
+        // Sized to what is written into it, so that it is allocated once.
+        let mut text = Vec::with_capacity(
+            d.id.len()
+                + time.map_or(0, String::len)
+                + url.len()
+                + client.map_or(0, str::len)
+                + inputs.as_ref().map_or(0, |i| i.len())
+                + (d.trace.iter())
+                    .map(|e| {
+                        e.actual.as_ref().map_or(0, encoded_len)
+                            + e.detail.as_ref().map_or(0, String::len)
+                    })
+                    .sum::<usize>(),
+        );
+        let start = text.len();
+        let id = TextSpan::push_str(&mut text, &d.id);
+        let time = time.map(|t| TextSpan::push_str(&mut text, t));
+        let url_span = TextSpan::push_str(&mut text, url);
+        let client = client.map(|c| TextSpan::push_str(&mut text, c));
+        // Counted above, with the record's other inputs' bytes.
+        let inputs = inputs.map(|i| TextSpan::push(&mut text, &i));
+        p.bytes += text.len() - start - inputs.map_or(0, |i| (i.end - i.start) as usize);
+        let trace: Vec<StoredEntry> = (d.trace.iter()).map(|e| p.entry(e, &mut text)).collect();
+
         let method = &d.request.method;
         let method = if METHODS.contains(&method.as_str()) {
             p.text(method)
@@ -229,15 +242,15 @@ impl StoredDecision {
             unix_millis,
             approx_bytes: 0,
             truncated,
-            id: p.boxed(&d.id),
-            time: (!displays_as(engine_time(unix_millis), &d.time)).then(|| p.boxed(&d.time)),
+            id,
+            time,
             duration_micros: d.duration_micros,
             service: d.service.as_ref().map(|s| p.name(s)),
             operation: d.operation.as_ref().map(|s| p.name(s)),
             policy_revision: p.name(&d.policy_revision),
             method,
-            url: p.boxed(url),
-            client: d.request.client.as_deref().map(|c| p.boxed(c)),
+            url: url_span,
+            client,
             outcome: d.outcome,
             status: d.status,
             upstream_status: UpstreamStatus::new(d.upstream_status),
@@ -246,7 +259,7 @@ impl StoredDecision {
             body: d.body.as_ref().map(|b| p.body(b, &d.id, decisive_detail)),
             token: d.token.as_ref().map(|t| p.token(t)),
             trace: p.slice(trace),
-            trace_text: trace_text.into_boxed_slice(),
+            text: text.into_boxed_slice(),
             audit,
             trace_link: d.trace_link.map(Box::new),
             inputs,
@@ -266,16 +279,16 @@ impl StoredDecision {
 
     /// The decision this record keeps, rebuilt: what the store cut stays cut.
     pub fn decision(&self) -> Decision {
-        let id = &*self.id;
+        let id = self.id();
         let decisive_detail = self
             .trace
             .iter()
             .find(|e| e.decisive)
-            .and_then(|e| e.detail(&self.trace_text));
+            .and_then(|e| e.detail(&self.text));
         Decision {
             id: id.to_owned(),
-            time: match &self.time {
-                Some(time) => time.to_string(),
+            time: match self.time {
+                Some(time) => time.str_of(&self.text).to_owned(),
                 None => engine_time(self.unix_millis).to_string(),
             },
             duration_micros: self.duration_micros,
@@ -284,8 +297,8 @@ impl StoredDecision {
             policy_revision: self.policy_revision.clone(),
             request: RequestSummary {
                 method: self.method.to_string(),
-                url: self.url.to_string(),
-                client: self.client.as_deref().map(str::to_owned),
+                url: self.url().to_owned(),
+                client: self.client.map(|c| c.str_of(&self.text).to_owned()),
             },
             outcome: self.outcome,
             status: self.status,
@@ -336,12 +349,10 @@ impl StoredDecision {
                 delegated: t.delegated,
                 binding: t.binding.as_deref().cloned(),
             }),
-            trace: (self.trace.iter())
-                .map(|e| e.unpack(&self.trace_text))
-                .collect(),
-            audit: self.audit.text(&self.url, id),
+            trace: (self.trace.iter()).map(|e| e.unpack(&self.text)).collect(),
+            audit: self.audit.text(self.url(), id),
             trace_link: self.trace_link.as_deref().copied(),
-            inputs: (self.inputs.as_deref()).and_then(|json| serde_json::from_slice(json).ok()),
+            inputs: (self.inputs).and_then(|json| serde_json::from_slice(json.of(&self.text)).ok()),
             shadow: self.shadow.clone(),
         }
     }

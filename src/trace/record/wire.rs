@@ -324,16 +324,16 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         Audit::Text(text) => (None, Some(Cow::Borrowed(&**text))),
     };
     Record {
-        id: Cow::Borrowed(&r.id),
+        id: Cow::Borrowed(r.id()),
         ms: r.unix_millis,
-        time: r.time.as_deref().map(Cow::Borrowed),
+        time: r.time.map(|t| Cow::Borrowed(t.str_of(&r.text))),
         us: r.duration_micros,
         service: r.service.as_deref().map(|s| t.string(s)),
         operation: r.operation.as_deref().map(|s| t.string(s)),
         revision: t.string(&r.policy_revision),
         method: t.string(&r.method),
-        url: Cow::Borrowed(&r.url),
-        client: r.client.as_deref().map(Cow::Borrowed),
+        url: Cow::Borrowed(r.url()),
+        client: r.client.map(|c| Cow::Borrowed(c.str_of(&r.text))),
         outcome: r.outcome,
         status: r.status,
         upstream_status: r.upstream_status.get(),
@@ -381,8 +381,8 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
             .map(|e| Entry {
                 n: t.names(&e.names),
                 x: e.expected.as_ref().map(|x| t.value(x)),
-                a: e.actual(&r.trace_text).map(ActualValue::Encoded),
-                detail: e.detail(&r.trace_text).map(Cow::Borrowed),
+                a: e.actual(&r.text).map(ActualValue::Encoded),
+                detail: e.detail(&r.text).map(Cow::Borrowed),
                 r: e.result,
                 decisive: e.decisive,
             })
@@ -391,8 +391,8 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         audit,
         trace_link: r.trace_link.as_deref().copied(),
         // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
-        inputs: (r.inputs.as_deref())
-            .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
+        inputs: (r.inputs)
+            .and_then(|json| serde_json::from_slice::<&RawValue>(json.of(&r.text)).ok()),
         shadow: r.shadow.as_deref().map(Shadow::of),
     }
 }
@@ -423,7 +423,15 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
         .collect::<Option<_>>()?;
     let mut out = Vec::with_capacity(batch.d.len());
     for r in batch.d {
-        let mut trace_text = Vec::new();
+        let mut text = Vec::new();
+        let id = TextSpan::push_str(&mut text, &r.id);
+        let time = r.time.as_deref().map(|t| TextSpan::push_str(&mut text, t));
+        let url = TextSpan::push_str(&mut text, &r.url);
+        let client = r
+            .client
+            .as_deref()
+            .map(|c| TextSpan::push_str(&mut text, c));
+        let inputs = (r.inputs).map(|json| TextSpan::push_str(&mut text, json.get()));
         let trace: Box<[StoredEntry]> = r
             .trace
             .into_iter()
@@ -437,12 +445,11 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                     actual: match e.a {
                         None => None,
                         Some(ActualValue::Read(v)) => {
-                            Some(TextSpan::push(&mut trace_text, &encode_value(&v)))
+                            Some(TextSpan::push(&mut text, &encode_value(&v)))
                         }
                         Some(ActualValue::Encoded(_)) => return None,
                     },
-                    detail: (e.detail.as_deref())
-                        .map(|d| TextSpan::push(&mut trace_text, d.as_bytes())),
+                    detail: (e.detail.as_deref()).map(|d| TextSpan::push_str(&mut text, d)),
                     result: e.r,
                     decisive: e.decisive,
                 })
@@ -452,15 +459,15 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
             unix_millis: r.ms,
             approx_bytes: 0,
             truncated: false,
-            id: Box::from(&*r.id),
-            time: r.time.as_deref().map(Box::from),
+            id,
+            time,
             duration_micros: r.us,
             service: opt(r.service, string)?,
             operation: opt(r.operation, string)?,
             policy_revision: string(r.revision)?,
             method: string(r.method)?,
-            url: Box::from(&*r.url),
-            client: r.client.as_deref().map(Box::from),
+            url,
+            client,
             outcome: r.outcome,
             status: r.status,
             upstream_status: super::UpstreamStatus::new(r.upstream_status),
@@ -509,14 +516,14 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 })),
             },
             trace,
-            trace_text: trace_text.into_boxed_slice(),
+            text: text.into_boxed_slice(),
             audit: match (r.sentence, r.audit) {
                 (Some(i), None) => Audit::Rendered(*AuditSentence::ALL.get(i as usize)?),
                 (None, Some(text)) => Audit::Text(Box::from(&*text)),
                 _ => return None,
             },
             trace_link: r.trace_link.map(Box::new),
-            inputs: r.inputs.map(|json| Box::from(json.get().as_bytes())),
+            inputs,
             shadow: match r.shadow {
                 None => None,
                 Some(s) => Some(Box::new(s.read()?)),
