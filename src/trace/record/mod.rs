@@ -159,7 +159,7 @@ struct StoredToken {
 struct StoredEntry {
     names: Arc<EntryNames>,
     expected: Option<Arc<Value>>,
-    /// The value as [`encode_value`](value::encode_value) writes it, in the record's
+    /// The value as [`write_value`](value::write_value) writes it, in the record's
     /// `trace_text`.
     actual: Option<TextSpan>,
     /// In the record's `trace_text`, UTF-8.

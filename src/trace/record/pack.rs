@@ -186,7 +186,6 @@ impl StoredDecision {
         let url = &d.request.url;
         let audit = Audit::of(&d.audit, url, &d.id);
         p.bytes += audit.heap_bytes();
-        p.bytes += inputs.as_ref().map_or(0, |i| i.len());
         p.bytes += d.shadow.as_deref().map_or(0, super::size::shadow_bytes);
         p.bytes += super::size::trace_link_bytes(d.trace_link.as_ref());
         let headers: Vec<DecisionHeader> = (d.headers.0.iter())
@@ -221,14 +220,13 @@ impl StoredDecision {
                     })
                     .sum::<usize>(),
         );
-        let start = text.len();
         let id = TextSpan::push_str(&mut text, &d.id);
         let time = time.map(|t| TextSpan::push_str(&mut text, t));
         let url_span = TextSpan::push_str(&mut text, url);
         let client = client.map(|c| TextSpan::push_str(&mut text, c));
-        // Counted above, with the record's other inputs' bytes.
         let inputs = inputs.map(|i| TextSpan::push(&mut text, &i));
-        p.bytes += text.len() - start - inputs.map_or(0, |i| (i.end - i.start) as usize);
+        // The entries count what they add.
+        p.bytes += text.len();
         let trace: Vec<StoredEntry> = (d.trace.iter()).map(|e| p.entry(e, &mut text)).collect();
 
         let method = &d.request.method;

@@ -177,12 +177,6 @@ fn len_len(mut n: usize) -> usize {
     bytes
 }
 
-pub(super) fn encode_value(v: &Value) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(encoded_len(v));
-    write_value(v, &mut out);
-    out.into_boxed_slice()
-}
-
 pub(super) fn write_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.push(tag::NULL),
@@ -357,6 +351,13 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    /// `v` as a record keeps it, alone.
+    fn encode_value(v: &Value) -> Vec<u8> {
+        let mut out = Vec::with_capacity(encoded_len(v));
+        write_value(v, &mut out);
+        out
+    }
 
     #[test]
     fn values_are_cut_in_length_items_and_depth() {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::audit::{Audit, AuditSentence};
-use super::value::{Encoded, encode_value};
+use super::value::{Encoded, write_value};
 use super::{
     EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken, TextSpan,
 };
@@ -445,7 +445,7 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                     actual: match e.a {
                         None => None,
                         Some(ActualValue::Read(v)) => {
-                            Some(TextSpan::push(&mut text, &encode_value(&v)))
+                            Some(TextSpan::write(&mut text, |text| write_value(&v, text)))
                         }
                         Some(ActualValue::Encoded(_)) => return None,
                     },
