@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
+use portcullis::decision::{Decision, Rebuild};
 use portcullis::policy::yaml::{parse_documents, to_json};
 use portcullis::{DecisionRequest, Engine};
 use serde::Deserialize;
@@ -425,6 +426,19 @@ fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
     problems
 }
 
+/// What a record that rebuilds `d` keeps of it: no trace, headers, body or audit.
+fn skeleton(d: &Decision) -> Decision {
+    let mut kept = d.clone();
+    kept.trace.clear();
+    kept.headers = Default::default();
+    kept.upstream_headers = Default::default();
+    kept.body = None;
+    kept.audit.clear();
+    kept.outcome = portcullis::Outcome::Allow;
+    kept.status = 0;
+    kept
+}
+
 #[test]
 fn decision_cases() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
@@ -439,6 +453,8 @@ fn decision_cases() {
     let mut failures = Vec::new();
     let mut codes_seen = BTreeSet::new();
     let mut count = 0;
+    let mut rebuilt = 0;
+    let rebuilder = Engine::default();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let docs = parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e:?}", file.display()));
@@ -514,6 +530,19 @@ fn decision_cases() {
                 codes_seen.insert(detail.code.to_string());
             }
             let mut problems = check(case, &decision);
+            // A record that keeps only what the decision was made on (SPEC §6b) rebuilds it
+            // with the policy set: the rebuild must be the decision, byte for byte.
+            if let Some(how) = Rebuild::of(&decision) {
+                rebuilt += 1;
+                match rebuilder.rebuild(policies, &skeleton(&decision), how) {
+                    Ok(again) if again == decision => {}
+                    Ok(again) => problems.push(format!(
+                        "rebuilt from its inputs differently: {}",
+                        serde_json::to_string(&again).unwrap()
+                    )),
+                    Err(e) => problems.push(format!("not rebuilt from its inputs: {e}")),
+                }
+            }
             // Replicas share decisions as JSON: reading one back must give the same JSON.
             let json = serde_json::to_string(&decision).unwrap();
             match serde_json::from_str::<portcullis::Decision>(&json) {
@@ -540,6 +569,11 @@ fn decision_cases() {
         "{} of {count} cases failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+    // Most decisions are rebuilt; the rest (sender binding, rate limits) are kept whole.
+    assert!(
+        rebuilt * 10 >= count * 7,
+        "only {rebuilt} of {count} decisions can be rebuilt from their inputs"
     );
     // The forced-panic unit test in src/decision/engine.rs covers INTERNAL_ERROR.
     let missing: Vec<&&str> = portcullis::decision::DETAIL_CODES

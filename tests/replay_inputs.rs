@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use portcullis::decision::{Decision, Engine, Step};
+use portcullis::decision::{Decision, Engine, Rebuild, Step};
 use portcullis::policy::load_dir;
 use portcullis::suite::{load_suites, run};
 use portcullis::trace::TraceStore;
@@ -54,11 +54,27 @@ fn replay_every_case(policies_dir: &Path, suites_path: &Path) -> usize {
     let store = TraceStore::new(10_000);
     let engine = Engine::default();
     let mut replayed = 0;
+    let mut rebuilt = 0;
     for case in &report.cases {
         let Some(original) = &case.decision else {
             continue;
         };
         assert!(original.inputs.is_some(), "{}: no inputs", case.name);
+        // Decided again with the same set from what an inputs-only record keeps, the
+        // decision must come back whole (tests/cases.rs checks the same on every case file).
+        if let Some(how) = Rebuild::of(original) {
+            let mut kept = original.clone();
+            kept.trace.clear();
+            kept.headers = Default::default();
+            kept.upstream_headers = Default::default();
+            kept.body = None;
+            kept.audit.clear();
+            let again = engine
+                .rebuild(&policies, &kept, how)
+                .unwrap_or_else(|e| panic!("{}: not rebuilt: {e}", case.name));
+            assert_eq!(&again, original, "{}: rebuilt differently", case.name);
+            rebuilt += 1;
+        }
         let record = store.record(original);
         let rebuilt = record.decision();
         let json = serde_json::to_string(&rebuilt).unwrap();
@@ -78,6 +94,10 @@ fn replay_every_case(policies_dir: &Path, suites_path: &Path) -> usize {
         );
         replayed += 1;
     }
+    assert!(
+        rebuilt * 2 >= replayed,
+        "only {rebuilt} of {replayed} rebuilt"
+    );
     replayed
 }
 

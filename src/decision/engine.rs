@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::bind::{BindingCaches, BindingCheck, Presented, Proofs};
 use super::denial::Denial;
-use super::replay::{NotReplayable, RecordedBinding, RecordedToken, ReplayInputs};
+use super::replay::{NotReplayable, Rebuild, RecordedBinding, RecordedToken, ReplayInputs};
 use super::{
     Decision, DecisionRequest, Headers, InvalidInput, Outcome, RequestSummary, TokenSummary,
 };
@@ -78,8 +78,49 @@ enum Credentials<'a> {
     /// The request itself: the token is read from its headers and verified, and its sender
     /// binding checked against the request's client certificate and DPoP proof.
     Request(Proofs),
-    /// A recorded decision's token facts and token summary (replay).
-    Recorded(Option<&'a RecordedToken>, Option<&'a TokenSummary>),
+    /// A recorded decision's token facts and token summary (replay, rebuild), and what the
+    /// token step's trace says of how the token was read.
+    Recorded(
+        Option<&'a RecordedToken>,
+        Option<&'a TokenSummary>,
+        TokenRead,
+    ),
+}
+
+/// How the token step says a token was read: what a replay says, or what the recorded
+/// decision said (a rebuild).
+#[derive(Clone, Copy)]
+enum TokenRead {
+    Replayed,
+    Verified,
+    Cached,
+}
+
+impl TokenRead {
+    /// Written after "verified" in the token step's detail.
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenRead::Replayed => " (replayed)",
+            TokenRead::Verified => "",
+            TokenRead::Cached => CACHED,
+        }
+    }
+}
+
+/// What the token step's detail says of a token taken from the verified-token cache.
+const CACHED: &str = " (cached)";
+/// How the token step's detail of a verified token ends.
+const ACCEPTED: &str = "; issuer, audience and validity period accepted";
+
+/// Whether the token step of `trace` took its token from the verified-token cache.
+pub(super) fn read_from_cache(trace: &[TraceEntry]) -> bool {
+    trace.iter().any(|e| {
+        e.step == Step::Token
+            && &*e.attribute == "authorization"
+            && (e.detail.as_deref())
+                .and_then(|d| d.strip_suffix(ACCEPTED))
+                .is_some_and(|d| d.ends_with(CACHED))
+    })
 }
 
 /// A decision whose rules allowed, with the operation's rate limit still to count; the caller
@@ -255,7 +296,7 @@ impl Engine {
             policies,
             request,
             Credentials::Request(Proofs::Remember),
-            now,
+            (now, None),
             |progress, decision| {
                 let token = progress.service.and_then(|service| {
                     if let Some((error, unread)) = &progress.refused {
@@ -295,7 +336,7 @@ impl Engine {
             policies,
             request,
             Credentials::Request(Proofs::AsActive { replayed }),
-            now,
+            (now, None),
             |_, _| {},
         );
         pending.finish(count)
@@ -309,25 +350,7 @@ impl Engine {
         policies: &PolicySet,
         recorded: &Decision,
     ) -> Result<Decision, NotReplayable> {
-        let Some(inputs) = recorded.inputs.as_deref() else {
-            return Err(NotReplayable(
-                "the record keeps no inputs (the interface could not read the request)".into(),
-            ));
-        };
-        if let Some(reason) = &inputs.unreplayable {
-            return Err(NotReplayable(reason.clone()));
-        }
-        let client = match recorded.request.client.as_deref().map(str::parse) {
-            None => None,
-            Some(Ok(ip)) => Some(ip),
-            Some(Err(_)) => {
-                return Err(NotReplayable(
-                    "the recorded client address is not an IP address".into(),
-                ));
-            }
-        };
-        let now = std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(u64::try_from(inputs.at).unwrap_or(0));
+        let (inputs, client, now) = recorded_inputs(recorded)?;
         let request = DecisionRequest {
             method: &recorded.request.method,
             url: &recorded.request.url,
@@ -339,8 +362,12 @@ impl Engine {
         let pending = self.pipeline(
             policies,
             &request,
-            Credentials::Recorded(inputs.token.as_ref(), recorded.token.as_ref()),
-            now,
+            Credentials::Recorded(
+                inputs.token.as_ref(),
+                recorded.token.as_ref(),
+                TokenRead::Replayed,
+            ),
+            (now, None),
             |progress, _| unreplayable = progress.unreplayable.take(),
         );
         if let Some(reason) = unreplayable {
@@ -354,17 +381,66 @@ impl Engine {
         Ok(pending.finish(count))
     }
 
+    /// The decision `recorded` was, decided again with the policy set it was decided with,
+    /// from what its record keeps: `recorded` holds the decision's id, time, duration,
+    /// request, token summary, replay inputs, trace link and shadow decision, and
+    /// [`Rebuild::of`] said how its token was read. Equal to the original decision for every
+    /// decision `Rebuild::of` accepts (the tests decide every suite case and compare); fails
+    /// when the policy set is not that one after all (its key set changed, a claim it reads
+    /// is not kept).
+    pub fn rebuild(
+        &self,
+        policies: &PolicySet,
+        recorded: &Decision,
+        how: Rebuild,
+    ) -> Result<Decision, NotReplayable> {
+        let (inputs, client, now) = recorded_inputs(recorded)?;
+        let request = DecisionRequest {
+            method: &recorded.request.method,
+            url: &recorded.request.url,
+            headers: &[],
+            client,
+            client_cert: None,
+        };
+        let read = if how.token_cached {
+            TokenRead::Cached
+        } else {
+            TokenRead::Verified
+        };
+        let mut unreplayable = None;
+        let pending = self.pipeline(
+            policies,
+            &request,
+            Credentials::Recorded(inputs.token.as_ref(), recorded.token.as_ref(), read),
+            (now, Some(&recorded.id)),
+            |progress, _| unreplayable = progress.unreplayable.take(),
+        );
+        if let Some(reason) = unreplayable {
+            return Err(reason);
+        }
+        // `Rebuild::of` accepts no decision that counted a rate limit.
+        let mut decision = pending.finish(None);
+        decision.time.clone_from(&recorded.time);
+        decision.duration_micros = recorded.duration_micros;
+        decision.upstream_status = recorded.upstream_status;
+        decision.trace_link = recorded.trace_link;
+        decision.inputs.clone_from(&recorded.inputs);
+        decision.shadow.clone_from(&recorded.shadow);
+        Ok(decision)
+    }
+
     /// The pipeline, with `done` to see what it learned before the decision is returned.
     fn pipeline<'p>(
         &self,
         policies: &'p PolicySet,
         request: &DecisionRequest<'_>,
         credentials: Credentials<'_>,
-        now: SystemTime,
+        (now, id): (SystemTime, Option<&str>),
         done: impl FnOnce(&mut Progress<'p>, &mut Decision),
     ) -> PendingDecision {
         let started = Instant::now();
-        let id = ulid::Ulid::from_datetime(now).to_string();
+        // A rebuild writes the recorded decision's id.
+        let id = id.map_or_else(|| ulid::Ulid::from_datetime(now).to_string(), str::to_owned);
         let shown_url = shown_url(request.url);
         let mut progress = Progress {
             service: None,
@@ -641,6 +717,32 @@ impl Engine {
     }
 }
 
+/// What `recorded`'s record kept to decide it again: its inputs, client address and time.
+fn recorded_inputs(
+    recorded: &Decision,
+) -> Result<(&ReplayInputs, Option<std::net::IpAddr>, SystemTime), NotReplayable> {
+    let Some(inputs) = recorded.inputs.as_deref() else {
+        return Err(NotReplayable(
+            "the record keeps no inputs (the interface could not read the request)".into(),
+        ));
+    };
+    if let Some(reason) = &inputs.unreplayable {
+        return Err(NotReplayable(reason.clone()));
+    }
+    let client = match recorded.request.client.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => {
+            return Err(NotReplayable(
+                "the recorded client address is not an IP address".into(),
+            ));
+        }
+    };
+    let now = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(inputs.at).unwrap_or(0));
+    Ok((inputs, client, now))
+}
+
 fn authenticate(
     service: &ApiService,
     request: &DecisionRequest<'_>,
@@ -664,30 +766,32 @@ fn authenticate(
                         progress.dpop_scheme = scheme == token::Scheme::Dpop;
                     }
                     verified.map(|(verified, cached)| {
-                        let how = if cached { " (cached)" } else { "" };
+                        let how = if cached { CACHED } else { "" };
                         (verified, how, Some((raw, scheme)))
                     })
                 })
         }
-        Credentials::Recorded(None, _) => {
+        Credentials::Recorded(None, ..) => {
             progress.unreplayable = Some(NotReplayable(format!(
                 "the request now matches service `{}`, and the record keeps no token for it",
                 service.name
             )));
             return Err(TokenError::KeysUnavailable);
         }
-        Credentials::Recorded(Some(recorded), summary) => match recorded.replay(service, summary) {
-            Ok(result) => {
-                recorded_token = Some(recorded);
-                result
-                    .map(|verified| (verified, " (replayed)", None))
-                    .map_err(|e| (e, true))
+        Credentials::Recorded(Some(recorded), summary, read) => {
+            match recorded.replay(service, summary) {
+                Ok(result) => {
+                    recorded_token = Some(recorded);
+                    result
+                        .map(|verified| (verified, read.as_str(), None))
+                        .map_err(|e| (e, true))
+                }
+                Err(reason) => {
+                    progress.unreplayable = Some(reason);
+                    return Err(TokenError::KeysUnavailable);
+                }
             }
-            Err(reason) => {
-                progress.unreplayable = Some(reason);
-                return Err(TokenError::KeysUnavailable);
-            }
-        },
+        }
     };
     let result = match verified {
         Ok((verified, how, sent)) => {
@@ -704,7 +808,6 @@ fn authenticate(
             let mut entry =
                 TraceEntry::step(Step::Token, "authorization", "validBearerToken", true);
             // Written in place, not with `format!`: it is on every allowed request's path.
-            const ACCEPTED: &str = "; issuer, audience and validity period accepted";
             let alg = token::algorithm_name(verified.alg);
             let kid = verified.kid.as_deref();
             let mut detail = String::with_capacity(

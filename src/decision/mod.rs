@@ -16,7 +16,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 pub use self::engine::{Engine, PendingDecision, ProofSeen};
-pub use self::replay::{NotReplayable, ReplayInputs};
+pub use self::replay::{NotReplayable, Rebuild, ReplayInputs};
 use crate::time::format_unix;
 use crate::token::VerifiedToken;
 pub use crate::trace_entry::{Step, TraceEntry};

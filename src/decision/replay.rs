@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::bind::BindingCheck;
-use super::{TokenBinding, TokenSummary};
+use super::{Decision, TokenBinding, TokenSummary};
 use crate::policy::ApiService;
 pub use crate::token::VerifiedFacts;
 use crate::token::binding::{BindingError, BindingMode};
@@ -144,6 +144,50 @@ pub struct RecordedBinding {
     /// The failure; none when the binding held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<BindingError>,
+}
+
+/// How to decide a recorded decision again exactly as it was decided, with the policy set it
+/// was decided with ([`Engine::rebuild`](super::Engine::rebuild)): what its trace says that
+/// its inputs do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The token came from the verified-token cache.
+    pub token_cached: bool,
+}
+
+impl Rebuild {
+    /// How to rebuild `d` from its inputs, request and token summary, or `None` when they do
+    /// not tell it whole: no inputs or unreplayable ones, a counted rate limit (its window's
+    /// time left), a sender-binding check or the DPoP scheme (the certificate and proof are
+    /// not kept), an internal error.
+    pub fn of(d: &Decision) -> Option<Self> {
+        let inputs = d.inputs.as_deref()?;
+        if inputs.unreplayable.is_some() || inputs.count.is_some() || d.status == 500 {
+            return None;
+        }
+        // A token sent with the DPoP scheme gets a DPoP challenge, even when it failed
+        // before its binding was checked and recorded.
+        let dpop_challenge = (d.headers.get("www-authenticate"))
+            .is_some_and(|h| h.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("dpop ")));
+        if dpop_challenge {
+            return None;
+        }
+        if let Some(token) = &inputs.token {
+            if (token.binding.as_ref()).is_some_and(|b| b.cnf != "none" || b.dpop_scheme) {
+                return None;
+            }
+            if let Some(TokenError::Missing {
+                scheme: Some(scheme),
+            }) = &token.refused
+                && scheme.eq_ignore_ascii_case("dpop")
+            {
+                return None;
+            }
+        }
+        Some(Self {
+            token_cached: super::engine::read_from_cache(&d.trace),
+        })
+    }
 }
 
 /// Why a recorded decision cannot be decided again by a policy set.
