@@ -10,13 +10,18 @@
 //!   allocations per record. Skipped when a filter is given that does not match
 //!   `store/memory`.
 //! - `store/record`: one insert into a full store of 10,000 (an eviction each time), of a
-//!   403 decision with a full trace, with a fresh id per insert.
+//!   403 decision with a full trace, with a fresh id per insert; `store/record_allow`, the
+//!   same with an allow; `…_inputs`, each as a record that keeps only what the decision was
+//!   made on (`TraceStore::record_decided`, what a server without a shared store records).
+//! - `store/rebuild_decision`, `…_inputs`: reading a 403's record back into its decision,
+//!   whole, and decided again from its inputs.
 //! - `store/list_100_filtered`: a list with a service and outcome filter and a limit of 100,
 //!   on a full store of 10,000 where one record in four matches.
 
 use std::alloc::System;
 use std::cell::Cell;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
@@ -118,7 +123,7 @@ enum Kind {
 }
 
 struct Decider {
-    policies: PolicySet,
+    policies: Arc<PolicySet>,
     engine: Engine,
     authorization: String,
 }
@@ -128,7 +133,7 @@ impl Decider {
         let policies = portcullis::load_dir(POLICY_DIR.as_ref(), &PolicyOptions::default())
             .expect("the example policies compile");
         Self {
-            policies,
+            policies: Arc::new(policies),
             engine: Engine::default(),
             authorization: authorization(),
         }
@@ -179,14 +184,20 @@ fn check(decision: &Decision, kind: Kind) {
 /// One row of the memory table: fills a new store of `capacity` with fresh decisions
 /// (cycling through `kinds`) and prints its accounting beside the heap it really took.
 /// Returns how long the fill took.
-fn memory_row(decider: &Decider, label: &str, kinds: &[Kind], capacity: usize) -> Duration {
+fn memory_row(
+    decider: &Decider,
+    label: &str,
+    kinds: &[Kind],
+    capacity: usize,
+    form: Form,
+) -> Duration {
     let started = Instant::now();
     let (bytes_before, allocations_before) = live();
     let malloc_before = malloc_in_use();
     let store = TraceStore::new(capacity);
     for i in 0..capacity {
         let decision = decider.decide(kinds[i % kinds.len()], i);
-        store.record(&decision);
+        form.record(&store, &decision, &decider.policies);
     }
     let (bytes_after, allocations_after) = live();
     let malloc = malloc_before
@@ -255,7 +266,13 @@ fn memory_table() {
                 break;
             }
         }
-        last = memory_row(&decider, "403 full trace", &[Kind::FullTraceDeny], capacity);
+        last = memory_row(
+            &decider,
+            "403 full trace",
+            &[Kind::FullTraceDeny],
+            capacity,
+            Form::Whole,
+        );
     }
     let mix = [
         Kind::Allow,
@@ -264,11 +281,58 @@ fn memory_table() {
         Kind::NoToken,
         Kind::NoService,
     ];
-    memory_row(&decider, "mix 2:1:1:1 (200/403/401/404)", &mix, CAPACITY);
-    memory_row(&decider, "200 allow", &[Kind::Allow], CAPACITY);
-    memory_row(&decider, "401 no token", &[Kind::NoToken], CAPACITY);
+    for form in [Form::Whole, Form::Inputs] {
+        let label = |what: &str| format!("{what}{}", form.suffix());
+        memory_row(&decider, &label("mix 2:1:1:1"), &mix, CAPACITY, form);
+        memory_row(
+            &decider,
+            &label("200 allow"),
+            &[Kind::Allow],
+            CAPACITY,
+            form,
+        );
+        memory_row(
+            &decider,
+            &label("401 no token"),
+            &[Kind::NoToken],
+            CAPACITY,
+            form,
+        );
+    }
+    memory_row(
+        &decider,
+        &format!("403 full trace{}", Form::Inputs.suffix()),
+        &[Kind::FullTraceDeny],
+        CAPACITY,
+        Form::Inputs,
+    );
     eprintln!();
     set_counting(false);
+}
+
+/// How the store keeps a decision: whole (`TraceStore::record`, as with a shared store), or
+/// only what it was made on, rebuilt when read (`record_decided`, as a server without one).
+#[derive(Clone, Copy)]
+enum Form {
+    Whole,
+    Inputs,
+}
+
+impl Form {
+    fn record(self, store: &TraceStore, decision: &Decision, policies: &Arc<PolicySet>) {
+        let record = match self {
+            Form::Whole => store.record(decision),
+            Form::Inputs => store.record_decided(decision, policies),
+        };
+        assert_eq!(record.rebuilds(), matches!(self, Form::Inputs));
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Form::Whole => "",
+            Form::Inputs => ", inputs only",
+        }
+    }
 }
 
 /// A ULID for insert `n`: the current time and `n` as the random part, so every id differs.
@@ -282,28 +346,40 @@ fn bench_store(c: &mut Criterion) {
     let decider = Decider::new();
     let mut group = c.benchmark_group("store");
 
-    // 1. Record into a full store: every insert evicts the oldest record.
-    let mut decision = decider.decide(Kind::FullTraceDeny, 1);
-    check(&decision, Kind::FullTraceDeny);
-    let store = TraceStore::new(CAPACITY);
-    let millis = unix_now() * 1000;
-    let next = Cell::new(0u128);
-    let record = |store: &TraceStore, decision: &mut Decision| {
-        let n = next.get();
-        next.set(n + 1);
-        fresh_id(&mut decision.id, millis, n);
-        store.record(decision)
-    };
-    for _ in 0..CAPACITY {
-        record(&store, &mut decision);
+    // 1. Record into a full store: every insert evicts the oldest record. A 403 with a full
+    //    trace and an allow, each whole and as a record of inputs.
+    for (kind, name) in [
+        (Kind::FullTraceDeny, "record"),
+        (Kind::Allow, "record_allow"),
+    ] {
+        for form in [Form::Whole, Form::Inputs] {
+            let mut decision = decider.decide(kind, 1);
+            check(&decision, kind);
+            let store = TraceStore::new(CAPACITY);
+            let millis = unix_now() * 1000;
+            let next = Cell::new(0u128);
+            let record = |store: &TraceStore, decision: &mut Decision| {
+                let n = next.get();
+                next.set(n + 1);
+                fresh_id(&mut decision.id, millis, n);
+                form.record(store, decision, &decider.policies)
+            };
+            for _ in 0..CAPACITY {
+                record(&store, &mut decision);
+            }
+            assert_eq!(store.len(), CAPACITY);
+            let name = match form {
+                Form::Whole => name.to_owned(),
+                Form::Inputs => format!("{name}_inputs"),
+            };
+            group.bench_function(name, |b| {
+                b.iter(|| record(black_box(&store), &mut decision))
+            });
+            assert_eq!(store.len(), CAPACITY);
+            let newest = store.list(&DecisionFilter::default(), 1);
+            assert!(store.get(newest[0].id()).is_some());
+        }
     }
-    assert_eq!(store.len(), CAPACITY);
-    group.bench_function("record", |b| {
-        b.iter(|| record(black_box(&store), &mut decision))
-    });
-    assert_eq!(store.len(), CAPACITY);
-    let newest = store.list(&DecisionFilter::default(), 1);
-    assert!(store.get(newest[0].id()).is_some());
 
     // 2. List with a filter on a full store of a realistic mix; one record in four matches.
     let store = TraceStore::new(CAPACITY);
@@ -332,6 +408,13 @@ fn bench_store(c: &mut Criterion) {
     });
     group.bench_function("rebuild_decision", |b| {
         b.iter(|| black_box(&*shared).decision())
+    });
+    // The same read of a record that keeps only its inputs: the engine decides it again.
+    let inputs_only = TraceStore::new(10).record_decided(&shared.decision(), &decider.policies);
+    assert!(inputs_only.rebuilds());
+    assert_eq!(inputs_only.decision(), shared.decision());
+    group.bench_function("rebuild_decision_inputs", |b| {
+        b.iter(|| black_box(&*inputs_only).decision())
     });
     // A writer batch as the Redis client sends it: 64 records as one JSON array in the
     // writer's own XADD, packed into the wire form.

@@ -519,9 +519,18 @@ impl AppState {
 
     /// What every decision gets once made: its record, its metrics and its audit line.
     fn settle(&self, decision: &Decision, transport: &'static str, started: Instant) {
-        let record = self.store.record(decision);
-        if let Some(shared) = &self.shared_decisions {
-            shared.record(record);
+        match &self.shared_decisions {
+            // Replicas read whole records: a record that rebuilds would be rebuilt to send it.
+            Some(shared) => shared.record(self.store.record(decision)),
+            None => {
+                let policies = self.policies.load();
+                // The set that decided, unless a reload came between (then kept whole).
+                if **policies.revision() == *decision.policy_revision {
+                    self.store.record_decided(decision, &policies);
+                } else {
+                    self.store.record(decision);
+                }
+            }
         }
         let elapsed = started.elapsed();
         self.metrics

@@ -74,11 +74,11 @@ pub(crate) fn allowed(n: usize, sub: &str) -> Decision {
     d
 }
 
-/// A real 403 of `app`'s `admin` operation with a signed token: base URL, token,
-/// operation and nested rule entries in the trace.
-pub(super) fn full_trace_deny(n: usize) -> Decision {
+/// `Bearer` and a token of `user-17` (groups `staff`, `amr` `pwd`) signed with the fixture
+/// key `rsa-a`, made once.
+fn authorization() -> &'static str {
     static AUTHORIZATION: OnceLock<String> = OnceLock::new();
-    let authorization = AUTHORIZATION.get_or_init(|| {
+    AUTHORIZATION.get_or_init(|| {
         let pem = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/rsa-a.pem"),
         )
@@ -99,15 +99,57 @@ pub(super) fn full_trace_deny(n: usize) -> Decision {
             "Bearer {}",
             jsonwebtoken::encode(&header, &claims, &key).unwrap()
         )
-    });
+    })
+}
+
+/// A real 403 of `app`'s `admin` operation with a signed token: base URL, token,
+/// operation and nested rule entries in the trace.
+pub(super) fn full_trace_deny(n: usize) -> Decision {
     let d = decide(
         "POST",
         &format!("https://api.test/app/v1/admin/jobs/{n}?dry-run=true"),
-        &[("authorization", authorization)],
+        &[("authorization", authorization())],
     );
     assert_eq!((d.outcome, d.status), (Outcome::Deny, 403), "{}", d.audit);
     assert!(d.trace.len() >= 5, "{:#?}", d.trace);
     d
+}
+
+/// A real allow of `app`'s `read-item` with a signed token, with upstream headers.
+pub(super) fn real_allow(n: usize) -> Decision {
+    let d = decide(
+        "GET",
+        &format!("https://api.test/app/v1/items/{n}"),
+        &[("authorization", authorization())],
+    );
+    assert_eq!((d.outcome, d.status), (Outcome::Allow, 200), "{}", d.audit);
+    assert!(
+        !d.upstream_headers.0.is_empty(),
+        "{:#?}",
+        d.upstream_headers
+    );
+    d
+}
+
+/// The fixture policy set as a server holds it, loaded afresh: the set `fixtures()`
+/// decides with, for records that rebuild their decisions.
+pub(super) fn policy_set() -> Arc<PolicySet> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies");
+    Arc::new(crate::policy::load_dir(&dir, &Default::default()).expect("fixtures load"))
+}
+
+/// Decisions of every kind the engine makes and a record of its inputs can rebuild: an
+/// allow, a 403 with a full trace, a 401, an unknown host, a long URL, an invalid URL.
+pub(super) fn engine_made() -> Vec<Decision> {
+    let invalid_url = decide("GET", "https://api.test/app/v1/files/..%5Citems", &[]);
+    vec![
+        real_allow(1),
+        full_trace_deny(2),
+        unauthorised(3),
+        unknown_host(4),
+        long_url(5),
+        invalid_url,
+    ]
 }
 
 pub(super) fn ids(records: &[Arc<StoredDecision>]) -> Vec<&str> {

@@ -10,8 +10,10 @@ mod filter;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod record;
+mod revisions;
 mod store;
 
 pub use filter::DecisionFilter;
 pub use record::{MAX_RECORD_BYTES, StoredDecision, wire};
+pub use revisions::HELD_REVISIONS;
 pub use store::{DEFAULT_CAPACITY, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, TraceStore};

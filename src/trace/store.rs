@@ -8,8 +8,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use dashmap::DashMap;
 
 use super::filter::{DecisionFilter, Matcher};
-use super::record::{Interner, StoredDecision};
-use crate::decision::Decision;
+use super::record::{Interner, RebuildFrom, StoredDecision};
+use super::revisions::Revisions;
+use crate::decision::{Decision, Rebuild};
+use crate::policy::PolicySet;
 
 /// Records kept when no capacity is configured.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -41,6 +43,8 @@ pub struct TraceStore {
     /// Decision id (see [`index_key`]) to the sequence number of its record.
     index: DashMap<u64, u64, foldhash::fast::RandomState>,
     interner: Interner,
+    /// The policy sets records that keep only their inputs were decided with.
+    revisions: Revisions,
     len: AtomicUsize,
     /// Sum of the records' `approx_bytes`.
     record_bytes: AtomicUsize,
@@ -73,6 +77,7 @@ impl TraceStore {
             next: AtomicU64::new(0),
             index: DashMap::with_capacity_and_hasher(capacity, Default::default()),
             interner: Interner::default(),
+            revisions: Revisions::default(),
             len: AtomicUsize::new(0),
             record_bytes: AtomicUsize::new(0),
         }
@@ -82,8 +87,34 @@ impl TraceStore {
     /// and returns the copy. Never fails. Only decisions whose id is a ULID (as the engine
     /// makes them) can be found again by [`get`](Self::get); others are only listed.
     pub fn record(&self, decision: &Decision) -> Arc<StoredDecision> {
-        let record = Arc::new(StoredDecision::capped(decision, &self.interner));
-        let key = index_key(&decision.id);
+        self.insert(StoredDecision::capped(decision, &self.interner, None))
+    }
+
+    /// Stores `decision`, which the engine made with `policies`, as [`record`](Self::record)
+    /// does; when the engine can decide it again exactly from its inputs ([`Rebuild::of`]),
+    /// the record keeps only those, and the store holds `policies` (within
+    /// [`HELD_REVISIONS`](super::HELD_REVISIONS)) to rebuild the rest when it is read.
+    pub fn record_decided(
+        &self,
+        decision: &Decision,
+        policies: &Arc<PolicySet>,
+    ) -> Arc<StoredDecision> {
+        let rebuild = Rebuild::of(decision).map(|how| RebuildFrom {
+            revision: self.revisions.of(policies),
+            how,
+        });
+        let record = StoredDecision::capped(decision, &self.interner, rebuild);
+        // Every decision the tests make checks that the record reads back as it was.
+        #[cfg(debug_assertions)]
+        if record.rebuilds() {
+            assert_eq!(&record.decision(), decision, "a rebuilt record differs");
+        }
+        self.insert(record)
+    }
+
+    fn insert(&self, record: StoredDecision) -> Arc<StoredDecision> {
+        let record = Arc::new(record);
+        let key = index_key(record.id());
 
         let seq = self.next.fetch_add(1, Ordering::AcqRel);
         let evicted = {
@@ -174,6 +205,11 @@ impl TraceStore {
         found
     }
 
+    /// Policy sets held to rebuild records (at most [`HELD_REVISIONS`](super::HELD_REVISIONS)).
+    pub fn held_revisions(&self) -> usize {
+        self.revisions.held()
+    }
+
     /// Records stored now (at most the capacity).
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
@@ -208,7 +244,95 @@ impl TraceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::fixtures::{ids, unauthorised};
+    use crate::trace::fixtures::{engine_made, ids, policy_set, unauthorised};
+
+    #[test]
+    fn a_record_of_its_inputs_reads_back_as_the_decision_and_is_smaller() {
+        let set = policy_set();
+        let (whole, inputs_only) = (TraceStore::new(100), TraceStore::new(100));
+        for d in engine_made() {
+            let kept = whole.record(&d);
+            let rebuilds = inputs_only.record_decided(&d, &set);
+            assert!(!kept.rebuilds() && rebuilds.rebuilds(), "{}", d.audit);
+            let read = inputs_only.get(&d.id).expect("recorded");
+            assert_eq!(read.decision(), d, "{}", d.audit);
+            assert_eq!(read.decision(), kept.decision(), "{}", d.audit);
+            assert!(
+                rebuilds.approx_bytes < kept.approx_bytes,
+                "{}: {} bytes, whole {}",
+                d.audit,
+                rebuilds.approx_bytes,
+                kept.approx_bytes
+            );
+        }
+        assert_eq!(inputs_only.held_revisions(), 1);
+    }
+
+    #[test]
+    fn a_record_whose_policy_set_is_let_go_shows_what_it_kept() {
+        let store = TraceStore::new(100);
+        let decisions = engine_made();
+        let old = policy_set();
+        for d in &decisions {
+            store.record_decided(d, &old);
+        }
+        // Newer sets push the old one out of the budget.
+        let newer: Vec<_> = (0..crate::trace::HELD_REVISIONS)
+            .map(|_| policy_set())
+            .collect();
+        for set in &newer {
+            store.record_decided(&unauthorised(99), set);
+        }
+        assert_eq!(store.held_revisions(), crate::trace::HELD_REVISIONS);
+        drop(old);
+        for d in &decisions {
+            let read = store.get(&d.id).expect("recorded").decision();
+            let what = &d.audit;
+            assert_eq!(
+                (
+                    read.outcome,
+                    read.status,
+                    &read.body,
+                    &read.token,
+                    &read.audit
+                ),
+                (d.outcome, d.status, &d.body, &d.token, &d.audit),
+                "{what}"
+            );
+            assert_eq!(read.headers, d.headers, "{what}");
+            assert_eq!(
+                (&read.request, &read.inputs),
+                (&d.request, &d.inputs),
+                "{what}"
+            );
+            assert!(read.upstream_headers.0.is_empty(), "{what}");
+            let [entry] = &read.trace[..] else {
+                panic!("{what}: {:#?}", read.trace)
+            };
+            let detail = entry.detail.as_deref().unwrap_or_default();
+            assert!(
+                &*entry.operator == "notKept" && detail.contains("is no longer held"),
+                "{what}: {entry:?}"
+            );
+            assert!(detail.contains(&*d.policy_revision), "{what}: {detail}");
+        }
+    }
+
+    #[test]
+    fn decisions_a_record_of_inputs_cannot_tell_whole_are_kept_whole() {
+        let set = policy_set();
+        let store = TraceStore::new(10);
+        // Made by hand: no inputs, as another replica's decision or a refused input.
+        let mut d = unauthorised(1);
+        d.inputs = None;
+        assert!(!store.record_decided(&d, &set).rebuilds());
+        // The engine's, but over a cap: a rebuild would not cut what the record cut.
+        let mut long = unauthorised(2);
+        long.request.url = format!("https://api.test/app/v1/{}", "q".repeat(20_000));
+        let record = store.record_decided(&long, &set);
+        assert!(!record.rebuilds() && record.truncated);
+        assert_eq!(store.held_revisions(), 1);
+    }
 
     #[test]
     fn oldest_decisions_are_evicted_first_at_capacity() {

@@ -26,7 +26,8 @@ use serde_json::Value;
 use self::audit::Audit;
 pub use self::cap::MAX_RECORD_BYTES;
 pub(super) use self::interner::Interner;
-use crate::decision::{Outcome, ShadowDecision, Step, TraceEntry, TraceLink};
+use super::revisions::Revision;
+use crate::decision::{Outcome, Rebuild, ShadowDecision, Step, TraceEntry, TraceLink};
 
 /// Heap bytes assumed for the control block of an `Arc` (strong and weak counts).
 const ARC_HEADER: usize = 2 * size_of::<usize>();
@@ -92,6 +93,18 @@ pub struct StoredDecision {
     inputs: Option<TextSpan>,
     /// The shadow set's decision, when it differed.
     shadow: Option<Box<ShadowDecision>>,
+    /// Set when the record keeps only what the decision was made on (no trace, upstream
+    /// headers, nor an allow's headers): the decision is decided again when read.
+    rebuild: Option<RebuildFrom>,
+}
+
+/// What a record that keeps its decision's inputs needs to decide it again exactly: the
+/// policy set it was decided with (while the store holds it), and what its trace said that
+/// its inputs do not.
+#[derive(Debug, Clone)]
+pub(crate) struct RebuildFrom {
+    pub(crate) revision: Arc<Revision>,
+    pub(crate) how: Rebuild,
 }
 
 /// The status the upstream answered with, reported after the record was made (the Sideband
@@ -256,6 +269,12 @@ impl EntryNames {
 }
 
 impl StoredDecision {
+    /// Whether the record keeps only what its decision was made on, and rebuilds the rest
+    /// when read.
+    pub fn rebuilds(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
     /// Whether the shadow policy set decided this request differently.
     pub fn shadow_differs(&self) -> bool {
         self.shadow.is_some()

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::audit::Audit;
 use super::cap::{Capped, cap_decision, within_caps};
@@ -11,12 +11,12 @@ use super::interner::Interner;
 use super::text::has_jwt;
 use super::value::{decode_value, encoded_len, write_value};
 use super::{
-    ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, StoredBody, StoredDecision,
-    StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, TextSpan, UpstreamStatus,
+    ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, RebuildFrom, StoredBody,
+    StoredDecision, StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, TextSpan, UpstreamStatus,
 };
 use crate::decision::{
-    Decision, ErrorBody, ErrorDetail, Headers, ReplayInputs, RequestSummary, Step, TokenSummary,
-    TraceEntry,
+    Decision, Engine, ErrorBody, ErrorDetail, Headers, Outcome, ReplayInputs, RequestSummary, Step,
+    TokenSummary, TraceEntry,
 };
 
 /// Request methods shared between records; any other is kept as it came.
@@ -137,14 +137,20 @@ impl StoredDecision {
     /// [`TraceStore::record`](crate::trace::TraceStore::record) stores it; for
     /// decisions that come from elsewhere (another replica), which get the same limits.
     pub fn of(decision: &Decision) -> Self {
-        Self::capped(decision, &Interner::default())
+        Self::capped(decision, &Interner::default(), None)
     }
 
-    pub(crate) fn capped(decision: &Decision, interner: &Interner) -> Self {
+    /// The record of `decision`; with `rebuild` (the engine made it, and [`Rebuild::of`]
+    /// accepted it), a record that keeps only its inputs when nothing of it is cut.
+    pub(crate) fn capped(
+        decision: &Decision,
+        interner: &Interner,
+        rebuild: Option<RebuildFrom>,
+    ) -> Self {
         let (inputs, inputs_cut) = encode_inputs(decision);
         let extra = inputs.as_ref().map_or(0, |i| i.len());
         if !inputs_cut && within_caps(decision, extra) {
-            return Self::pack(decision, false, 1, interner, inputs);
+            return Self::pack(decision, false, 1, interner, inputs, rebuild);
         }
         // Room for the note that may replace the inputs.
         let Capped {
@@ -162,7 +168,8 @@ impl StoredDecision {
             }
             _ => inputs,
         };
-        Self::pack(&capped, truncated || inputs_cut, 2, interner, inputs)
+        // A rebuild would not cut what was cut: the record keeps the capped decision whole.
+        Self::pack(&capped, truncated || inputs_cut, 2, interner, inputs, None)
     }
 
     /// The record of `d`, which is capped already and held by `holders` decisions (see
@@ -174,6 +181,7 @@ impl StoredDecision {
         holders: usize,
         interner: &Interner,
         inputs: Option<Box<[u8]>>,
+        rebuild: Option<RebuildFrom>,
     ) -> Self {
         // Before packing: the interner's own references would make texts look shared.
         #[cfg(debug_assertions)]
@@ -188,14 +196,22 @@ impl StoredDecision {
         p.bytes += audit.heap_bytes();
         p.bytes += d.shadow.as_deref().map_or(0, super::size::shadow_bytes);
         p.bytes += super::size::trace_link_bytes(d.trace_link.as_ref());
-        let headers: Vec<DecisionHeader> = (d.headers.0.iter())
+        // Rebuilt when read: the trace and upstream headers; an allow's headers. A denial
+        // keeps its headers and body, which a record whose policy set is gone still shows.
+        let inputs_only = rebuild.is_some();
+        let kept_trace = if inputs_only { &[][..] } else { &d.trace[..] };
+        let kept_headers = match d.outcome {
+            Outcome::Allow if inputs_only => &[][..],
+            _ => &d.headers.0[..],
+        };
+        let headers: Vec<DecisionHeader> = (kept_headers.iter())
             .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
             .collect();
         let upstream_headers: Vec<(Arc<str>, Box<str>)> = (d.upstream_headers.0.iter())
+            .filter(|_| !inputs_only)
             .map(|(name, value)| (p.text(name), p.boxed(value)))
             .collect();
-        let decisive_detail = d
-            .trace
+        let decisive_detail = kept_trace
             .iter()
             .find(|e| e.decisive)
             .and_then(|e| e.detail.as_deref());
@@ -213,7 +229,7 @@ impl StoredDecision {
                 + url.len()
                 + client.map_or(0, str::len)
                 + inputs.as_ref().map_or(0, |i| i.len())
-                + (d.trace.iter())
+                + (kept_trace.iter())
                     .map(|e| {
                         e.actual.as_ref().map_or(0, encoded_len)
                             + e.detail.as_ref().map_or(0, String::len)
@@ -227,7 +243,7 @@ impl StoredDecision {
         let inputs = inputs.map(|i| TextSpan::push(&mut text, &i));
         // The entries count what they add.
         p.bytes += text.len();
-        let trace: Vec<StoredEntry> = (d.trace.iter()).map(|e| p.entry(e, &mut text)).collect();
+        let trace: Vec<StoredEntry> = (kept_trace.iter()).map(|e| p.entry(e, &mut text)).collect();
 
         let method = &d.request.method;
         let method = if METHODS.contains(&method.as_str()) {
@@ -262,6 +278,7 @@ impl StoredDecision {
             trace_link: d.trace_link.map(Box::new),
             inputs,
             shadow: d.shadow.clone(),
+            rebuild,
         };
         #[cfg(debug_assertions)]
         assert!(
@@ -275,8 +292,28 @@ impl StoredDecision {
         }
     }
 
-    /// The decision this record keeps, rebuilt: what the store cut stays cut.
+    /// The decision this record keeps, rebuilt: what the store cut stays cut. A record that
+    /// keeps only what its decision was made on decides it again with the policy set it was
+    /// decided with; if the store no longer holds that set, the decision shows what the
+    /// record kept (outcome, status, headers, body, token, inputs) and a trace entry saying
+    /// why the rest is not shown.
     pub fn decision(&self) -> Decision {
+        let kept = self.kept();
+        let Some(from) = &self.rebuild else {
+            return kept;
+        };
+        let rebuilt = match from.revision.set() {
+            Some(set) => (rebuilder().rebuild(&set, &kept, from.how)).map_err(|e| e.0),
+            None => Err(format!(
+                "the policy set it was decided with (revision `{}`) is no longer held",
+                kept.policy_revision
+            )),
+        };
+        rebuilt.unwrap_or_else(|why| not_rebuilt(kept, &why))
+    }
+
+    /// The decision as the record keeps it, without deciding anything again.
+    fn kept(&self) -> Decision {
         let id = self.id();
         let decisive_detail = self
             .trace
@@ -354,6 +391,37 @@ impl StoredDecision {
             shadow: self.shadow.clone(),
         }
     }
+}
+
+/// The engine that decides records again: rebuilding touches no cache and counts nothing.
+fn rebuilder() -> &'static Engine {
+    static REBUILDER: OnceLock<Engine> = OnceLock::new();
+    REBUILDER.get_or_init(Engine::default)
+}
+
+/// A record's decision that could not be decided again (`why`): what it kept, an allow's
+/// decision id header, and one trace entry that says why the trace is missing.
+fn not_rebuilt(mut kept: Decision, why: &str) -> Decision {
+    if kept.outcome == Outcome::Allow && kept.headers.get("x-decision-id").is_none() {
+        let id = kept.id.clone();
+        kept.headers.0.push(("x-decision-id".into(), id));
+    }
+    kept.trace = vec![TraceEntry {
+        step: Step::BaseUrl,
+        rule: None,
+        attribute: Arc::from("trace"),
+        operator: "notKept".into(),
+        expected: None,
+        actual: None,
+        result: kept.outcome == Outcome::Allow,
+        decisive: false,
+        depth: 0,
+        detail: Some(format!(
+            "the record keeps what the decision was made on, not its trace or upstream headers, and cannot rebuild them: {why}"
+        )),
+        location: None,
+    }];
+    kept
 }
 
 /// The most a record keeps of a decision's replay inputs, encoded; the claims a policy reads

@@ -290,8 +290,15 @@ impl<'a> Tables<'a> {
 
 /// Writes `records` as one batch.
 pub fn write(records: &[Arc<StoredDecision>], out: impl std::io::Write) -> serde_json::Result<()> {
+    // Another replica has not the policy set to rebuild a record that keeps only its inputs:
+    // it gets the whole decision.
+    let whole: Vec<Option<StoredDecision>> = (records.iter())
+        .map(|r| r.rebuilds().then(|| StoredDecision::of(&r.decision())))
+        .collect();
     let mut t = Tables::default();
-    let d: Vec<Record<'_>> = records.iter().map(|r| record(r, &mut t)).collect();
+    let d: Vec<Record<'_>> = (records.iter().zip(&whole))
+        .map(|(r, whole)| record(whole.as_ref().unwrap_or(r), &mut t))
+        .collect();
     let batch = WriteBatch {
         v: VERSION,
         s: &t.strings.items,
@@ -528,6 +535,7 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 None => None,
                 Some(s) => Some(Box::new(s.read()?)),
             },
+            rebuild: None,
         };
         // Another replica's caps may differ from this one's.
         out.push(StoredDecision::of(&uncapped.decision()));
@@ -580,6 +588,27 @@ mod tests {
             assert_eq!(read.decision(), record.decision(), "decision {i}");
             assert_eq!(read.id(), record.id());
             assert_eq!(read.unix_millis, record.unix_millis);
+        }
+    }
+
+    #[test]
+    fn a_record_of_inputs_is_shared_whole() {
+        let set = crate::trace::fixtures::policy_set();
+        let store = TraceStore::new(100);
+        let decisions = crate::trace::fixtures::engine_made();
+        let records: Vec<Arc<StoredDecision>> = decisions
+            .iter()
+            .map(|d| store.record_decided(d, &set))
+            .collect();
+        assert!(records.iter().all(|r| r.rebuilds()));
+        let mut compact = Vec::new();
+        wire::write(&records, &mut compact).unwrap();
+        // The replica that reads them holds no policy set: they read as whole records.
+        let read = wire::read(&compact).expect("a batch");
+        assert_eq!(read.len(), decisions.len());
+        for (read, d) in read.iter().zip(&decisions) {
+            assert!(!read.rebuilds());
+            assert_eq!(&read.decision(), d, "{}", d.audit);
         }
     }
 
