@@ -117,9 +117,14 @@ pub(super) fn full_trace_deny(n: usize) -> Decision {
 
 /// A real allow of `app`'s `read-item` with a signed token, with upstream headers.
 pub(super) fn real_allow(n: usize) -> Decision {
+    real_allow_at(&n.to_string())
+}
+
+/// [`real_allow`] of item `item`.
+pub(super) fn real_allow_at(item: &str) -> Decision {
     let d = decide(
         "GET",
-        &format!("https://api.test/app/v1/items/{n}"),
+        &format!("https://api.test/app/v1/items/{item}"),
         &[("authorization", authorization())],
     );
     assert_eq!((d.outcome, d.status), (Outcome::Allow, 200), "{}", d.audit);

@@ -104,10 +104,12 @@ impl TraceStore {
             how,
         });
         let record = StoredDecision::capped(decision, &self.interner, rebuild);
-        // Every decision the tests make checks that the record reads back as it was.
+        // Every decision the tests make checks that the record reads back as its whole
+        // record would.
         #[cfg(debug_assertions)]
         if record.rebuilds() {
-            assert_eq!(&record.decision(), decision, "a rebuilt record differs");
+            let whole = StoredDecision::of(decision).decision();
+            assert_eq!(record.decision(), whole, "a rebuilt record differs");
         }
         self.insert(record)
     }
@@ -316,6 +318,53 @@ mod tests {
             );
             assert!(detail.contains(&*d.policy_revision), "{what}: {detail}");
         }
+    }
+
+    #[test]
+    fn a_rebuilt_trace_over_a_cap_is_cut_when_read_as_its_whole_record_would_be() {
+        let set = policy_set();
+        let store = TraceStore::new(10);
+        // A path longer than a trace value may be: the URL is kept, its trace values cut.
+        let d = crate::trace::fixtures::real_allow_at(&"7".repeat(600));
+        let record = store.record_decided(&d, &set);
+        assert!(record.rebuilds());
+        let whole = StoredDecision::of(&d);
+        assert!(whole.truncated);
+        let read = record.decision();
+        assert_eq!(read, whole.decision());
+        assert_ne!(read.trace, d.trace);
+        assert!(
+            serde_json::to_string(&read.trace)
+                .unwrap()
+                .contains("truncated"),
+            "{:#?}",
+            read.trace
+        );
+    }
+
+    #[test]
+    fn inputs_holding_token_shaped_text_are_never_kept() {
+        let set = policy_set();
+        let store = TraceStore::new(10);
+        let mut d = crate::trace::fixtures::real_allow(1);
+        let token = (d.inputs.as_mut())
+            .and_then(|i| i.token.as_mut())
+            .expect("a verified token's inputs");
+        let mut facts = (**token.verified.as_ref().expect("facts")).clone();
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        facts
+            .claims
+            .insert("leak".into(), serde_json::Value::from(jwt));
+        token.verified = Some(Arc::new(facts));
+        let record = store.record_decided(&d, &set);
+        assert!(!record.rebuilds());
+        let json = serde_json::to_string(&record.decision()).unwrap();
+        assert!(!json.contains("eyJ"), "{json}");
+        assert!(json.contains("token-shaped text"), "{json}");
+        // The same decision without it keeps its inputs as they are, unwritten.
+        let clean = crate::trace::fixtures::real_allow(2);
+        let record = store.record_decided(&clean, &set);
+        assert!(record.rebuilds() && record.keeps_inputs_unwritten());
     }
 
     #[test]

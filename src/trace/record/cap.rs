@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::audit::MAX_AUDIT_BYTES;
 use super::size::{
-    body_bytes, entry_bytes, entry_names_bytes, record_bytes, shadow_bytes, token_bytes,
-    trace_bytes,
+    body_bytes, entry_bytes, entry_names_bytes, kept_bytes, record_bytes, shadow_bytes,
+    token_bytes, trace_bytes,
 };
 use super::text::{REDACTED, cut_middle, cut_text, holds_jwt_start, redact_jwts};
 use super::value::{MAX_VALUE_BYTES, MAX_VALUE_STRING_BYTES, cap_value, value_within_caps};
@@ -114,6 +114,16 @@ pub(crate) fn cap_decision(decision: &Decision, extra: usize) -> Capped {
 /// copy (the common case). May answer `false` for a decision that capping leaves alone;
 /// never `true` for one it would change.
 pub(crate) fn within_caps(d: &Decision, extra: usize) -> bool {
+    kept_within_caps(d, extra)
+        && headers_within_caps(&d.upstream_headers)
+        && trace_within_caps(&d.trace)
+        && record_bytes(d) + extra <= MAX_RECORD_BYTES
+}
+
+/// [`within_caps`] of what a record of inputs keeps (it rebuilds the trace and upstream
+/// headers, and caps them when read as a whole record would have): nothing it keeps has to
+/// be cut or scrubbed.
+pub(crate) fn kept_within_caps(d: &Decision, extra: usize) -> bool {
     let short = |s: &str| s.len() <= MAX_SHORT_BYTES;
     let name = |s: &Option<Arc<str>>| s.as_ref().is_none_or(|s| s.len() <= MAX_NAME_BYTES);
     short(&d.id)
@@ -125,7 +135,6 @@ pub(crate) fn within_caps(d: &Decision, extra: usize) -> bool {
         && plain_within(&d.request.url, MAX_URL_BYTES)
         && d.request.client.as_deref().is_none_or(short)
         && headers_within_caps(&d.headers)
-        && headers_within_caps(&d.upstream_headers)
         && d.body.as_ref().is_none_or(|b| {
             short(&b.id)
                 && plain_within(&b.message, MAX_TEXT_BYTES)
@@ -144,14 +153,13 @@ pub(crate) fn within_caps(d: &Decision, extra: usize) -> bool {
                 && t.aud.len() <= MAX_AUDIENCES
                 && t.aud.iter().all(|a| short(a))
         })
-        && trace_within_caps(&d.trace)
         && d.shadow.as_ref().is_none_or(|s| {
             s.policy_revision.len() <= MAX_NAME_BYTES
                 && s.rule.as_ref().is_none_or(|r| r.len() <= MAX_NAME_BYTES)
                 && trace_within_caps(&s.trace)
         })
         && plain_within(&d.audit, MAX_AUDIT_BYTES)
-        && record_bytes(d) + extra <= MAX_RECORD_BYTES
+        && kept_bytes(d) + extra <= MAX_RECORD_BYTES
 }
 
 fn trace_within_caps(trace: &[TraceEntry]) -> bool {

@@ -89,13 +89,34 @@ pub struct StoredDecision {
     /// Boxed: most calls come without a trace context, and every record pays its inline
     /// size (inline, this one field would be a tenth of it).
     pub(super) trace_link: Option<Box<TraceLink>>,
-    /// The replay inputs as JSON (see [`inputs`](pack)), at most `MAX_INPUT_BYTES`, in `text`.
-    inputs: Option<TextSpan>,
+    inputs: StoredInputs,
     /// The shadow set's decision, when it differed.
     shadow: Option<Box<ShadowDecision>>,
     /// Set when the record keeps only what the decision was made on (no trace, upstream
     /// headers, nor an allow's headers): the decision is decided again when read.
     rebuild: Option<RebuildFrom>,
+}
+
+/// A record's replay inputs.
+#[derive(Debug, Clone)]
+enum StoredInputs {
+    None,
+    /// As JSON (see `encode_inputs` in `pack.rs`), at most `MAX_INPUT_BYTES`, in `text`.
+    Json(TextSpan),
+    /// As the decision had them, in a record of inputs whose inputs are known to fit and to
+    /// hold nothing token-shaped: their verified facts shared with the token cache, written
+    /// as JSON only when read.
+    Kept(Box<crate::decision::ReplayInputs>),
+}
+
+impl StoredInputs {
+    /// The JSON of inputs kept as JSON.
+    fn json<'t>(&self, text: &'t [u8]) -> Option<&'t [u8]> {
+        match self {
+            Self::Json(span) => Some(span.of(text)),
+            Self::None | Self::Kept(_) => None,
+        }
+    }
 }
 
 /// What a record that keeps its decision's inputs needs to decide it again exactly: the
@@ -273,6 +294,11 @@ impl StoredDecision {
     /// when read.
     pub fn rebuilds(&self) -> bool {
         self.rebuild.is_some()
+    }
+
+    /// Whether the record keeps its replay inputs as the decision had them, not as JSON.
+    pub fn keeps_inputs_unwritten(&self) -> bool {
+        matches!(self.inputs, StoredInputs::Kept(_))
     }
 
     /// Whether the shadow policy set decided this request differently.

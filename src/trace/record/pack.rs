@@ -6,13 +6,14 @@ use std::mem::size_of;
 use std::sync::{Arc, OnceLock};
 
 use super::audit::Audit;
-use super::cap::{Capped, cap_decision, within_caps};
+use super::cap::{Capped, cap_decision, kept_within_caps, within_caps};
 use super::interner::Interner;
 use super::text::has_jwt;
 use super::value::{decode_value, encoded_len, write_value};
 use super::{
     ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, RebuildFrom, StoredBody,
-    StoredDecision, StoredDetail, StoredEntry, StoredToken, TOKEN_INLINE, TextSpan, UpstreamStatus,
+    StoredDecision, StoredDetail, StoredEntry, StoredInputs, StoredToken, TOKEN_INLINE, TextSpan,
+    UpstreamStatus,
 };
 use crate::decision::{
     Decision, Engine, ErrorBody, ErrorDetail, Headers, Outcome, ReplayInputs, RequestSummary, Step,
@@ -147,10 +148,31 @@ impl StoredDecision {
         interner: &Interner,
         rebuild: Option<RebuildFrom>,
     ) -> Self {
+        if let Some(from) = &rebuild
+            && let Some(inputs) = decision.inputs.as_deref()
+            && let Some(bound) = kept_inputs_bound(inputs)
+            && kept_within_caps(decision, bound)
+        {
+            let inputs = Inputs::Kept(Box::new(inputs.clone()));
+            return Self::pack(decision, false, 1, interner, inputs, Some(from.clone()));
+        }
         let (inputs, inputs_cut) = encode_inputs(decision);
         let extra = inputs.as_ref().map_or(0, |i| i.len());
+        if !inputs_cut
+            && let Some(rebuild) = rebuild
+            && kept_within_caps(decision, extra)
+        {
+            return Self::pack(
+                decision,
+                false,
+                1,
+                interner,
+                Inputs::Json(inputs),
+                Some(rebuild),
+            );
+        }
         if !inputs_cut && within_caps(decision, extra) {
-            return Self::pack(decision, false, 1, interner, inputs, rebuild);
+            return Self::pack(decision, false, 1, interner, Inputs::Json(inputs), None);
         }
         // Room for the note that may replace the inputs.
         let Capped {
@@ -169,7 +191,14 @@ impl StoredDecision {
             _ => inputs,
         };
         // A rebuild would not cut what was cut: the record keeps the capped decision whole.
-        Self::pack(&capped, truncated || inputs_cut, 2, interner, inputs, None)
+        Self::pack(
+            &capped,
+            truncated || inputs_cut,
+            2,
+            interner,
+            Inputs::Json(inputs),
+            None,
+        )
     }
 
     /// The record of `d`, which is capped already and held by `holders` decisions (see
@@ -180,12 +209,18 @@ impl StoredDecision {
         truncated: bool,
         holders: usize,
         interner: &Interner,
-        inputs: Option<Box<[u8]>>,
+        inputs: Inputs,
         rebuild: Option<RebuildFrom>,
     ) -> Self {
+        let (json, kept) = match inputs {
+            Inputs::Json(json) => (json, None),
+            Inputs::Kept(kept) => (None, Some(kept)),
+        };
         // Before packing: the interner's own references would make texts look shared.
         #[cfg(debug_assertions)]
-        let bound = super::size::record_bytes(d) + inputs.as_ref().map_or(0, |i| i.len());
+        let bound = super::size::record_bytes(d)
+            + json.as_ref().map_or(0, |i| i.len())
+            + kept.as_deref().map_or(0, kept_inputs_bytes);
         let mut p = Packer {
             interner,
             holders,
@@ -228,7 +263,7 @@ impl StoredDecision {
                 + time.map_or(0, String::len)
                 + url.len()
                 + client.map_or(0, str::len)
-                + inputs.as_ref().map_or(0, |i| i.len())
+                + json.as_ref().map_or(0, |i| i.len())
                 + (kept_trace.iter())
                     .map(|e| {
                         e.actual.as_ref().map_or(0, encoded_len)
@@ -240,7 +275,14 @@ impl StoredDecision {
         let time = time.map(|t| TextSpan::push_str(&mut text, t));
         let url_span = TextSpan::push_str(&mut text, url);
         let client = client.map(|c| TextSpan::push_str(&mut text, c));
-        let inputs = inputs.map(|i| TextSpan::push(&mut text, &i));
+        let inputs = match (json, kept) {
+            (Some(json), _) => StoredInputs::Json(TextSpan::push(&mut text, &json)),
+            (None, Some(kept)) => {
+                p.bytes += kept_inputs_bytes(&kept);
+                StoredInputs::Kept(kept)
+            }
+            (None, None) => StoredInputs::None,
+        };
         // The entries count what they add.
         p.bytes += text.len();
         let trace: Vec<StoredEntry> = (kept_trace.iter()).map(|e| p.entry(e, &mut text)).collect();
@@ -303,7 +345,9 @@ impl StoredDecision {
             return kept;
         };
         let rebuilt = match from.revision.set() {
-            Some(set) => (rebuilder().rebuild(&set, &kept, from.how)).map_err(|e| e.0),
+            Some(set) => (rebuilder().rebuild(&set, &kept, from.how))
+                .map(as_stored)
+                .map_err(|e| e.0),
             None => Err(format!(
                 "the policy set it was decided with (revision `{}`) is no longer held",
                 kept.policy_revision
@@ -387,10 +431,25 @@ impl StoredDecision {
             trace: (self.trace.iter()).map(|e| e.unpack(&self.text)).collect(),
             audit: self.audit.text(self.url(), id),
             trace_link: self.trace_link.as_deref().copied(),
-            inputs: (self.inputs).and_then(|json| serde_json::from_slice(json.of(&self.text)).ok()),
+            inputs: match &self.inputs {
+                StoredInputs::Kept(kept) => Some(kept.clone()),
+                inputs => {
+                    (inputs.json(&self.text)).and_then(|json| serde_json::from_slice(json).ok())
+                }
+            },
             shadow: self.shadow.clone(),
         }
     }
+}
+
+/// `d` as the store shows it: cut and scrubbed as its whole record would be. A record of
+/// inputs checked only what it keeps; what it rebuilt is checked here.
+fn as_stored(d: Decision) -> Decision {
+    let (inputs, inputs_cut) = encode_inputs(&d);
+    if !inputs_cut && within_caps(&d, inputs.map_or(0, |i| i.len())) {
+        return d;
+    }
+    StoredDecision::of(&d).decision()
 }
 
 /// The engine that decides records again: rebuilding touches no cache and counts nothing.
@@ -427,6 +486,44 @@ fn not_rebuilt(mut kept: Decision, why: &str) -> Decision {
 /// The most a record keeps of a decision's replay inputs, encoded; the claims a policy reads
 /// are a few short values, so more means a claim no rule should read whole.
 const MAX_INPUT_BYTES: usize = 4 * 1024;
+
+/// The inputs [`StoredDecision::pack`] is given: as JSON (or none), or as the decision had
+/// them.
+enum Inputs {
+    Json(Option<Box<[u8]>>),
+    Kept(Box<ReplayInputs>),
+}
+
+/// Most bytes the JSON of `inputs` can take, when a record of inputs may keep them as they
+/// are: those of a token, whose verified facts' JSON (written once per cached token) and the key set's name
+/// hold no token-shaped text, and nothing else in them is of the token's making (a refused
+/// token's error quotes its texts, so it is written and checked as JSON instead).
+fn kept_inputs_bound(inputs: &ReplayInputs) -> Option<usize> {
+    // `at`, the members' names, a binding check's settings and summary (static words).
+    const REST: usize = 512;
+    // Without a token the JSON is a few bytes, fewer than the inputs' own struct.
+    let token = inputs.token.as_ref()?;
+    if token.refused.is_some() || (token.binding.as_ref()).is_some_and(|b| b.refused.is_some()) {
+        return None;
+    }
+    let facts = match token.verified.as_deref() {
+        Some(facts) => facts.json()?.get(),
+        None => "",
+    };
+    let bound = REST + token.keys.len() + facts.len();
+    (bound <= MAX_INPUT_BYTES && !has_jwt(facts) && !has_jwt(&token.keys)).then_some(bound)
+}
+
+/// Heap bytes of inputs a record keeps as they are: facts shared with the token cache are
+/// not counted, as texts shared with the policy set are not.
+fn kept_inputs_bytes(inputs: &ReplayInputs) -> usize {
+    size_of::<ReplayInputs>()
+        + (inputs.token.as_ref())
+            .and_then(|t| t.verified.as_ref())
+            .filter(|facts| Arc::strong_count(facts) == 1)
+            .and_then(|facts| facts.json())
+            .map_or(0, |json| json.get().len())
+}
 
 /// The decision's replay inputs as the record keeps them (JSON), and whether they had to be
 /// replaced by a note saying why they are not kept: too large, or holding something shaped

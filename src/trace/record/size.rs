@@ -22,6 +22,12 @@ use crate::decision::{
 /// drops its decision: strings and values behind an `Arc` held by more than that decision
 /// and its copy (by the policy set) are not the record's own, and not counted.
 pub(super) fn record_bytes(d: &Decision) -> usize {
+    kept_bytes(d) + headers_bytes(&d.upstream_headers) + trace_bytes(&d.trace)
+}
+
+/// [`record_bytes`] of what a record of inputs keeps: neither the trace nor the upstream
+/// headers, which it rebuilds.
+pub(super) fn kept_bytes(d: &Decision) -> usize {
     RECORD_INLINE
         + d.id.len()
         + d.time.len()
@@ -33,10 +39,8 @@ pub(super) fn record_bytes(d: &Decision) -> usize {
         + d.request.url.len()
         + d.request.client.as_ref().map_or(0, String::len)
         + headers_bytes(&d.headers)
-        + headers_bytes(&d.upstream_headers)
         + d.body.as_ref().map_or(0, body_bytes)
         + d.token.as_ref().map_or(0, token_bytes)
-        + trace_bytes(&d.trace)
         + d.shadow.as_deref().map_or(0, shadow_bytes)
         + trace_link_bytes(d.trace_link.as_ref())
 }

@@ -21,7 +21,8 @@ use serde_json::value::RawValue;
 use super::audit::{Audit, AuditSentence};
 use super::value::{Encoded, write_value};
 use super::{
-    EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredToken, TextSpan,
+    EntryNames, StoredBody, StoredDecision, StoredDetail, StoredEntry, StoredInputs, StoredToken,
+    TextSpan,
 };
 use crate::decision::{Outcome, ShadowDecision, Step, TraceLink};
 
@@ -398,8 +399,9 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         audit,
         trace_link: r.trace_link.as_deref().copied(),
         // The store wrote these bytes from a `ReplayInputs`: JSON by construction.
-        inputs: (r.inputs)
-            .and_then(|json| serde_json::from_slice::<&RawValue>(json.of(&r.text)).ok()),
+        // A record that keeps its inputs unwritten is written whole (see `write`).
+        inputs: (r.inputs.json(&r.text))
+            .and_then(|json| serde_json::from_slice::<&RawValue>(json).ok()),
         shadow: r.shadow.as_deref().map(Shadow::of),
     }
 }
@@ -438,7 +440,9 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
             .client
             .as_deref()
             .map(|c| TextSpan::push_str(&mut text, c));
-        let inputs = (r.inputs).map(|json| TextSpan::push_str(&mut text, json.get()));
+        let inputs = (r.inputs).map_or(StoredInputs::None, |json| {
+            StoredInputs::Json(TextSpan::push_str(&mut text, json.get()))
+        });
         let trace: Box<[StoredEntry]> = r
             .trace
             .into_iter()
