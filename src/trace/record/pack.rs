@@ -250,12 +250,18 @@ impl StoredDecision {
             .iter()
             .find(|e| e.decisive)
             .and_then(|e| e.detail.as_deref());
-        let unix_millis = ulid::Ulid::from_string(&d.id)
-            .ok()
-            .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
-            .or_else(|| parse_millis(&d.time))
-            .unwrap_or(0);
-        let time = (!displays_as(engine_time(unix_millis), &d.time)).then_some(&d.time);
+        // The engine made a decision a record of inputs keeps: its id and time are of the
+        // instant its inputs name, the time written as `engine_time` writes it.
+        let decided_at = (d.inputs.as_deref()).map(|i| i.at).filter(|_| inputs_only);
+        let unix_millis = decided_at.unwrap_or_else(|| {
+            ulid::Ulid::from_string(&d.id)
+                .ok()
+                .map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
+                .or_else(|| parse_millis(&d.time))
+                .unwrap_or(0)
+        });
+        let time = (decided_at.is_none() && !displays_as(engine_time(unix_millis), &d.time))
+            .then_some(&d.time);
         let client = d.request.client.as_deref();
         // Sized to what is written into it, so that it is allocated once.
         let mut text = Vec::with_capacity(
