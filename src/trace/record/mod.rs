@@ -41,8 +41,6 @@ const BODY_INLINE: usize = size_of::<StoredBody>();
 const DETAIL_INLINE: usize = size_of::<StoredDetail>();
 /// Heap bytes of a token summary, before its texts.
 const TOKEN_INLINE: usize = size_of::<StoredToken>();
-/// Heap bytes of one audience in a token summary's list, before its text.
-const AUDIENCE_INLINE: usize = size_of::<Arc<str>>();
 /// Heap bytes of one trace entry with names of its own, before its texts and values.
 const ENTRY_INLINE: usize = size_of::<StoredEntry>() + ARC_HEADER + size_of::<EntryNames>();
 
@@ -171,20 +169,123 @@ struct StoredDetail {
     message: Option<Box<str>>,
 }
 
-/// The token summary; the texts that name the issuer, audiences, client, key and algorithm
-/// repeat between decisions and are shared.
+/// The token summary, its texts one after the other in one buffer of its own: a summary is
+/// read on every decision with a token, and copying its few short texts costs less than
+/// sharing each (a lookup in the interner, and an `Arc` count that every thread touches).
 #[derive(Debug, Clone)]
 struct StoredToken {
-    sub: Option<Box<str>>,
-    client_id: Option<Arc<str>>,
-    iss: Option<Arc<str>>,
-    aud: Box<[Arc<str>]>,
-    exp: Option<Box<str>>,
-    kid: Option<Arc<str>>,
-    alg: Arc<str>,
+    text: Box<[u8]>,
+    sub: Option<TextSpan>,
+    client_id: Option<TextSpan>,
+    iss: Option<TextSpan>,
+    exp: Option<TextSpan>,
+    kid: Option<TextSpan>,
+    alg: TextSpan,
+    /// The audiences, each its length (4 bytes, little-endian) and its text.
+    aud: TextSpan,
     delegated: bool,
-    /// Boxed: most tokens have none, and records are counted by the byte.
-    binding: Option<Box<crate::decision::TokenBinding>>,
+    binding: Option<crate::decision::TokenBinding>,
+}
+
+impl StoredToken {
+    fn of(t: &crate::decision::TokenSummary) -> Self {
+        let opt_len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let mut text = Vec::with_capacity(
+            opt_len(&t.sub)
+                + opt_len(&t.client_id)
+                + opt_len(&t.iss)
+                + opt_len(&t.exp)
+                + opt_len(&t.kid)
+                + t.alg.len()
+                + t.aud.iter().map(|a| 4 + a.len()).sum::<usize>(),
+        );
+        let mut opt = |s: &Option<String>| s.as_deref().map(|s| TextSpan::push_str(&mut text, s));
+        let (sub, client_id, iss, exp, kid) = (
+            opt(&t.sub),
+            opt(&t.client_id),
+            opt(&t.iss),
+            opt(&t.exp),
+            opt(&t.kid),
+        );
+        let alg = TextSpan::push_str(&mut text, &t.alg);
+        let aud = TextSpan::write(&mut text, |text| {
+            for a in &t.aud {
+                // Capped far below 4 GiB.
+                text.extend_from_slice(&u32::try_from(a.len()).unwrap_or(0).to_le_bytes());
+                text.extend_from_slice(a.as_bytes());
+            }
+        });
+        Self {
+            text: text.into_boxed_slice(),
+            sub,
+            client_id,
+            iss,
+            exp,
+            kid,
+            alg,
+            aud,
+            delegated: t.delegated,
+            binding: t.binding.clone(),
+        }
+    }
+
+    fn get(&self, span: Option<TextSpan>) -> Option<&str> {
+        span.map(|s| s.str_of(&self.text))
+    }
+
+    fn sub(&self) -> Option<&str> {
+        self.get(self.sub)
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        self.get(self.client_id)
+    }
+
+    fn iss(&self) -> Option<&str> {
+        self.get(self.iss)
+    }
+
+    fn exp(&self) -> Option<&str> {
+        self.get(self.exp)
+    }
+
+    fn kid(&self) -> Option<&str> {
+        self.get(self.kid)
+    }
+
+    fn alg(&self) -> &str {
+        self.alg.str_of(&self.text)
+    }
+
+    fn aud(&self) -> impl Iterator<Item = &str> {
+        let mut rest = self.aud.of(&self.text);
+        std::iter::from_fn(move || {
+            let (len, after) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let (aud, after) = after.split_at_checked(len)?;
+            rest = after;
+            Some(std::str::from_utf8(aud).unwrap_or_default())
+        })
+    }
+
+    fn summary(&self) -> crate::decision::TokenSummary {
+        crate::decision::TokenSummary {
+            sub: self.sub().map(str::to_owned),
+            client_id: self.client_id().map(str::to_owned),
+            iss: self.iss().map(str::to_owned),
+            aud: self.aud().map(str::to_owned).collect(),
+            exp: self.exp().map(str::to_owned),
+            kid: self.kid().map(str::to_owned),
+            alg: self.alg().to_owned(),
+            delegated: self.delegated,
+            binding: self.binding.clone(),
+        }
+    }
+
+    /// Heap bytes of the summary behind its box.
+    fn heap_bytes(&self) -> usize {
+        TOKEN_INLINE + self.text.len()
+    }
 }
 
 /// One trace entry: its names shared with every other entry of the same check or rule, and
@@ -323,7 +424,7 @@ impl StoredDecision {
     }
 
     pub(super) fn subject(&self) -> Option<&str> {
-        self.token.as_ref().and_then(|t| t.sub.as_deref())
+        self.token.as_ref().and_then(|t| t.sub())
     }
 }
 

@@ -12,8 +12,7 @@ use super::text::has_jwt;
 use super::value::{decode_value, encoded_len, write_value};
 use super::{
     ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, RebuildFrom, StoredBody,
-    StoredDecision, StoredDetail, StoredEntry, StoredInputs, StoredToken, TOKEN_INLINE, TextSpan,
-    UpstreamStatus,
+    StoredDecision, StoredDetail, StoredEntry, StoredInputs, StoredToken, TextSpan, UpstreamStatus,
 };
 use crate::decision::{
     Decision, Engine, ErrorBody, ErrorDetail, Headers, Outcome, ReplayInputs, RequestSummary, Step,
@@ -117,19 +116,9 @@ impl Packer<'_> {
     }
 
     fn token(&mut self, t: &TokenSummary) -> Box<StoredToken> {
-        self.bytes += TOKEN_INLINE;
-        let aud: Vec<Arc<str>> = t.aud.iter().map(|a| self.text(a)).collect();
-        Box::new(StoredToken {
-            sub: t.sub.as_deref().map(|s| self.boxed(s)),
-            client_id: t.client_id.as_deref().map(|s| self.text(s)),
-            iss: t.iss.as_deref().map(|s| self.text(s)),
-            aud: self.slice(aud),
-            exp: t.exp.as_deref().map(|s| self.boxed(s)),
-            kid: t.kid.as_deref().map(|s| self.text(s)),
-            alg: self.text(&t.alg),
-            delegated: t.delegated,
-            binding: t.binding.clone().map(Box::new),
-        })
+        let token = StoredToken::of(t);
+        self.bytes += token.heap_bytes();
+        Box::new(token)
     }
 }
 
@@ -423,17 +412,7 @@ impl StoredDecision {
                     })
                     .collect(),
             }),
-            token: self.token.as_deref().map(|t| TokenSummary {
-                sub: t.sub.as_deref().map(str::to_owned),
-                client_id: t.client_id.as_deref().map(str::to_owned),
-                iss: t.iss.as_deref().map(str::to_owned),
-                aud: t.aud.iter().map(|a| a.to_string()).collect(),
-                exp: t.exp.as_deref().map(str::to_owned),
-                kid: t.kid.as_deref().map(str::to_owned),
-                alg: t.alg.to_string(),
-                delegated: t.delegated,
-                binding: t.binding.as_deref().cloned(),
-            }),
+            token: self.token.as_deref().map(StoredToken::summary),
             trace: (self.trace.iter()).map(|e| e.unpack(&self.text)).collect(),
             audit: self.audit.text(self.url(), id),
             trace_link: self.trace_link.as_deref().copied(),

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::value::{encoded_len, value_bytes};
 use super::{
-    ARC_HEADER, AUDIENCE_INLINE, BODY_INLINE, DETAIL_INLINE, ENTRY_INLINE, HEADER_INLINE,
-    RECORD_INLINE, TOKEN_INLINE,
+    ARC_HEADER, BODY_INLINE, DETAIL_INLINE, ENTRY_INLINE, HEADER_INLINE, RECORD_INLINE,
+    TOKEN_INLINE,
 };
 use crate::decision::{
     Decision, ErrorBody, Headers, ShadowDecision, TokenSummary, TraceEntry, TraceLink,
@@ -132,20 +132,15 @@ pub(super) fn body_bytes(b: &ErrorBody) -> usize {
 }
 
 pub(super) fn token_bytes(t: &TokenSummary) -> usize {
-    let shared: usize = [&t.client_id, &t.iss, &t.kid]
-        .into_iter()
-        .flatten()
-        .map(|s| text_bytes(s))
-        .sum();
+    let opt_len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     TOKEN_INLINE
-        + t.sub.as_ref().map_or(0, String::len)
-        + t.exp.as_ref().map_or(0, String::len)
-        + shared
-        + text_bytes(&t.alg)
-        + t.aud
-            .iter()
-            .map(|a| AUDIENCE_INLINE + text_bytes(a))
-            .sum::<usize>()
+        + opt_len(&t.sub)
+        + opt_len(&t.client_id)
+        + opt_len(&t.iss)
+        + opt_len(&t.exp)
+        + opt_len(&t.kid)
+        + t.alg.len()
+        + t.aud.iter().map(|a| 4 + a.len()).sum::<usize>()
 }
 
 pub(super) fn trace_bytes(trace: &[TraceEntry]) -> usize {

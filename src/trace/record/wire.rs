@@ -373,15 +373,15 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
                 .collect(),
         }),
         token: r.token.as_deref().map(|k| Token {
-            sub: k.sub.as_deref().map(Cow::Borrowed),
-            client_id: k.client_id.as_deref().map(|s| t.string(s)),
-            iss: k.iss.as_deref().map(|s| t.string(s)),
-            aud: k.aud.iter().map(|a| t.string(a)).collect(),
-            exp: k.exp.as_deref().map(Cow::Borrowed),
-            kid: k.kid.as_deref().map(|s| t.string(s)),
-            alg: t.string(&k.alg),
+            sub: k.sub().map(Cow::Borrowed),
+            client_id: k.client_id().map(|s| t.string(s)),
+            iss: k.iss().map(|s| t.string(s)),
+            aud: k.aud().map(|a| t.string(a)).collect(),
+            exp: k.exp().map(Cow::Borrowed),
+            kid: k.kid().map(|s| t.string(s)),
+            alg: t.string(k.alg()),
             delegated: k.delegated,
-            binding: k.binding.as_deref().cloned(),
+            binding: k.binding.clone(),
         }),
         trace: r
             .trace
@@ -514,17 +514,22 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
             },
             token: match r.token {
                 None => None,
-                Some(k) => Some(Box::new(StoredToken {
-                    sub: k.sub.as_deref().map(Box::from),
-                    client_id: opt(k.client_id, string)?,
-                    iss: opt(k.iss, string)?,
-                    aud: k.aud.iter().map(|&a| string(a)).collect::<Option<_>>()?,
-                    exp: k.exp.as_deref().map(Box::from),
-                    kid: opt(k.kid, string)?,
-                    alg: string(k.alg)?,
-                    delegated: k.delegated,
-                    binding: k.binding.map(Box::new),
-                })),
+                Some(k) => {
+                    let text = |s: Arc<str>| s.to_string();
+                    Some(Box::new(StoredToken::of(&crate::decision::TokenSummary {
+                        sub: k.sub.as_deref().map(str::to_owned),
+                        client_id: opt(k.client_id, string)?.map(text),
+                        iss: opt(k.iss, string)?.map(text),
+                        aud: (k.aud.iter())
+                            .map(|&a| string(a).map(text))
+                            .collect::<Option<_>>()?,
+                        exp: k.exp.as_deref().map(str::to_owned),
+                        kid: opt(k.kid, string)?.map(text),
+                        alg: text(string(k.alg)?),
+                        delegated: k.delegated,
+                        binding: k.binding,
+                    })))
+                }
             },
             trace,
             text: text.into_boxed_slice(),
