@@ -12,7 +12,8 @@
 //! - `store/record`: one insert into a full store of 10,000 (an eviction each time), of a
 //!   403 decision with a full trace, with a fresh id per insert; `store/record_allow`, the
 //!   same with an allow; `…_inputs`, each as a record that keeps only what the decision was
-//!   made on (`TraceStore::record_decided`, what a server without a shared store records).
+//!   made on (`TraceStore::record_decided`, what a server without a shared store records);
+//!   `store/record_mix`, `…_inputs`: the memory table's mix, each kind in turn.
 //! - `store/rebuild_decision`, `…_inputs`: reading a 403's record back into its decision,
 //!   whole, and decided again from its inputs.
 //! - `store/list_100_filtered`: a list with a service and outcome filter and a limit of 100,
@@ -320,10 +321,7 @@ enum Form {
 
 impl Form {
     fn record(self, store: &TraceStore, decision: &Decision, policies: &Arc<PolicySet>) {
-        let record = match self {
-            Form::Whole => store.record(decision),
-            Form::Inputs => store.record_decided(decision, policies),
-        };
+        let record = store.record_as(decision, policies, self);
         assert_eq!(record.rebuilds(), matches!(self, Form::Inputs));
     }
 
@@ -331,6 +329,29 @@ impl Form {
         match self {
             Form::Whole => "",
             Form::Inputs => ", inputs only",
+        }
+    }
+}
+
+trait RecordAs {
+    fn record_as(
+        &self,
+        decision: &Decision,
+        policies: &Arc<PolicySet>,
+        form: Form,
+    ) -> Arc<portcullis::trace::StoredDecision>;
+}
+
+impl RecordAs for TraceStore {
+    fn record_as(
+        &self,
+        decision: &Decision,
+        policies: &Arc<PolicySet>,
+        form: Form,
+    ) -> Arc<portcullis::trace::StoredDecision> {
+        match form {
+            Form::Whole => self.record(decision),
+            Form::Inputs => self.record_decided(decision, policies),
         }
     }
 }
@@ -379,6 +400,37 @@ fn bench_store(c: &mut Criterion) {
             let newest = store.list(&DecisionFilter::default(), 1);
             assert!(store.get(newest[0].id()).is_some());
         }
+    }
+
+    // The mix of the memory table (2:1:1:1 allow, 403, 401, 404), each kind in turn.
+    let mix = [
+        Kind::Allow,
+        Kind::Allow,
+        Kind::FullTraceDeny,
+        Kind::NoToken,
+        Kind::NoService,
+    ];
+    for form in [Form::Whole, Form::Inputs] {
+        let mut decisions: Vec<Decision> = (mix.iter().enumerate())
+            .map(|(i, &kind)| decider.decide(kind, i))
+            .collect();
+        let store = TraceStore::new(CAPACITY);
+        let millis = unix_now() * 1000;
+        let mut n = 0u128;
+        let mut record = |store: &TraceStore| {
+            let decision = &mut decisions[(n % mix.len() as u128) as usize];
+            fresh_id(&mut decision.id, millis, n);
+            n += 1;
+            store.record_as(decision, &decider.policies, form)
+        };
+        for _ in 0..CAPACITY {
+            record(&store);
+        }
+        let name = match form {
+            Form::Whole => "record_mix",
+            Form::Inputs => "record_mix_inputs",
+        };
+        group.bench_function(name, |b| b.iter(|| record(black_box(&store))));
     }
 
     // 2. List with a filter on a full store of a realistic mix; one record in four matches.
