@@ -61,17 +61,15 @@ impl<'f> Matcher<'f> {
             && f.since_millis.is_none_or(|t| record.unix_millis >= t)
             && f.until_millis.is_none_or(|t| record.unix_millis < t)
             && (!f.shadow_differs || record.shadow_differs())
-            && f.service
-                .as_deref()
-                .is_none_or(|s| d.service.as_deref() == Some(s))
+            && f.service.as_deref().is_none_or(|s| d.service() == Some(s))
             && f.subject.as_deref().is_none_or(|s| subject == Some(s))
             && f.trace_id
                 .is_none_or(|t| d.trace_link.as_ref().is_some_and(|l| l.trace_id == t))
             && self.needle.as_deref().is_none_or(|needle| {
                 [
                     Some(d.url()),
-                    d.service.as_deref(),
-                    d.operation.as_deref(),
+                    d.service(),
+                    d.operation(),
                     subject,
                     Some(d.id()),
                 ]

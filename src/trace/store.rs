@@ -46,8 +46,6 @@ pub struct TraceStore {
     /// The policy sets records that keep only their inputs were decided with.
     revisions: Revisions,
     len: AtomicUsize,
-    /// Sum of the records' `approx_bytes`.
-    record_bytes: AtomicUsize,
 }
 
 impl fmt::Debug for TraceStore {
@@ -79,7 +77,6 @@ impl TraceStore {
             interner: Interner::default(),
             revisions: Revisions::default(),
             len: AtomicUsize::new(0),
-            record_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -128,8 +125,6 @@ impl TraceStore {
                 // A whole lap of later inserts overtook this one: it is already the oldest.
                 return record;
             }
-            self.record_bytes
-                .fetch_add(record.approx_bytes, Ordering::Relaxed);
             // Under the slot lock, so that an eviction of this slot cannot run between.
             if let Some(key) = key {
                 self.index.insert(key, seq);
@@ -145,8 +140,6 @@ impl TraceStore {
                         // The same id may have been recorded again since; keep that entry.
                         self.index.remove_if(&old_key, |_, s| *s == old.seq);
                     }
-                    self.record_bytes
-                        .fetch_sub(old.record.approx_bytes, Ordering::Relaxed);
                 }
                 None => {
                     self.len.fetch_add(1, Ordering::Relaxed);
@@ -229,12 +222,19 @@ impl TraceStore {
     /// Approximate heap bytes of the store: its records plus its slot, index and interner
     /// tables. Strings shared with the policy set are not counted; `benches/store.rs` finds
     /// the figure within 1% of the bytes really allocated (before the allocator's own
-    /// overhead).
+    /// overhead). Adds up the records now (a metrics scrape's work, not every insert's: a
+    /// running total was a count that both server threads wrote on every decision).
     pub fn approx_bytes(&self) -> usize {
         let slots = self.slots.len() * size_of::<RwLock<Option<Slot>>>();
         // One control byte per bucket besides the entry itself.
         let index = self.index.capacity() * (size_of::<(u64, u64)>() + 1);
-        slots + index + self.interner.table_bytes() + self.record_bytes.load(Ordering::Relaxed)
+        let records: usize = (self.slots.iter())
+            .map(|slot| {
+                let slot = slot.read().unwrap_or_else(PoisonError::into_inner);
+                slot.as_ref().map_or(0, |s| s.record.approx_bytes)
+            })
+            .sum();
+        slots + index + self.interner.table_bytes() + records
     }
 
     fn slot(&self, seq: u64) -> &RwLock<Option<Slot>> {

@@ -65,10 +65,12 @@ pub struct StoredDecision {
     /// `None`: `unix_millis`, as the engine writes a time.
     time: Option<TextSpan>,
     duration_micros: u64,
-    pub(super) service: Option<Arc<str>>,
-    pub(super) operation: Option<Arc<str>>,
-    policy_revision: Arc<str>,
-    method: Arc<str>,
+    /// In `text`.
+    service: Option<TextSpan>,
+    operation: Option<TextSpan>,
+    policy_revision: TextSpan,
+    /// One of the standard methods, or as it came.
+    method: Cow<'static, str>,
     url: TextSpan,
     client: Option<TextSpan>,
     pub(super) outcome: Outcome,
@@ -79,9 +81,10 @@ pub struct StoredDecision {
     body: Option<Box<StoredBody>>,
     token: Option<Box<StoredToken>>,
     trace: Box<[StoredEntry]>,
-    /// The record's own texts one after the other: its id, time, URL, client and inputs,
-    /// then its trace entries' `actual` values and details (see [`StoredEntry`]). One
-    /// allocation instead of one per text: a record's cost is mostly its pieces.
+    /// The record's own texts one after the other: its id, time, service, operation and
+    /// policy revision names, URL, client and inputs, then its trace entries' `actual`
+    /// values and details (see [`StoredEntry`]). One allocation instead of one per text: a
+    /// record's cost is mostly its pieces.
     text: Box<[u8]>,
     audit: Audit,
     /// Boxed: most calls come without a trace context, and every record pays its inline
@@ -415,6 +418,16 @@ impl StoredDecision {
     /// The request's URL, as stored.
     pub(super) fn url(&self) -> &str {
         self.url.str_of(&self.text)
+    }
+
+    /// The matched service's name.
+    pub fn service(&self) -> Option<&str> {
+        self.service.map(|s| s.str_of(&self.text))
+    }
+
+    /// The matched operation's name.
+    pub fn operation(&self) -> Option<&str> {
+        self.operation.map(|s| s.str_of(&self.text))
     }
 
     /// Records the status the upstream answered the decided request with (0: none). Best

@@ -11,8 +11,8 @@ use super::interner::Interner;
 use super::text::has_jwt;
 use super::value::{decode_value, encoded_len, write_value};
 use super::{
-    ARC_HEADER, BODY_INLINE, DecisionHeader, RECORD_INLINE, RebuildFrom, StoredBody,
-    StoredDecision, StoredDetail, StoredEntry, StoredInputs, StoredToken, TextSpan, UpstreamStatus,
+    BODY_INLINE, DecisionHeader, RECORD_INLINE, RebuildFrom, StoredBody, StoredDecision,
+    StoredDetail, StoredEntry, StoredInputs, StoredToken, TextSpan, UpstreamStatus,
 };
 use crate::decision::{
     Decision, Engine, ErrorBody, ErrorDetail, Headers, Outcome, ReplayInputs, RequestSummary, Step,
@@ -43,12 +43,6 @@ impl Packer<'_> {
         let (text, bytes) = self.interner.text(s);
         self.bytes += bytes;
         text
-    }
-
-    fn name(&mut self, name: &Arc<str>) -> Arc<str> {
-        let (name, bytes) = self.interner.name(name, self.holders);
-        self.bytes += bytes;
-        name
     }
 
     /// A code, copied: the engine's are static; others are kept as they came.
@@ -256,6 +250,9 @@ impl StoredDecision {
         let mut text = Vec::with_capacity(
             d.id.len()
                 + time.map_or(0, String::len)
+                + d.service.as_ref().map_or(0, |s| s.len())
+                + d.operation.as_ref().map_or(0, |s| s.len())
+                + d.policy_revision.len()
                 + url.len()
                 + client.map_or(0, str::len)
                 + json.as_ref().map_or(0, |i| i.len())
@@ -268,6 +265,10 @@ impl StoredDecision {
         );
         let id = TextSpan::push_str(&mut text, &d.id);
         let time = time.map(|t| TextSpan::push_str(&mut text, t));
+        // Copied, not shared: a shared name's count is touched by every thread.
+        let service = (d.service.as_deref()).map(|s| TextSpan::push_str(&mut text, s));
+        let operation = (d.operation.as_deref()).map(|s| TextSpan::push_str(&mut text, s));
+        let policy_revision = TextSpan::push_str(&mut text, &d.policy_revision);
         let url_span = TextSpan::push_str(&mut text, url);
         let client = client.map(|c| TextSpan::push_str(&mut text, c));
         let inputs = match (json, kept) {
@@ -283,11 +284,12 @@ impl StoredDecision {
         let trace: Vec<StoredEntry> = (kept_trace.iter()).map(|e| p.entry(e, &mut text)).collect();
 
         let method = &d.request.method;
-        let method = if METHODS.contains(&method.as_str()) {
-            p.text(method)
-        } else {
-            p.bytes += ARC_HEADER + method.len();
-            Arc::from(method.as_str())
+        let method = match METHODS.iter().find(|m| **m == method.as_str()) {
+            Some(known) => Cow::Borrowed(*known),
+            None => {
+                p.bytes += method.len();
+                Cow::Owned(method.clone())
+            }
         };
         let record = Self {
             unix_millis,
@@ -296,9 +298,9 @@ impl StoredDecision {
             id,
             time,
             duration_micros: d.duration_micros,
-            service: d.service.as_ref().map(|s| p.name(s)),
-            operation: d.operation.as_ref().map(|s| p.name(s)),
-            policy_revision: p.name(&d.policy_revision),
+            service,
+            operation,
+            policy_revision,
             method,
             url: url_span,
             client,
@@ -366,9 +368,9 @@ impl StoredDecision {
                 None => engine_time(self.unix_millis).to_string(),
             },
             duration_micros: self.duration_micros,
-            service: self.service.clone(),
-            operation: self.operation.clone(),
-            policy_revision: self.policy_revision.clone(),
+            service: self.service().map(Arc::from),
+            operation: self.operation().map(Arc::from),
+            policy_revision: Arc::from(self.policy_revision.str_of(&self.text)),
             request: RequestSummary {
                 method: self.method.to_string(),
                 url: self.url().to_owned(),

@@ -336,9 +336,9 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         ms: r.unix_millis,
         time: r.time.map(|t| Cow::Borrowed(t.str_of(&r.text))),
         us: r.duration_micros,
-        service: r.service.as_deref().map(|s| t.string(s)),
-        operation: r.operation.as_deref().map(|s| t.string(s)),
-        revision: t.string(&r.policy_revision),
+        service: r.service().map(|s| t.string(s)),
+        operation: r.operation().map(|s| t.string(s)),
+        revision: t.string(r.policy_revision.str_of(&r.text)),
         method: t.string(&r.method),
         url: Cow::Borrowed(r.url()),
         client: r.client.map(|c| Cow::Borrowed(c.str_of(&r.text))),
@@ -466,6 +466,10 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
                 })
             })
             .collect::<Option<_>>()?;
+        let mut name = |s: Arc<str>| TextSpan::push_str(&mut text, &s);
+        let service = opt(r.service, string)?.map(&mut name);
+        let operation = opt(r.operation, string)?.map(&mut name);
+        let policy_revision = name(string(r.revision)?);
         let uncapped = StoredDecision {
             unix_millis: r.ms,
             approx_bytes: 0,
@@ -473,10 +477,10 @@ pub fn read(bytes: &[u8]) -> Option<Vec<StoredDecision>> {
             id,
             time,
             duration_micros: r.us,
-            service: opt(r.service, string)?,
-            operation: opt(r.operation, string)?,
-            policy_revision: string(r.revision)?,
-            method: string(r.method)?,
+            service,
+            operation,
+            policy_revision,
+            method: Cow::Owned(string(r.method)?.to_string()),
             url,
             client,
             outcome: r.outcome,
