@@ -361,10 +361,21 @@ mod tests {
         let json = serde_json::to_string(&record.decision()).unwrap();
         assert!(!json.contains("eyJ"), "{json}");
         assert!(json.contains("token-shaped text"), "{json}");
-        // The same decision without it keeps its inputs as they are, unwritten.
+        // The same decision without it keeps its inputs as they are, unwritten; so does a
+        // refusal that quotes nothing of the request, but not one that names its scheme.
         let clean = crate::trace::fixtures::real_allow(2);
         let record = store.record_decided(&clean, &set);
         assert!(record.rebuilds() && record.keeps_inputs_unwritten());
+        let record = store.record_decided(&unauthorised(3), &set);
+        assert!(record.rebuilds() && record.keeps_inputs_unwritten());
+        let basic = crate::trace::fixtures::decide(
+            "GET",
+            "https://api.test/app/v1/items/4",
+            &[("authorization", "Basic dXNlcjpwYXNz")],
+        );
+        let record = store.record_decided(&basic, &set);
+        assert!(record.rebuilds() && !record.keeps_inputs_unwritten());
+        assert_eq!(record.decision(), basic);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::decision::{
     Decision, Engine, ErrorBody, ErrorDetail, Headers, Outcome, ReplayInputs, RequestSummary, Step,
     TokenSummary, TraceEntry,
 };
+use crate::token::TokenError;
 
 /// Request methods shared between records; any other is kept as it came.
 const METHODS: [&str; 9] = [
@@ -482,15 +483,17 @@ enum Inputs {
 }
 
 /// Most bytes the JSON of `inputs` can take, when a record of inputs may keep them as they
-/// are: those of a token, whose verified facts' JSON (written once per cached token) and the key set's name
-/// hold no token-shaped text, and nothing else in them is of the token's making (a refused
-/// token's error quotes its texts, so it is written and checked as JSON instead).
+/// are: those of a token, whose verified facts' JSON (written once per cached token) and the
+/// key set's name hold no token-shaped text, and nothing else in them is of the token's
+/// making (a refusal that quotes the request's texts is written and checked as JSON instead).
 fn kept_inputs_bound(inputs: &ReplayInputs) -> Option<usize> {
     // `at`, the members' names, a binding check's settings and summary (static words).
     const REST: usize = 512;
     // Without a token the JSON is a few bytes, fewer than the inputs' own struct.
     let token = inputs.token.as_ref()?;
-    if token.refused.is_some() || (token.binding.as_ref()).is_some_and(|b| b.refused.is_some()) {
+    if !(token.refused.as_ref()).is_none_or(quotes_nothing)
+        || (token.binding.as_ref()).is_some_and(|b| b.refused.is_some())
+    {
         return None;
     }
     let facts = match token.verified.as_deref() {
@@ -499,6 +502,23 @@ fn kept_inputs_bound(inputs: &ReplayInputs) -> Option<usize> {
     };
     let bound = REST + token.keys.len() + facts.len();
     (bound <= MAX_INPUT_BYTES && !has_jwt(facts) && !has_jwt(&token.keys)).then_some(bound)
+}
+
+/// Whether a token refusal holds only numbers and the engine's words, nothing of the request.
+fn quotes_nothing(e: &TokenError) -> bool {
+    matches!(
+        e,
+        TokenError::Missing { scheme: None }
+            | TokenError::MultipleTokens
+            | TokenError::TooLarge { .. }
+            | TokenError::KeyIdRequired { .. }
+            | TokenError::InvalidSignature
+            | TokenError::MissingExpiry
+            | TokenError::Expired { .. }
+            | TokenError::NotYetValid { .. }
+            | TokenError::IssuedInFuture { .. }
+            | TokenError::KeysUnavailable
+    )
 }
 
 /// Heap bytes of inputs a record keeps as they are: facts shared with the token cache are
