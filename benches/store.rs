@@ -275,13 +275,7 @@ fn memory_table() {
             Form::Whole,
         );
     }
-    let mix = [
-        Kind::Allow,
-        Kind::Allow,
-        Kind::FullTraceDeny,
-        Kind::NoToken,
-        Kind::NoService,
-    ];
+    let mix = MIX;
     for form in [Form::Whole, Form::Inputs] {
         let label = |what: &str| format!("{what}{}", form.suffix());
         memory_row(&decider, &label("mix 2:1:1:1"), &mix, CAPACITY, form);
@@ -310,6 +304,15 @@ fn memory_table() {
     eprintln!();
     set_counting(false);
 }
+
+/// A realistic mix: 2:1:1:1 allow, 403, 401, 404.
+const MIX: [Kind; 5] = [
+    Kind::Allow,
+    Kind::Allow,
+    Kind::FullTraceDeny,
+    Kind::NoToken,
+    Kind::NoService,
+];
 
 /// How the store keeps a decision: whole (`TraceStore::record`, as with a shared store), or
 /// only what it was made on, rebuilt when read (`record_decided`, as a server without one).
@@ -402,14 +405,8 @@ fn bench_store(c: &mut Criterion) {
         }
     }
 
-    // The mix of the memory table (2:1:1:1 allow, 403, 401, 404), each kind in turn.
-    let mix = [
-        Kind::Allow,
-        Kind::Allow,
-        Kind::FullTraceDeny,
-        Kind::NoToken,
-        Kind::NoService,
-    ];
+    // The memory table's mix, each kind in turn.
+    let mix = MIX;
     for form in [Form::Whole, Form::Inputs] {
         let mut decisions: Vec<Decision> = (mix.iter().enumerate())
             .map(|(i, &kind)| decider.decide(kind, i))

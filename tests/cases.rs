@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
-use portcullis::decision::{Decision, Rebuild};
+use portcullis::decision::Rebuild;
 use portcullis::policy::yaml::{parse_documents, to_json};
 use portcullis::{DecisionRequest, Engine};
 use serde::Deserialize;
@@ -426,19 +426,6 @@ fn check(case: &Case, decision: &portcullis::Decision) -> Vec<String> {
     problems
 }
 
-/// What a record that rebuilds `d` keeps of it: no trace, headers, body or audit.
-fn skeleton(d: &Decision) -> Decision {
-    let mut kept = d.clone();
-    kept.trace.clear();
-    kept.headers = Default::default();
-    kept.upstream_headers = Default::default();
-    kept.body = None;
-    kept.audit.clear();
-    kept.outcome = portcullis::Outcome::Allow;
-    kept.status = 0;
-    kept
-}
-
 #[test]
 fn decision_cases() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
@@ -534,7 +521,7 @@ fn decision_cases() {
             // with the policy set: the rebuild must be the decision, byte for byte.
             if let Some(how) = Rebuild::of(&decision) {
                 rebuilt += 1;
-                match rebuilder.rebuild(policies, &skeleton(&decision), how) {
+                match rebuilder.rebuild(policies, &support::rebuild_skeleton(&decision), how) {
                     Ok(again) if again == decision => {}
                     Ok(again) => problems.push(format!(
                         "rebuilt from its inputs differently: {}",

@@ -350,29 +350,8 @@ impl Engine {
         policies: &PolicySet,
         recorded: &Decision,
     ) -> Result<Decision, NotReplayable> {
-        let (inputs, client, now) = recorded_inputs(recorded)?;
-        let request = DecisionRequest {
-            method: &recorded.request.method,
-            url: &recorded.request.url,
-            headers: &[],
-            client,
-            client_cert: None,
-        };
-        let mut unreplayable = None;
-        let pending = self.pipeline(
-            policies,
-            &request,
-            Credentials::Recorded(
-                inputs.token.as_ref(),
-                recorded.token.as_ref(),
-                TokenRead::Replayed,
-            ),
-            (now, None),
-            |progress, _| unreplayable = progress.unreplayable.take(),
-        );
-        if let Some(reason) = unreplayable {
-            return Err(reason);
-        }
+        let (pending, inputs) =
+            self.decide_recorded(policies, recorded, (TokenRead::Replayed, None))?;
         let count = pending.limit().map(|_| Count {
             count: inputs.count.unwrap_or(1),
             millis_left: 0,
@@ -394,30 +373,12 @@ impl Engine {
         recorded: &Decision,
         how: Rebuild,
     ) -> Result<Decision, NotReplayable> {
-        let (inputs, client, now) = recorded_inputs(recorded)?;
-        let request = DecisionRequest {
-            method: &recorded.request.method,
-            url: &recorded.request.url,
-            headers: &[],
-            client,
-            client_cert: None,
-        };
         let read = if how.token_cached {
             TokenRead::Cached
         } else {
             TokenRead::Verified
         };
-        let mut unreplayable = None;
-        let pending = self.pipeline(
-            policies,
-            &request,
-            Credentials::Recorded(inputs.token.as_ref(), recorded.token.as_ref(), read),
-            (now, Some(&recorded.id)),
-            |progress, _| unreplayable = progress.unreplayable.take(),
-        );
-        if let Some(reason) = unreplayable {
-            return Err(reason);
-        }
+        let (pending, _) = self.decide_recorded(policies, recorded, (read, Some(&recorded.id)))?;
         // `Rebuild::of` accepts no decision that counted a rate limit.
         let mut decision = pending.finish(None);
         decision.time.clone_from(&recorded.time);
@@ -427,6 +388,36 @@ impl Engine {
         decision.inputs.clone_from(&recorded.inputs);
         decision.shadow.clone_from(&recorded.shadow);
         Ok(decision)
+    }
+
+    /// The pipeline on a recorded decision's request and inputs (replay, rebuild), its token
+    /// step saying `read`, the decision given id `id` (else a new one).
+    fn decide_recorded<'r>(
+        &self,
+        policies: &PolicySet,
+        recorded: &'r Decision,
+        (read, id): (TokenRead, Option<&str>),
+    ) -> Result<(PendingDecision, &'r ReplayInputs), NotReplayable> {
+        let (inputs, client, now) = recorded_inputs(recorded)?;
+        let request = DecisionRequest {
+            method: &recorded.request.method,
+            url: &recorded.request.url,
+            headers: &[],
+            client,
+            client_cert: None,
+        };
+        let mut unreplayable = None;
+        let pending = self.pipeline(
+            policies,
+            &request,
+            Credentials::Recorded(inputs.token.as_ref(), recorded.token.as_ref(), read),
+            (now, id),
+            |progress, _| unreplayable = progress.unreplayable.take(),
+        );
+        match unreplayable {
+            Some(reason) => Err(reason),
+            None => Ok((pending, inputs)),
+        }
     }
 
     /// The pipeline, with `done` to see what it learned before the decision is returned.

@@ -159,3 +159,17 @@ pub fn meme_game_token(sub: &str, groups: &[&str]) -> String {
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
+
+/// What a record of inputs keeps of `d` (see `Engine::rebuild`): no trace, headers, body,
+/// audit, outcome or status, which a rebuild must write again.
+pub fn rebuild_skeleton(d: &portcullis::Decision) -> portcullis::Decision {
+    let mut kept = d.clone();
+    kept.trace.clear();
+    kept.headers = Default::default();
+    kept.upstream_headers = Default::default();
+    kept.body = None;
+    kept.audit.clear();
+    kept.outcome = portcullis::Outcome::Allow;
+    kept.status = 0;
+    kept
+}
