@@ -58,7 +58,8 @@ pub struct StoredDecision {
     /// was the first record to hold. Strings shared with the policy set are not counted.
     pub approx_bytes: usize,
     /// Whether anything of the decision was cut, removed or redacted to store it (secret
-    /// header values aside, which are always redacted).
+    /// header values aside, which are always redacted). A record of inputs keeps nothing
+    /// cut; what it rebuilds is cut when read, as its whole record would have been.
     pub truncated: bool,
     /// In `text`, as the spans below.
     id: TextSpan,
