@@ -343,6 +343,24 @@ mod tests {
     }
 
     #[test]
+    fn kept_facts_count_unless_the_token_cache_holds_them_too() {
+        let set = policy_set();
+        let store = TraceStore::new(10);
+        let cached = crate::trace::fixtures::real_allow(1);
+        let mut alone = cached.clone();
+        let token = (alone.inputs.as_mut())
+            .and_then(|i| i.token.as_mut())
+            .expect("a verified token's inputs");
+        let facts = (**token.verified.as_ref().expect("facts")).clone();
+        let json_len = facts.json().expect("facts write as JSON").get().len();
+        token.verified = Some(Arc::new(facts));
+        let shared = store.record_decided(&cached, &set);
+        let own = store.record_decided(&alone, &set);
+        assert!(shared.keeps_inputs_unwritten() && own.keeps_inputs_unwritten());
+        assert_eq!(own.approx_bytes, shared.approx_bytes + json_len);
+    }
+
+    #[test]
     fn inputs_holding_token_shaped_text_are_never_kept() {
         let set = policy_set();
         let store = TraceStore::new(10);

@@ -431,6 +431,11 @@ impl StoredDecision {
         self.operation.map(|s| s.str_of(&self.text))
     }
 
+    /// The revision of the policy set that decided.
+    pub fn policy_revision(&self) -> &str {
+        self.policy_revision.str_of(&self.text)
+    }
+
     /// Records the status the upstream answered the decided request with (0: none). Best
     /// effort with a shared store: a record already written there keeps what it had.
     pub fn set_upstream_status(&self, status: u16) {

@@ -132,13 +132,12 @@ impl StoredDecision {
         interner: &Interner,
         rebuild: Option<RebuildFrom>,
     ) -> Self {
-        if let Some(from) = &rebuild
-            && let Some(inputs) = decision.inputs.as_deref()
+        if let Some(inputs) = decision.inputs.as_deref().filter(|_| rebuild.is_some())
             && let Some(bound) = kept_inputs_bound(inputs)
             && kept_within_caps(decision, bound)
         {
             let inputs = Inputs::Kept(Box::new(inputs.clone()));
-            return Self::pack(decision, false, 1, interner, inputs, Some(from.clone()));
+            return Self::pack(decision, false, 1, interner, inputs, rebuild);
         }
         let (inputs, inputs_cut) = encode_inputs(decision);
         let extra = inputs.as_ref().map_or(0, |i| i.len());
@@ -196,15 +195,9 @@ impl StoredDecision {
         inputs: Inputs,
         rebuild: Option<RebuildFrom>,
     ) -> Self {
-        let (json, kept) = match inputs {
-            Inputs::Json(json) => (json, None),
-            Inputs::Kept(kept) => (None, Some(kept)),
-        };
         // Before packing: the interner's own references would make texts look shared.
         #[cfg(debug_assertions)]
-        let bound = super::size::record_bytes(d)
-            + json.as_ref().map_or(0, |i| i.len())
-            + kept.as_deref().map_or(0, kept_inputs_bytes);
+        let bound = super::size::record_bytes(d) + inputs.heap_bytes();
         let mut p = Packer {
             interner,
             holders,
@@ -219,6 +212,11 @@ impl StoredDecision {
         // keeps its headers and body, which a record whose policy set is gone still shows.
         let inputs_only = rebuild.is_some();
         let kept_trace = if inputs_only { &[][..] } else { &d.trace[..] };
+        let kept_upstream = if inputs_only {
+            &[][..]
+        } else {
+            &d.upstream_headers.0[..]
+        };
         let kept_headers = match d.outcome {
             Outcome::Allow if inputs_only => &[][..],
             _ => &d.headers.0[..],
@@ -226,8 +224,7 @@ impl StoredDecision {
         let headers: Vec<DecisionHeader> = (kept_headers.iter())
             .map(|(name, value)| (p.text(name), (*value != d.id).then(|| p.text(value))))
             .collect();
-        let upstream_headers: Vec<(Arc<str>, Box<str>)> = (d.upstream_headers.0.iter())
-            .filter(|_| !inputs_only)
+        let upstream_headers: Vec<(Arc<str>, Box<str>)> = (kept_upstream.iter())
             .map(|(name, value)| (p.text(name), p.boxed(value)))
             .collect();
         let decisive_detail = kept_trace
@@ -256,7 +253,7 @@ impl StoredDecision {
                 + d.policy_revision.len()
                 + url.len()
                 + client.map_or(0, str::len)
-                + json.as_ref().map_or(0, |i| i.len())
+                + inputs.json_len()
                 + (kept_trace.iter())
                     .map(|e| {
                         e.actual.as_ref().map_or(0, encoded_len)
@@ -272,13 +269,13 @@ impl StoredDecision {
         let policy_revision = TextSpan::push_str(&mut text, &d.policy_revision);
         let url_span = TextSpan::push_str(&mut text, url);
         let client = client.map(|c| TextSpan::push_str(&mut text, c));
-        let inputs = match (json, kept) {
-            (Some(json), _) => StoredInputs::Json(TextSpan::push(&mut text, &json)),
-            (None, Some(kept)) => {
+        let inputs = match inputs {
+            Inputs::Json(Some(json)) => StoredInputs::Json(TextSpan::push(&mut text, &json)),
+            Inputs::Json(None) => StoredInputs::None,
+            Inputs::Kept(kept) => {
                 p.bytes += kept_inputs_bytes(&kept);
                 StoredInputs::Kept(kept)
             }
-            (None, None) => StoredInputs::None,
         };
         // The entries count what they add.
         p.bytes += text.len();
@@ -371,7 +368,7 @@ impl StoredDecision {
             duration_micros: self.duration_micros,
             service: self.service().map(Arc::from),
             operation: self.operation().map(Arc::from),
-            policy_revision: Arc::from(self.policy_revision.str_of(&self.text)),
+            policy_revision: Arc::from(self.policy_revision()),
             request: RequestSummary {
                 method: self.method.to_string(),
                 url: self.url().to_owned(),
@@ -482,6 +479,25 @@ enum Inputs {
     Kept(Box<ReplayInputs>),
 }
 
+impl Inputs {
+    /// Bytes they add to the record's text.
+    fn json_len(&self) -> usize {
+        match self {
+            Inputs::Json(json) => json.as_ref().map_or(0, |j| j.len()),
+            Inputs::Kept(_) => 0,
+        }
+    }
+
+    /// Heap bytes they add to the record.
+    #[cfg(debug_assertions)]
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Inputs::Json(_) => self.json_len(),
+            Inputs::Kept(kept) => kept_inputs_bytes(kept),
+        }
+    }
+}
+
 /// Most bytes the JSON of `inputs` can take, when a record of inputs may keep them as they
 /// are: those of a token, whose verified facts' JSON (written once per cached token) and the
 /// key set's name hold no token-shaped text, and nothing else in them is of the token's
@@ -521,13 +537,15 @@ fn quotes_nothing(e: &TokenError) -> bool {
     )
 }
 
-/// Heap bytes of inputs a record keeps as they are: facts shared with the token cache are
-/// not counted, as texts shared with the policy set are not.
+/// Heap bytes of inputs a record keeps as they are, while the decision they were copied from
+/// still holds them: facts shared with the token cache too are not counted, as texts shared
+/// with the policy set are not.
 fn kept_inputs_bytes(inputs: &ReplayInputs) -> usize {
     size_of::<ReplayInputs>()
         + (inputs.token.as_ref())
             .and_then(|t| t.verified.as_ref())
-            .filter(|facts| Arc::strong_count(facts) == 1)
+            // The decision's and the record's own.
+            .filter(|facts| Arc::strong_count(facts) <= 2)
             .and_then(|facts| facts.json())
             .map_or(0, |json| json.get().len())
 }

@@ -338,7 +338,7 @@ fn record<'a>(r: &'a StoredDecision, t: &mut Tables<'a>) -> Record<'a> {
         us: r.duration_micros,
         service: r.service().map(|s| t.string(s)),
         operation: r.operation().map(|s| t.string(s)),
-        revision: t.string(r.policy_revision.str_of(&r.text)),
+        revision: t.string(r.policy_revision()),
         method: t.string(&r.method),
         url: Cow::Borrowed(r.url()),
         client: r.client.map(|c| Cow::Borrowed(c.str_of(&r.text))),
